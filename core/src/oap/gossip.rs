@@ -1,0 +1,88 @@
+//! The gossip header at the front of a message's first frame (spec section 3).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::{EncodeError, StreamError};
+
+/// Unique per message; the origin picks it, every node dedupes on it.
+pub type MsgId = [u8; 16];
+
+/// `msg_id`, `ttl` and `topic` of a gossip message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GossipHeader {
+    pub msg_id: MsgId,
+    pub ttl: u8,
+    /// 1..=255 bytes of UTF-8, checked on parse; kept as a slice of the frame.
+    pub topic: Bytes,
+}
+
+impl GossipHeader {
+    pub fn new(msg_id: MsgId, ttl: u8, topic: &str) -> Result<GossipHeader, EncodeError> {
+        if topic.is_empty() || topic.len() > 255 {
+            return Err(EncodeError::Topic(topic.len()));
+        }
+        Ok(GossipHeader {
+            msg_id,
+            ttl,
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+        })
+    }
+
+    /// Encoded size: 16 + 1 + 1 + topic.
+    pub fn len(&self) -> usize {
+        18 + self.topic.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn topic_str(&self) -> &str {
+        // Checked as UTF-8 when parsed or built.
+        std::str::from_utf8(&self.topic).unwrap_or("")
+    }
+
+    /// The same header one hop further on.
+    pub fn with_ttl(&self, ttl: u8) -> GossipHeader {
+        GossipHeader {
+            ttl,
+            ..self.clone()
+        }
+    }
+
+    pub fn put(&self, dst: &mut BytesMut) {
+        dst.put_slice(&self.msg_id);
+        dst.put_u8(self.ttl);
+        dst.put_u8(self.topic.len() as u8);
+        dst.put_slice(&self.topic);
+    }
+
+    /// Splits a first-frame payload into its header and the data that follows.
+    pub fn parse(payload: &Bytes) -> Result<(GossipHeader, Bytes), StreamError> {
+        if payload.len() < 18 {
+            return Err(StreamError::Header("shorter than 18 bytes"));
+        }
+        let mut msg_id = [0u8; 16];
+        msg_id.copy_from_slice(&payload[..16]);
+        let ttl = payload[16];
+        let topic_len = payload[17] as usize;
+        if topic_len == 0 {
+            return Err(StreamError::Header("empty topic"));
+        }
+        let end = 18 + topic_len;
+        if payload.len() < end {
+            return Err(StreamError::Header("topic runs past the payload"));
+        }
+        if std::str::from_utf8(&payload[18..end]).is_err() {
+            return Err(StreamError::Header("topic is not UTF-8"));
+        }
+        Ok((
+            GossipHeader {
+                msg_id,
+                ttl,
+                topic: payload.slice(18..end),
+            },
+            payload.slice(end..),
+        ))
+    }
+}

@@ -1,0 +1,79 @@
+//! HELLO payloads (spec section 2). Field order is the wire order of the test vectors.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Another overlay node: receives relayed gossip and relays in turn.
+    Peer,
+    /// An application endpoint: publishes and receives matching messages, never relays.
+    Client,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Peer => "peer",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// The dialer's HELLO.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub versions: Vec<u16>,
+    pub node: String,
+    pub role: Role,
+    #[serde(default = "default_max_frame")]
+    pub max_frame: u32,
+    /// Empty or absent means every topic.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pq: Option<String>,
+    /// The dialer accepts COMP frames.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub comp: bool,
+}
+
+fn default_max_frame() -> u32 {
+    super::DEFAULT_MAX_FRAME
+}
+
+/// The acceptor's 200 answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloOk {
+    pub version: u16,
+    pub node: String,
+    pub max_frame: u32,
+    pub chunk: u32,
+}
+
+/// The acceptor's error answer; the connection closes after it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloError {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+impl Hello {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain strings, numbers and vectors cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+impl HelloOk {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+impl HelloError {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,24 @@
+//! OAP/1: the frame format every byte from the network passes through.
+//! See `docs/OAP1.md` for the format as built.
+
+mod chunk;
+pub mod comp;
+mod ctrl;
+mod decoder;
+mod error;
+mod frame;
+mod gossip;
+mod header;
+mod hello;
+
+pub use chunk::{split, Chunk, Message, Reassembler, StreamLimits, StreamReject};
+pub use ctrl::Ctrl;
+pub use decoder::{validate, Decoder, Limits};
+pub use error::{EncodeError, FrameError, FrameErrorKind, StreamError};
+pub use frame::{put_header, Frame};
+pub use gossip::{GossipHeader, MsgId};
+pub use header::{AppProto, Flags, FrameKind, Header, DEFAULT_MAX_FRAME, HEADER_LEN, VERSION};
+pub use hello::{Hello, HelloError, HelloOk, Role};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Simulators for svc-overlay; see the issue tracker for the scenarios that land here.
