@@ -102,28 +102,40 @@ impl Decoder {
             buf.reserve(len - buf.len());
             return Ok(None);
         }
-        buf.advance(HEADER_LEN);
         let cap_len = header.cap_len as usize;
+        let mut flags = header.flags;
+        // Inflate before consuming anything: a COMP frame that fails must leave the buffer
+        // as it was at the bad frame, like every other reject.
+        let inflated = if flags.contains(Flags::COMP) {
+            let body = &buf[HEADER_LEN + cap_len..len];
+            let limit = comp::inflate_limit(
+                body.len(),
+                self.limits.max_body_bytes,
+                self.limits.decompress_ratio_cap,
+            );
+            flags = flags.without(Flags::COMP);
+            Some(comp::inflate(body, limit).map_err(|kind| FrameError {
+                kind,
+                app_proto: header.app_proto,
+                corr_id: header.corr_id,
+            })?)
+        } else {
+            None
+        };
+        buf.advance(HEADER_LEN);
         let cap = if cap_len == 0 {
             Bytes::new()
         } else {
             buf.split_to(cap_len).freeze()
         };
-        let mut payload = buf.split_to(len - HEADER_LEN - cap_len).freeze();
-        let mut flags = header.flags;
-        if flags.contains(Flags::COMP) {
-            let limit = comp::inflate_limit(
-                payload.len(),
-                self.limits.max_body_bytes,
-                self.limits.decompress_ratio_cap,
-            );
-            payload = comp::inflate(&payload, limit).map_err(|kind| FrameError {
-                kind,
-                app_proto: header.app_proto,
-                corr_id: header.corr_id,
-            })?;
-            flags = flags.without(Flags::COMP);
-        }
+        let body_len = len - HEADER_LEN - cap_len;
+        let payload = match inflated {
+            Some(p) => {
+                buf.advance(body_len);
+                p
+            }
+            None => buf.split_to(body_len).freeze(),
+        };
         Ok(Some(Frame {
             flags,
             code: header.code,

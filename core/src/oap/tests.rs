@@ -282,6 +282,22 @@ fn comp_garbage_is_proto() {
     assert_eq!(e.reason(), RejectReason::Proto);
 }
 
+/// Found by the `frame_decoder` fuzz target: a COMP frame that failed to inflate had
+/// already been consumed from the buffer, unlike every other reject.
+#[test]
+fn failed_comp_frame_leaves_the_buffer_untouched() {
+    let bomb = comp::deflate(&vec![0u8; 1 << 20], 3).unwrap();
+    for payload in [&b"definitely not zstd"[..], &bomb[..]] {
+        let wire = comp_frame(payload);
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut d = Decoder::default();
+        assert!(d.decode(&mut buf).is_err());
+        assert_eq!(&buf[..], &wire[..], "the bad frame is still there");
+        assert!(d.decode(&mut buf).is_err());
+        assert_eq!(buf.len(), wire.len());
+    }
+}
+
 #[test]
 fn ctrl_rejects_unknown_and_short() {
     assert_eq!(Ctrl::parse(&[]), None);
