@@ -1,11 +1,30 @@
 //! `overlay-core`: the sans-IO heart of svc-overlay.
 //!
 //! No sockets, clocks, threads or globals live here: the runtime passes bytes and time in
-//! through `handle_*` calls and drains what to send through `poll_*` calls.
+//! through `handle_*` calls and drains what to send through `poll_*` calls, in the manner
+//! of quinn-proto. See `docs/ARCHITECTURE.md`.
 
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod egress;
+pub mod event;
+pub mod limiter;
+mod node;
 pub mod oap;
+pub mod observe;
+pub mod ready;
 pub mod reason;
+pub mod seen;
+pub mod session;
+pub mod stats;
+pub mod time;
 
+pub use config::{Config, ConfigError};
+pub use event::Event;
+pub use node::{Overlay, PublishError, Transmit, TICK};
+pub use ready::{Probe, ReadyState, ReadyView};
 pub use reason::RejectReason;
+pub use session::{CloseReason, ConnId};
+pub use stats::{Balance, Stats};
+pub use time::Time;

@@ -1,0 +1,513 @@
+//! The node's configuration: every bound has a key, a default and a check.
+//!
+//! This is the one schema: the runtime layers CLI flags, `SVC_OVERLAY_` environment and a
+//! TOML file over these defaults and calls [`Config::validate`], which fails closed and
+//! names the offending key.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::observe::PqMode;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub overlay: OverlayConfig,
+    pub admin: AdminConfig,
+    pub timeouts: Timeouts,
+    pub limits: BodyLimits,
+    pub readiness: ReadinessConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlayConfig {
+    /// Address the OAP/1 listener binds (needs a restart to change).
+    pub listen: String,
+    /// This node's id in HELLO; empty means derived from the listen address.
+    pub node_id: String,
+    /// Peers to dial and keep dialed.
+    pub peers: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    pub max_conns: usize,
+    /// Global handshake token bucket: sustained handshakes per second...
+    pub handshake_rate: u32,
+    /// ...and the burst above it.
+    pub handshake_burst: u32,
+    /// Interval of CTRL PING on a quiet session.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// Most topic filters one client may name in HELLO.
+    pub max_topics: usize,
+    /// Post-quantum mode this node asks for in HELLO (`off` or `hybrid`).
+    pub pq_mode: PqModeConfig,
+    pub peer: PeerLimits,
+    pub gossip: GossipConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PqModeConfig {
+    Off,
+    Hybrid,
+}
+
+impl PqModeConfig {
+    pub fn mode(self) -> PqMode {
+        match self {
+            PqModeConfig::Off => PqMode::Off,
+            PqModeConfig::Hybrid => PqMode::Hybrid,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerLimits {
+    /// Frames a session may hold in partial gossip streams.
+    pub inflight_frames: usize,
+    /// Gossip messages per second one session may send (token bucket, burst of one second).
+    pub max_rps: u32,
+    /// Frames handed to a session's writer and not yet written.
+    pub send_window_frames: usize,
+    /// Frames one session's egress queue may hold.
+    pub egress_queue_frames: usize,
+    /// Bytes one session's egress queue may hold.
+    pub egress_queue_bytes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipConfig {
+    pub max_frame_bytes: u32,
+    pub chunk_bytes: usize,
+    pub relay_fanout: usize,
+    /// Deficit round robin quantum, in frames of `chunk_bytes`: how much one session may
+    /// send before the scheduler moves on.
+    pub burst_budget_frames: usize,
+    pub max_partial_streams: usize,
+    pub max_partial_bytes: usize,
+    /// Message ids remembered for dedupe...
+    pub seen_cache_size: usize,
+    /// ...and for how long.
+    #[serde(with = "humantime_serde")]
+    pub seen_ttl: Duration,
+    /// ttl of messages this node originates.
+    pub default_ttl: u8,
+    /// Frames the whole node may have handed to writers at once.
+    pub egress_permits: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of `/metrics /healthz /readyz /version` (needs a restart to change).
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A frame begun must be finished within this (slow senders are cut off).
+    #[serde(with = "humantime_serde")]
+    pub read: Duration,
+    /// A session with frames in flight must make write progress within this.
+    #[serde(with = "humantime_serde")]
+    pub write: Duration,
+    /// A session that receives nothing (not even PONG) for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BodyLimits {
+    pub max_body_bytes: usize,
+    pub decompress_ratio_cap: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadinessConfig {
+    /// Egress fill ratio at which writes are refused and, if sustained, `queues_ok` fails.
+    pub queue_high_watermark: f64,
+    /// How long a bad condition must hold before readiness reports it.
+    #[serde(with = "humantime_serde")]
+    pub sustain: Duration,
+    /// Largest tolerated share of writes answered 503 busy.
+    pub shed_rate_max: f64,
+    /// `retry_after` in 503 bodies, seconds.
+    pub retry_after: u64,
+    /// File descriptors that must stay free for `fd_headroom`.
+    pub fd_reserve: u64,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require a capability token in HELLO.
+    pub required: bool,
+    /// Accepted capability tokens (secrets: never logged).
+    pub tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("required", &self.required)
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `svc_overlay=debug`.
+    pub level: String,
+    /// Log peer addresses (turn off where policy forbids, e.g. behind Tor).
+    pub peer_addr: bool,
+    /// Log 1 of every N repeats of the same error event.
+    pub sample_every: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long draining may take after SIGTERM before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub drain_deadline: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            overlay: OverlayConfig::default(),
+            admin: AdminConfig {
+                listen: "127.0.0.1:9600".into(),
+            },
+            timeouts: Timeouts {
+                read: Duration::from_secs(5),
+                write: Duration::from_secs(5),
+                idle: Duration::from_secs(15),
+            },
+            limits: BodyLimits {
+                max_body_bytes: 1 << 20,
+                decompress_ratio_cap: 10,
+            },
+            readiness: ReadinessConfig {
+                queue_high_watermark: 0.9,
+                sustain: Duration::from_secs(30),
+                shed_rate_max: 0.01,
+                retry_after: 5,
+                fd_reserve: 64,
+            },
+            auth: AuthConfig::default(),
+            log: LogConfig {
+                level: "info".into(),
+                peer_addr: true,
+                sample_every: 100,
+            },
+            shutdown: ShutdownConfig {
+                drain_deadline: Duration::from_secs(3),
+            },
+        }
+    }
+}
+
+impl Default for OverlayConfig {
+    fn default() -> OverlayConfig {
+        OverlayConfig {
+            listen: "127.0.0.1:9444".into(),
+            node_id: String::new(),
+            peers: Vec::new(),
+            handshake_timeout: Duration::from_secs(3),
+            max_conns: 1024,
+            handshake_rate: 500,
+            handshake_burst: 1000,
+            keepalive: Duration::from_secs(5),
+            max_topics: 64,
+            pq_mode: PqModeConfig::Off,
+            peer: PeerLimits::default(),
+            gossip: GossipConfig::default(),
+        }
+    }
+}
+
+impl Default for PeerLimits {
+    fn default() -> PeerLimits {
+        PeerLimits {
+            inflight_frames: 32,
+            max_rps: 200,
+            send_window_frames: 16,
+            egress_queue_frames: 1024,
+            egress_queue_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Default for GossipConfig {
+    fn default() -> GossipConfig {
+        GossipConfig {
+            max_frame_bytes: 1 << 20,
+            chunk_bytes: 64 << 10,
+            relay_fanout: 8,
+            burst_budget_frames: 8,
+            max_partial_streams: 16,
+            max_partial_bytes: 2 << 20,
+            seen_cache_size: 65_536,
+            seen_ttl: Duration::from_secs(120),
+            default_ttl: 6,
+            egress_permits: 4096,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        Config::default().admin
+    }
+}
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Config::default().timeouts
+    }
+}
+impl Default for BodyLimits {
+    fn default() -> BodyLimits {
+        Config::default().limits
+    }
+}
+impl Default for ReadinessConfig {
+    fn default() -> ReadinessConfig {
+        Config::default().readiness
+    }
+}
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        Config::default().log
+    }
+}
+impl Default for ShutdownConfig {
+    fn default() -> ShutdownConfig {
+        Config::default().shutdown
+    }
+}
+
+/// A config value out of range; `key` is its dotted path.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config `{key}`: {why}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub why: String,
+}
+
+fn check(ok: bool, key: &'static str, why: impl Into<String>) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            key,
+            why: why.into(),
+        })
+    }
+}
+
+impl Config {
+    /// Fails closed on the first value out of range, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let o = &self.overlay;
+        let g = &o.gossip;
+        let p = &o.peer;
+        check(
+            o.listen.parse::<std::net::SocketAddr>().is_ok(),
+            "overlay.listen",
+            format!("{:?} is not an ip:port address", o.listen),
+        )?;
+        check(
+            self.admin.listen.parse::<std::net::SocketAddr>().is_ok(),
+            "admin.listen",
+            format!("{:?} is not an ip:port address", self.admin.listen),
+        )?;
+        check(
+            o.node_id.len() <= 128,
+            "overlay.node_id",
+            "at most 128 bytes",
+        )?;
+        for peer in &o.peers {
+            check(
+                !peer.is_empty() && peer.contains(':'),
+                "overlay.peers",
+                format!("{peer:?} is not host:port"),
+            )?;
+        }
+        check(
+            !o.handshake_timeout.is_zero(),
+            "overlay.handshake_timeout",
+            "must be > 0",
+        )?;
+        check(o.max_conns >= 1, "overlay.max_conns", "must be >= 1")?;
+        check(
+            o.handshake_rate >= 1,
+            "overlay.handshake_rate",
+            "must be >= 1",
+        )?;
+        check(
+            o.handshake_burst >= 1,
+            "overlay.handshake_burst",
+            "must be >= 1",
+        )?;
+        check(!o.keepalive.is_zero(), "overlay.keepalive", "must be > 0")?;
+        check(o.max_topics >= 1, "overlay.max_topics", "must be >= 1")?;
+        check(
+            p.inflight_frames >= 1,
+            "overlay.peer.inflight_frames",
+            "must be >= 1",
+        )?;
+        check(p.max_rps >= 1, "overlay.peer.max_rps", "must be >= 1")?;
+        check(
+            p.send_window_frames >= 1,
+            "overlay.peer.send_window_frames",
+            "must be >= 1",
+        )?;
+        check(
+            p.egress_queue_frames >= 2,
+            "overlay.peer.egress_queue_frames",
+            "must be >= 2",
+        )?;
+        check(
+            p.egress_queue_bytes >= g.max_frame_bytes as usize,
+            "overlay.peer.egress_queue_bytes",
+            "must hold at least one max_frame_bytes frame",
+        )?;
+        check(
+            (1024..=1 << 24).contains(&g.max_frame_bytes),
+            "overlay.gossip.max_frame_bytes",
+            "must be in 1024..=16777216",
+        )?;
+        check(
+            g.chunk_bytes >= 512 && g.chunk_bytes + 38 <= g.max_frame_bytes as usize,
+            "overlay.gossip.chunk_bytes",
+            "must be >= 512 and fit in max_frame_bytes with the header",
+        )?;
+        check(
+            g.relay_fanout >= 1,
+            "overlay.gossip.relay_fanout",
+            "must be >= 1",
+        )?;
+        check(
+            g.burst_budget_frames >= 1,
+            "overlay.gossip.burst_budget_frames",
+            "must be >= 1",
+        )?;
+        check(
+            g.max_partial_streams >= 1,
+            "overlay.gossip.max_partial_streams",
+            "must be >= 1",
+        )?;
+        check(
+            g.max_partial_bytes >= g.chunk_bytes,
+            "overlay.gossip.max_partial_bytes",
+            "must be >= chunk_bytes",
+        )?;
+        check(
+            g.seen_cache_size >= 1,
+            "overlay.gossip.seen_cache_size",
+            "must be >= 1",
+        )?;
+        check(
+            !g.seen_ttl.is_zero(),
+            "overlay.gossip.seen_ttl",
+            "must be > 0",
+        )?;
+        check(
+            g.default_ttl >= 1,
+            "overlay.gossip.default_ttl",
+            "must be >= 1",
+        )?;
+        check(
+            g.egress_permits >= 1,
+            "overlay.gossip.egress_permits",
+            "must be >= 1",
+        )?;
+        check(
+            !self.timeouts.read.is_zero(),
+            "timeouts.read",
+            "must be > 0",
+        )?;
+        check(
+            !self.timeouts.write.is_zero(),
+            "timeouts.write",
+            "must be > 0",
+        )?;
+        check(
+            self.timeouts.idle > o.keepalive,
+            "timeouts.idle",
+            "must be longer than overlay.keepalive",
+        )?;
+        check(
+            self.limits.max_body_bytes >= 1,
+            "limits.max_body_bytes",
+            "must be >= 1",
+        )?;
+        check(
+            self.limits.decompress_ratio_cap >= 1,
+            "limits.decompress_ratio_cap",
+            "must be >= 1",
+        )?;
+        let r = &self.readiness;
+        check(
+            r.queue_high_watermark > 0.0 && r.queue_high_watermark <= 1.0,
+            "readiness.queue_high_watermark",
+            "must be in (0, 1]",
+        )?;
+        check(
+            r.shed_rate_max >= 0.0 && r.shed_rate_max <= 1.0,
+            "readiness.shed_rate_max",
+            "must be in [0, 1]",
+        )?;
+        check(!r.sustain.is_zero(), "readiness.sustain", "must be > 0")?;
+        check(
+            !self.auth.required || !self.auth.tokens.is_empty(),
+            "auth.tokens",
+            "auth.required needs at least one token",
+        )?;
+        check(
+            self.log.sample_every >= 1,
+            "log.sample_every",
+            "must be >= 1",
+        )?;
+        check(
+            !self.shutdown.drain_deadline.is_zero(),
+            "shutdown.drain_deadline",
+            "must be > 0",
+        )?;
+        Ok(())
+    }
+
+    /// The node id used in HELLO.
+    pub fn node_id(&self) -> String {
+        if self.overlay.node_id.is_empty() {
+            format!("node-{}", self.overlay.listen)
+        } else {
+            self.overlay.node_id.clone()
+        }
+    }
+
+    /// The effective config as TOML-ready JSON with secrets replaced.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.auth.tokens = c
+            .auth
+            .tokens
+            .iter()
+            .map(|_| "<redacted>".to_string())
+            .collect();
+        c
+    }
+}

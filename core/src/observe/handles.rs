@@ -1,0 +1,205 @@
+//! Registered handles for every inventory metric.
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+
+use super::names::*;
+use crate::reason::RejectReason;
+
+/// Handles for the overlay metrics. Build it inside `metrics::with_local_recorder` (or with
+/// a global recorder installed) so the handles bind to that node's recorder; every series is
+/// registered here, at zero, so it is exported from the first scrape.
+#[derive(Clone)]
+pub struct Metrics {
+    pub rejected: [Counter; 8],
+    pub service_restarts: Counter,
+    pub bus_lagged: Counter,
+    pub sessions_active: Gauge,
+    pub sessions_open: Counter,
+    pub handshake_attempts: Counter,
+    pub handshake_failures: [Counter; 6],
+    /// `[dir][kind]`
+    pub frames: [[Counter; 3]; 2],
+    pub bytes: [Counter; 2],
+    pub frame_size: [Histogram; 2],
+    pub chunk_size: [Histogram; 2],
+    pub backpressure: [Counter; 4],
+    pub queue_depth: [Gauge; 3],
+    /// `[queue][reason]`
+    pub queue_dropped: [[Counter; 3]; 3],
+    pub permits: [Gauge; 2],
+    pub fanout: Gauge,
+    pub auth_failures: [Counter; 3],
+    pub tls_failures: [Counter; 4],
+    /// `[mode][outcome]`
+    pub pq_negotiations: [[Counter; 3]; 2],
+    pub readyz_state: Gauge,
+    pub rx_outcomes: [Counter; 5],
+    pub rx_dropped: [Counter; 5],
+    pub tor_bootstrap: Option<Histogram>,
+    pub quic_path_events: Option<[Counter; 3]>,
+}
+
+fn describe() {
+    for s in INVENTORY {
+        let unit = if s.name.ends_with("_seconds") {
+            Unit::Seconds
+        } else if s.name.ends_with("_bytes") || s.name == BYTES_TOTAL {
+            Unit::Bytes
+        } else {
+            Unit::Count
+        };
+        match s.kind {
+            Kind::Counter => metrics::describe_counter!(s.name, unit, s.help),
+            Kind::Gauge => metrics::describe_gauge!(s.name, unit, s.help),
+            Kind::Histogram => metrics::describe_histogram!(s.name, unit, s.help),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every overlay metric with the current recorder.
+    pub fn new() -> Metrics {
+        describe();
+        let dirs = |f: &dyn Fn(Dir) -> Counter| [f(Dir::Rx), f(Dir::Tx)];
+        Metrics {
+            rejected: RejectReason::ALL
+                .map(|r| metrics::counter!(REJECTED_TOTAL, "reason" => r.as_str())),
+            service_restarts: metrics::counter!(SERVICE_RESTARTS_TOTAL),
+            bus_lagged: metrics::counter!(BUS_LAGGED_TOTAL),
+            sessions_active: metrics::gauge!(SESSIONS_ACTIVE),
+            sessions_open: metrics::counter!(SESSIONS_OPEN_TOTAL),
+            handshake_attempts: metrics::counter!(HANDSHAKE_ATTEMPTS_TOTAL),
+            handshake_failures: std::array::from_fn(|i| {
+                metrics::counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => HandshakeFailure::ALL[i].as_str())
+            }),
+            frames: [Dir::Rx, Dir::Tx].map(|d| {
+                std::array::from_fn(|k| {
+                    metrics::counter!(FRAMES_TOTAL, "dir" => d.as_str(), "kind" => FrameClass::ALL[k].as_str())
+                })
+            }),
+            bytes: dirs(&|d| metrics::counter!(BYTES_TOTAL, "dir" => d.as_str())),
+            frame_size: [Dir::Rx, Dir::Tx]
+                .map(|d| metrics::histogram!(FRAME_SIZE_BYTES, "dir" => d.as_str())),
+            chunk_size: [Dir::Rx, Dir::Tx].map(|d| metrics::histogram!(CHUNK_BYTES, "dir" => d.as_str())),
+            backpressure: std::array::from_fn(|i| {
+                metrics::counter!(BACKPRESSURE_EVENTS_TOTAL, "peer_bucket" => PeerBucket::ALL[i].as_str())
+            }),
+            queue_depth: std::array::from_fn(|i| {
+                metrics::gauge!(QUEUE_DEPTH, "queue" => Queue::ALL[i].as_str())
+            }),
+            queue_dropped: std::array::from_fn(|q| {
+                std::array::from_fn(|r| {
+                    metrics::counter!(QUEUE_DROPPED_TOTAL,
+                        "queue" => Queue::ALL[q].as_str(), "reason" => DropReason::ALL[r].as_str())
+                })
+            }),
+            permits: std::array::from_fn(|i| {
+                metrics::gauge!(EGRESS_PERMITS, "state" => PermitState::ALL[i].as_str())
+            }),
+            fanout: metrics::gauge!(FANOUT_CURRENT),
+            auth_failures: std::array::from_fn(|i| {
+                metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => AuthFailure::ALL[i].as_str())
+            }),
+            tls_failures: std::array::from_fn(|i| {
+                metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => TlsFailure::ALL[i].as_str())
+            }),
+            pq_negotiations: std::array::from_fn(|m| {
+                std::array::from_fn(|o| {
+                    metrics::counter!(PQ_NEGOTIATIONS_TOTAL,
+                        "mode" => PqMode::ALL[m].as_str(), "outcome" => PqOutcome::ALL[o].as_str())
+                })
+            }),
+            readyz_state: metrics::gauge!(READYZ_STATE),
+            rx_outcomes: std::array::from_fn(|i| {
+                metrics::counter!(RX_OUTCOMES_TOTAL, "outcome" => Outcome::ALL[i].as_str())
+            }),
+            rx_dropped: std::array::from_fn(|i| {
+                metrics::counter!(RX_DROPPED_TOTAL, "reason" => RxDrop::ALL[i].as_str())
+            }),
+            tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
+            quic_path_events: cfg!(feature = "quic").then(|| {
+                std::array::from_fn(|i| {
+                    metrics::counter!(QUIC_PATH_EVENTS_TOTAL, "event" => QuicPathEvent::ALL[i].as_str())
+                })
+            }),
+        }
+    }
+
+    /// Handles bound to no recorder: every update is a no-op. For embedders and benchmarks
+    /// that do not export metrics.
+    pub fn noop() -> Metrics {
+        metrics::with_local_recorder(&metrics::NoopRecorder, Metrics::new)
+    }
+
+    pub fn reject(&self, r: RejectReason) {
+        self.rejected[r.index()].increment(1);
+    }
+    pub fn handshake_failure(&self, r: HandshakeFailure) {
+        self.handshake_failures[r.index()].increment(1);
+    }
+    pub fn queue_drop(&self, q: Queue, r: DropReason, frames: u64) {
+        self.queue_dropped[q.index()][r.index()].increment(frames);
+    }
+    pub fn outcome(&self, o: Outcome, frames: u64) {
+        self.rx_outcomes[o.index()].increment(frames);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// Handles for the admin plane's golden HTTP metrics, every route, method and status
+/// registered up front.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// `[route][method][status]`
+    pub requests: Vec<Counter>,
+    /// `[route][method]`
+    pub latency: Vec<Histogram>,
+    pub inflight: Vec<Gauge>,
+}
+
+impl HttpMetrics {
+    pub fn new() -> HttpMetrics {
+        let mut requests = Vec::new();
+        let mut latency = Vec::new();
+        for r in Route::ALL {
+            for m in Method::ALL {
+                for s in Status::ALL {
+                    requests.push(metrics::counter!(HTTP_REQUESTS_TOTAL,
+                        "route" => r.as_str(), "method" => m.as_str(), "status" => s.as_str()));
+                }
+                latency.push(metrics::histogram!(REQUEST_LATENCY_SECONDS,
+                    "route" => r.as_str(), "method" => m.as_str()));
+            }
+        }
+        let inflight = Route::ALL
+            .iter()
+            .map(|r| metrics::gauge!(INFLIGHT_REQUESTS, "route" => r.as_str()))
+            .collect();
+        HttpMetrics {
+            requests,
+            latency,
+            inflight,
+        }
+    }
+
+    pub fn request(&self, r: Route, m: Method, s: Status) -> &Counter {
+        &self.requests[(r.index() * Method::ALL.len() + m.index()) * Status::ALL.len() + s.index()]
+    }
+    pub fn latency(&self, r: Route, m: Method) -> &Histogram {
+        &self.latency[r.index() * Method::ALL.len() + m.index()]
+    }
+    pub fn inflight(&self, r: Route) -> &Gauge {
+        &self.inflight[r.index()]
+    }
+}
+
+impl Default for HttpMetrics {
+    fn default() -> HttpMetrics {
+        HttpMetrics::new()
+    }
+}

@@ -1,0 +1,438 @@
+//! Metric names and their closed label sets: the API operators build dashboards on.
+//! Everything that emits a metric takes its name and labels from here.
+
+/// Histogram buckets for `request_latency_seconds` (seed section 1.1).
+pub const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+/// Histogram buckets for frame and chunk sizes, capped at 1 MiB (seed section 7).
+pub const SIZE_BUCKETS: &[f64] = &[
+    512.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 524288.0, 1048576.0,
+];
+/// Buckets for `overlay_tor_bootstrap_seconds`.
+pub const BOOTSTRAP_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
+
+macro_rules! label_enum {
+    ($(#[$m:meta])* $name:ident { $($var:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($var),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            pub const VALUES: &'static [&'static str] = &[$($s),+];
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$var => $s),+ }
+            }
+            pub const fn index(self) -> usize { self as usize }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// `overlay_handshake_failures_total{reason}`.
+    HandshakeFailure {
+        Timeout => "timeout",
+        Tls => "tls",
+        Mtls => "mtls",
+        PqNegFail => "pq_neg_fail",
+        Ratelimit => "ratelimit",
+        Proto => "proto",
+    }
+);
+
+label_enum!(
+    /// `dir` of frame and byte counters.
+    Dir { Rx => "rx", Tx => "tx" }
+);
+
+label_enum!(
+    /// `kind` of `overlay_frames_total`: HELLO and CTRL are `ctrl`, GOSSIP `gossip`.
+    FrameClass { Gossip => "gossip", Ctrl => "ctrl", Other => "other" }
+);
+
+label_enum!(
+    /// `queue` of `overlay_queue_depth` and `overlay_queue_dropped_total`.
+    Queue { Ingress => "ingress", GossipIngress => "gossip_ingress", Egress => "egress" }
+);
+
+label_enum!(
+    /// `reason` of `overlay_queue_dropped_total`.
+    DropReason { Full => "full", Timeout => "timeout", Shed => "shed" }
+);
+
+label_enum!(
+    /// `peer_bucket` of `overlay_backpressure_events_total`: a peer's class by the bytes the
+    /// node has sent it, so that no peer identity reaches a label.
+    PeerBucket { Tiny => "tiny", Small => "small", Med => "med", Large => "large" }
+);
+
+label_enum!(
+    /// `state` of `overlay_egress_permits`.
+    PermitState { Available => "available", InUse => "in_use" }
+);
+
+label_enum!(
+    /// `reason` of `auth_failures_total`.
+    AuthFailure { Unauth => "unauth", Expired => "expired", InvalidCaveat => "invalid_caveat" }
+);
+
+label_enum!(
+    /// `reason` of `tls_handshake_failures_total`.
+    TlsFailure { Cert => "cert", Version => "version", Cipher => "cipher", Alpn => "alpn" }
+);
+
+label_enum!(
+    /// `mode` of `overlay_pq_negotiations_total`.
+    PqMode { Off => "off", Hybrid => "hybrid" }
+);
+
+label_enum!(
+    /// `outcome` of `overlay_pq_negotiations_total`.
+    PqOutcome { Ok => "ok", Fail => "fail", Incompatible => "incompatible" }
+);
+
+label_enum!(
+    /// `event` of `overlay_quic_path_events_total`.
+    QuicPathEvent { Amplification => "amplification", MtuChange => "mtu_change", PathMigrate => "path_migrate" }
+);
+
+label_enum!(
+    /// `route` of the admin plane's HTTP metrics; anything else is `other`.
+    Route { Metrics => "/metrics", Healthz => "/healthz", Readyz => "/readyz", Version => "/version", Other => "other" }
+);
+
+label_enum!(
+    /// `method` of the admin plane's HTTP metrics.
+    Method { Get => "GET", Head => "HEAD", Other => "other" }
+);
+
+label_enum!(
+    /// `status` of `http_requests_total`: the codes the admin plane answers with.
+    Status {
+        Ok => "200",
+        BadRequest => "400",
+        NotFound => "404",
+        MethodNotAllowed => "405",
+        Internal => "500",
+        Unavailable => "503",
+    }
+);
+
+label_enum!(
+    /// `outcome` of `overlay_rx_outcomes_total`: what became of each frame received.
+    Outcome {
+        Delivered => "delivered",
+        Relayed => "relayed",
+        Duplicate => "duplicate",
+        Dropped => "dropped",
+        Rejected => "rejected",
+    }
+);
+
+label_enum!(
+    /// `reason` of `overlay_rx_dropped_total`: why a received frame was let go unanswered.
+    RxDrop {
+        Full => "full",
+        Shed => "shed",
+        Timeout => "timeout",
+        Closed => "closed",
+        Unroutable => "unroutable",
+    }
+);
+
+impl Status {
+    pub fn from_code(code: u16) -> Status {
+        match code {
+            200..=299 => Status::Ok,
+            400 => Status::BadRequest,
+            404 => Status::NotFound,
+            405 => Status::MethodNotAllowed,
+            503 => Status::Unavailable,
+            _ => Status::Internal,
+        }
+    }
+}
+
+impl Route {
+    pub fn from_path(path: &str) -> Route {
+        match path {
+            "/metrics" => Route::Metrics,
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            "/version" => Route::Version,
+            _ => Route::Other,
+        }
+    }
+}
+
+impl Method {
+    pub fn from_name(m: &str) -> Method {
+        match m {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            _ => Method::Other,
+        }
+    }
+}
+
+pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
+pub const REQUEST_LATENCY_SECONDS: &str = "request_latency_seconds";
+pub const INFLIGHT_REQUESTS: &str = "inflight_requests";
+pub const SERVICE_RESTARTS_TOTAL: &str = "service_restarts_total";
+pub const BUS_LAGGED_TOTAL: &str = "bus_lagged_total";
+pub const REJECTED_TOTAL: &str = "rejected_total";
+pub const SESSIONS_ACTIVE: &str = "overlay_sessions_active";
+pub const SESSIONS_OPEN_TOTAL: &str = "overlay_sessions_open_total";
+pub const HANDSHAKE_ATTEMPTS_TOTAL: &str = "overlay_handshake_attempts_total";
+pub const HANDSHAKE_FAILURES_TOTAL: &str = "overlay_handshake_failures_total";
+pub const FRAMES_TOTAL: &str = "overlay_frames_total";
+pub const BYTES_TOTAL: &str = "overlay_bytes_total";
+pub const FRAME_SIZE_BYTES: &str = "overlay_frame_size_bytes";
+pub const CHUNK_BYTES: &str = "overlay_chunk_bytes";
+pub const BACKPRESSURE_EVENTS_TOTAL: &str = "overlay_backpressure_events_total";
+pub const QUEUE_DEPTH: &str = "overlay_queue_depth";
+pub const QUEUE_DROPPED_TOTAL: &str = "overlay_queue_dropped_total";
+pub const EGRESS_PERMITS: &str = "overlay_egress_permits";
+pub const FANOUT_CURRENT: &str = "overlay_fanout_current";
+pub const AUTH_FAILURES_TOTAL: &str = "auth_failures_total";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "tls_handshake_failures_total";
+pub const PQ_NEGOTIATIONS_TOTAL: &str = "overlay_pq_negotiations_total";
+pub const TOR_BOOTSTRAP_SECONDS: &str = "overlay_tor_bootstrap_seconds";
+pub const QUIC_PATH_EVENTS_TOTAL: &str = "overlay_quic_path_events_total";
+pub const READYZ_STATE: &str = "readyz_state";
+pub const RX_OUTCOMES_TOTAL: &str = "overlay_rx_outcomes_total";
+pub const RX_DROPPED_TOTAL: &str = "overlay_rx_dropped_total";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One inventory entry: name, type, help text and the allowlist of each label.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricSpec {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub labels: &'static [(&'static str, &'static [&'static str])],
+    /// Cargo feature the metric belongs to, if it exists only with that feature.
+    pub feature: Option<&'static str>,
+}
+
+const fn spec(
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    labels: &'static [(&'static str, &'static [&'static str])],
+) -> MetricSpec {
+    MetricSpec {
+        name,
+        kind,
+        help,
+        labels,
+        feature: None,
+    }
+}
+
+use crate::reason::RejectReason;
+
+/// Every metric svc-overlay exports (seed sections 1.1 and 1.2, plus the frame outcomes
+/// that make the balance of counts visible).
+pub const INVENTORY: &[MetricSpec] = &[
+    spec(
+        HTTP_REQUESTS_TOTAL,
+        Kind::Counter,
+        "Admin plane HTTP requests by route, method and status.",
+        &[
+            ("route", Route::VALUES),
+            ("method", Method::VALUES),
+            ("status", Status::VALUES),
+        ],
+    ),
+    spec(
+        REQUEST_LATENCY_SECONDS,
+        Kind::Histogram,
+        "Admin plane request latency in seconds.",
+        &[("route", Route::VALUES), ("method", Method::VALUES)],
+    ),
+    spec(
+        INFLIGHT_REQUESTS,
+        Kind::Gauge,
+        "Admin plane requests being served.",
+        &[("route", Route::VALUES)],
+    ),
+    spec(
+        SERVICE_RESTARTS_TOTAL,
+        Kind::Counter,
+        "Supervised tasks restarted after a panic (reason in logs).",
+        &[],
+    ),
+    spec(
+        BUS_LAGGED_TOTAL,
+        Kind::Counter,
+        "Events a lagging event-bus subscriber missed.",
+        &[],
+    ),
+    spec(
+        REJECTED_TOTAL,
+        Kind::Counter,
+        "Frames, requests and connections refused, by canonical reason.",
+        &[("reason", RejectReason::VALUES)],
+    ),
+    spec(
+        SESSIONS_ACTIVE,
+        Kind::Gauge,
+        "Established OAP/1 sessions.",
+        &[],
+    ),
+    spec(
+        SESSIONS_OPEN_TOTAL,
+        Kind::Counter,
+        "OAP/1 sessions established since start.",
+        &[],
+    ),
+    spec(
+        HANDSHAKE_ATTEMPTS_TOTAL,
+        Kind::Counter,
+        "Handshakes begun (connections accepted or dialed).",
+        &[],
+    ),
+    spec(
+        HANDSHAKE_FAILURES_TOTAL,
+        Kind::Counter,
+        "Handshakes that failed, by reason.",
+        &[("reason", HandshakeFailure::VALUES)],
+    ),
+    spec(
+        FRAMES_TOTAL,
+        Kind::Counter,
+        "OAP/1 frames by direction and kind.",
+        &[("dir", Dir::VALUES), ("kind", FrameClass::VALUES)],
+    ),
+    spec(
+        BYTES_TOTAL,
+        Kind::Counter,
+        "OAP/1 bytes on the wire by direction.",
+        &[("dir", Dir::VALUES)],
+    ),
+    spec(
+        FRAME_SIZE_BYTES,
+        Kind::Histogram,
+        "OAP/1 frame sizes on the wire, header included.",
+        &[("dir", Dir::VALUES)],
+    ),
+    spec(
+        CHUNK_BYTES,
+        Kind::Histogram,
+        "Gossip chunk payload sizes.",
+        &[("dir", Dir::VALUES)],
+    ),
+    spec(
+        BACKPRESSURE_EVENTS_TOTAL,
+        Kind::Counter,
+        "Egress refusals (shed or full) by peer volume class.",
+        &[("peer_bucket", PeerBucket::VALUES)],
+    ),
+    spec(
+        QUEUE_DEPTH,
+        Kind::Gauge,
+        "Sampled queue depth in frames (ingress: read chunks).",
+        &[("queue", Queue::VALUES)],
+    ),
+    spec(
+        QUEUE_DROPPED_TOTAL,
+        Kind::Counter,
+        "Frames dropped from a queue, by queue and reason.",
+        &[("queue", Queue::VALUES), ("reason", DropReason::VALUES)],
+    ),
+    spec(
+        EGRESS_PERMITS,
+        Kind::Gauge,
+        "Global egress permits (frames handed to writers).",
+        &[("state", PermitState::VALUES)],
+    ),
+    spec(
+        FANOUT_CURRENT,
+        Kind::Gauge,
+        "Peers the last new message was relayed to.",
+        &[],
+    ),
+    spec(
+        AUTH_FAILURES_TOTAL,
+        Kind::Counter,
+        "Capability checks that failed, by reason.",
+        &[("reason", AuthFailure::VALUES)],
+    ),
+    spec(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        Kind::Counter,
+        "TLS handshakes that failed, by reason.",
+        &[("reason", TlsFailure::VALUES)],
+    ),
+    spec(
+        PQ_NEGOTIATIONS_TOTAL,
+        Kind::Counter,
+        "Post-quantum mode negotiations in HELLO.",
+        &[("mode", PqMode::VALUES), ("outcome", PqOutcome::VALUES)],
+    ),
+    spec(
+        READYZ_STATE,
+        Kind::Gauge,
+        "Readiness: 0 down, 1 ready, 2 degraded.",
+        &[],
+    ),
+    spec(
+        RX_OUTCOMES_TOTAL,
+        Kind::Counter,
+        "What became of every frame received: exactly one outcome each.",
+        &[("outcome", Outcome::VALUES)],
+    ),
+    spec(
+        RX_DROPPED_TOTAL,
+        Kind::Counter,
+        "Received frames dropped, by reason.",
+        &[("reason", RxDrop::VALUES)],
+    ),
+    MetricSpec {
+        name: TOR_BOOTSTRAP_SECONDS,
+        kind: Kind::Histogram,
+        help: "Time for the Tor client to bootstrap a circuit.",
+        labels: &[],
+        feature: Some("arti"),
+    },
+    MetricSpec {
+        name: QUIC_PATH_EVENTS_TOTAL,
+        kind: Kind::Counter,
+        help: "QUIC path events by kind.",
+        labels: &[("event", QuicPathEvent::VALUES)],
+        feature: Some("quic"),
+    },
+];
+
+/// The inventory entry for `name`.
+pub fn spec_of(name: &str) -> Option<&'static MetricSpec> {
+    INVENTORY.iter().find(|s| s.name == name)
+}
+
+/// Whether a metric exists in a build with these features on.
+pub fn enabled(spec: &MetricSpec, features: &[&str]) -> bool {
+    spec.feature.map_or(true, |f| features.contains(&f))
+}
+
+impl RejectReason {
+    pub const VALUES: &'static [&'static str] = &[
+        "oversize",
+        "ratio_cap",
+        "proto",
+        "timeout",
+        "busy",
+        "unauth",
+        "ratelimit",
+        "not_ready",
+    ];
+}

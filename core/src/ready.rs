@@ -1,0 +1,182 @@
+//! Readiness: the eight keys of the seed document, the sustained windows, and the exact
+//! `/readyz` bodies.
+
+use std::time::Duration;
+
+use crate::time::Time;
+
+/// Facts only the runtime can observe; it reports them with `Overlay::set_probe`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Probe {
+    ListenersBound,
+    MetricsBound,
+    CfgLoaded,
+    FdHeadroom,
+    PqReady,
+    TorBootstrap,
+}
+
+/// `readyz_state`: 0 down, 1 ready, 2 degraded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadyState {
+    Down = 0,
+    Ready = 1,
+    Degraded = 2,
+}
+
+impl ReadyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyState::Down => "down",
+            ReadyState::Ready => "ready",
+            ReadyState::Degraded => "degraded",
+        }
+    }
+}
+
+/// A condition that only counts once it has held for `sustain`; it clears the moment it
+/// stops holding (readiness never stays red to look stable, nor green to avoid flapping).
+#[derive(Clone, Debug)]
+pub struct Sustained {
+    sustain: Duration,
+    since: Option<Time>,
+}
+
+impl Sustained {
+    pub fn new(sustain: Duration) -> Sustained {
+        Sustained {
+            sustain,
+            since: None,
+        }
+    }
+
+    pub fn set_sustain(&mut self, sustain: Duration) {
+        self.sustain = sustain;
+    }
+
+    /// Records whether the bad condition holds now; returns whether it has been sustained.
+    pub fn observe(&mut self, now: Time, bad: bool) -> bool {
+        if !bad {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.saturating_since(since) >= self.sustain
+    }
+
+    /// When the condition, if it keeps holding, becomes sustained.
+    pub fn deadline(&self) -> Option<Time> {
+        self.since.map(|s| s + self.sustain)
+    }
+}
+
+/// Counts in one-second buckets over a trailing window, for rates like the shed rate.
+#[derive(Clone, Debug)]
+pub struct RateWindow {
+    buckets: Vec<(u64, u64, u64)>, // (second, hits, total)
+}
+
+impl RateWindow {
+    pub fn new(window: Duration) -> RateWindow {
+        let n = window.as_secs().clamp(1, 3600) as usize;
+        RateWindow {
+            buckets: vec![(u64::MAX, 0, 0); n],
+        }
+    }
+
+    fn bucket(&mut self, now: Time) -> &mut (u64, u64, u64) {
+        let sec = now.since_epoch().as_secs();
+        let n = self.buckets.len();
+        let b = &mut self.buckets[(sec as usize) % n];
+        if b.0 != sec {
+            *b = (sec, 0, 0);
+        }
+        b
+    }
+
+    pub fn record(&mut self, now: Time, hit: bool) {
+        let b = self.bucket(now);
+        b.2 += 1;
+        if hit {
+            b.1 += 1;
+        }
+    }
+
+    /// (hits, total) over the window ending at `now`.
+    pub fn totals(&self, now: Time) -> (u64, u64) {
+        let sec = now.since_epoch().as_secs();
+        let n = self.buckets.len() as u64;
+        self.buckets
+            .iter()
+            .filter(|b| b.0 != u64::MAX && b.0 <= sec && sec - b.0 < n)
+            .fold((0, 0), |(h, t), b| (h + b.1, t + b.2))
+    }
+}
+
+/// The readiness keys and their current values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyView {
+    pub listeners_bound: bool,
+    pub metrics_bound: bool,
+    pub cfg_loaded: bool,
+    /// `None` unless `pq_mode = hybrid`.
+    pub pq_ready: Option<bool>,
+    /// `None` unless Tor is configured.
+    pub tor_bootstrap: Option<bool>,
+    pub queues_ok: bool,
+    pub shed_rate_ok: bool,
+    pub fd_headroom: bool,
+    /// Draining for shutdown: not ready whatever the keys say.
+    pub draining: bool,
+}
+
+impl ReadyView {
+    /// The keys that are false, in the seed document's order.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        let mut need = |ok: bool, k| {
+            if !ok {
+                m.push(k)
+            }
+        };
+        need(self.listeners_bound, "listeners_bound");
+        need(self.metrics_bound, "metrics_bound");
+        need(self.cfg_loaded, "cfg_loaded");
+        need(self.queues_ok, "queues_ok");
+        need(self.shed_rate_ok, "shed_rate_ok");
+        need(self.fd_headroom, "fd_headroom");
+        need(self.pq_ready != Some(false), "pq_ready");
+        need(self.tor_bootstrap != Some(false), "tor_bootstrap");
+        m
+    }
+
+    /// Down while the node cannot serve at all (not bound, no config, draining);
+    /// degraded while it serves but should not take writes; otherwise ready.
+    pub fn state(&self) -> ReadyState {
+        if self.draining || !self.listeners_bound || !self.cfg_loaded {
+            ReadyState::Down
+        } else if self.missing().is_empty() {
+            ReadyState::Ready
+        } else {
+            ReadyState::Degraded
+        }
+    }
+
+    /// Status code and JSON body of `/readyz` (seed section 2.3).
+    pub fn http(&self, retry_after: u64) -> (u16, String) {
+        if self.state() == ReadyState::Ready {
+            return (200, r#"{"ready":true}"#.to_string());
+        }
+        let mut missing = self.missing();
+        if self.draining {
+            missing.push("draining");
+        }
+        let body = serde_json::json!({
+            "ready": false,
+            "degraded": true,
+            "missing": missing,
+            "retry_after": retry_after,
+        });
+        (503, body.to_string())
+    }
+}
