@@ -78,28 +78,36 @@ fn decode_baseline(buf: &mut BytesMut) -> usize {
     n
 }
 
-/// Best mean time of one pass over `input`, in `RUNS` runs sharing `budget` of wall time.
-fn measure(input: &Bytes, frames: usize, budget: Duration, f: fn(&mut BytesMut) -> usize) -> f64 {
-    let slice = budget / RUNS;
-    // One untimed pass to warm the allocator and the branch predictors.
-    assert_eq!(f(&mut BytesMut::from(&input[..])), frames);
-    let mut best = f64::INFINITY;
-    for _ in 0..RUNS {
-        let started = Instant::now();
-        let (mut timed, mut passes) = (Duration::ZERO, 0u32);
-        while passes < 3 || started.elapsed() < slice {
-            let mut buf = BytesMut::from(&input[..]);
-            let t = Instant::now();
-            let n = f(black_box(&mut buf));
-            timed += t.elapsed();
-            passes += 1;
-            assert_eq!(n, frames);
-            assert!(buf.is_empty());
-            drop(black_box(buf));
-        }
-        best = best.min(timed.as_secs_f64() / passes as f64);
+/// Mean time of one pass over `input`, over as many passes as fit in `slice` (at least 3).
+fn run_once(input: &Bytes, frames: usize, slice: Duration, f: fn(&mut BytesMut) -> usize) -> f64 {
+    let started = Instant::now();
+    let (mut timed, mut passes) = (Duration::ZERO, 0u32);
+    while passes < 3 || started.elapsed() < slice {
+        let mut buf = BytesMut::from(&input[..]);
+        let t = Instant::now();
+        let n = f(black_box(&mut buf));
+        timed += t.elapsed();
+        passes += 1;
+        assert_eq!(n, frames);
+        assert!(buf.is_empty());
+        drop(black_box(buf));
     }
-    best
+    timed.as_secs_f64() / passes as f64
+}
+
+/// Best pass time of each decoder over `RUNS` runs. The runs alternate between the two,
+/// so a change of clock speed or a noisy neighbour mid-way hits both alike.
+fn measure(input: &Bytes, frames: usize, budget: Duration) -> (f64, f64) {
+    let slice = budget / RUNS;
+    // One untimed pass each to warm the allocator and the branch predictors.
+    assert_eq!(decode_ours(&mut BytesMut::from(&input[..])), frames);
+    assert_eq!(decode_baseline(&mut BytesMut::from(&input[..])), frames);
+    let (mut ours, mut base) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..RUNS {
+        ours = ours.min(run_once(input, frames, slice, decode_ours));
+        base = base.min(run_once(input, frames, slice, decode_baseline));
+    }
+    (ours, base)
 }
 
 fn main() {
@@ -131,8 +139,7 @@ fn main() {
             assert_eq!(ours.to_bytes(DEFAULT_MAX_FRAME).unwrap(), base.freeze());
         }
 
-        let t_ours = measure(&input, frames, budget, decode_ours);
-        let t_base = measure(&input, frames, budget, decode_baseline);
+        let (t_ours, t_base) = measure(&input, frames, budget);
         let fps = |t: f64| frames as f64 / t;
         let gbs = |t: f64| input.len() as f64 / t / 1e9;
         println!(

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod egress;
 pub mod event;
