@@ -190,6 +190,10 @@ impl Client {
                 }
             }
             (_, AppProto::Hello, Some(FrameKind::Resp)) if f.code != 200 => self.refused(&f),
+            // 400 and 413 on gossip are rejects of a frame: the node closes after them.
+            (_, AppProto::Gossip, Some(FrameKind::Resp)) if matches!(f.code, 400 | 413) => {
+                self.refused(&f)
+            }
             (State::Established, AppProto::Gossip, Some(FrameKind::Resp)) => {
                 let error = serde_json::from_slice::<HelloError>(&f.payload)
                     .ok()

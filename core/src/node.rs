@@ -33,8 +33,9 @@ use crate::time::Time;
 /// checked at this granularity.
 pub const TICK: Duration = Duration::from_millis(250);
 
-/// Window over which the shed rate is measured (shorter if `readiness.sustain` is).
-const SHED_WINDOW: Duration = Duration::from_secs(5);
+/// Trailing window over which the shed rate is measured; `readiness.sustain` then says how
+/// long that rate must stay over `shed_rate_max` before readiness reports it.
+const SHED_WINDOW: Duration = Duration::from_secs(10);
 
 /// Bytes to send on one connection. Write `head` then `body`; if `close` is set, shut the
 /// connection down after writing and report it with `handle_closed`. Every transmit with
@@ -148,7 +149,7 @@ impl Overlay {
             probes,
             queues_bad: Sustained::new(sustain),
             shed_bad: Sustained::new(sustain),
-            shed_window: RateWindow::new(SHED_WINDOW.min(sustain)),
+            shed_window: RateWindow::new(SHED_WINDOW),
             queues_ok: true,
             shed_rate_ok: true,
             last_ready: None,
