@@ -18,8 +18,18 @@ pub fn inflate_limit(compressed_len: usize, max_body_bytes: usize, ratio_cap: u3
     max_body_bytes.min(compressed_len.saturating_mul(ratio_cap as usize))
 }
 
+/// Magic number of a Zstandard frame, as it appears on the wire (little-endian 0xFD2FB528).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
 /// Inflates `payload`, stopping as soon as the output would pass `limit` bytes.
+///
+/// The payload must be exactly one Zstandard frame: a skippable frame, or bytes after the
+/// frame, are refused, because a peer that decoded them differently would see a different
+/// message under the same msg_id.
 pub fn inflate(payload: &[u8], limit: usize) -> Result<Bytes, FrameErrorKind> {
+    if !payload.starts_with(&ZSTD_MAGIC) {
+        return Err(FrameErrorKind::BadCompression);
+    }
     // A declared content size over the limit is refused before the decoder allocates.
     if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(payload) {
         if declared > limit as u64 {
@@ -46,6 +56,9 @@ pub fn inflate(payload: &[u8], limit: usize) -> Result<Bytes, FrameErrorKind> {
             return Err(FrameErrorKind::InflateLimit { limit });
         }
         out.extend_from_slice(&step[..n]);
+    }
+    if !dec.finish().is_empty() {
+        return Err(FrameErrorKind::BadCompression);
     }
     Ok(Bytes::from(out))
 }

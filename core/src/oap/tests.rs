@@ -298,6 +298,29 @@ fn failed_comp_frame_leaves_the_buffer_untouched() {
     }
 }
 
+/// Found while writing docs/OAP1.md: bytes after the zstd frame were ignored, and a
+/// skippable frame inflated to nothing, so two implementations could read different
+/// messages out of the same COMP payload. The payload must be exactly one zstd frame.
+#[test]
+fn comp_payload_is_exactly_one_zstd_frame() {
+    let z = comp::deflate(b"hello world hello world", 3).unwrap();
+    let skippable = [0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("two frames", [&z[..], &z[..]].concat()),
+        ("trailing garbage", [&z[..], b"garbage"].concat()),
+        ("skippable frame", skippable.to_vec()),
+        ("skippable then frame", [&skippable[..], &z[..]].concat()),
+        ("truncated", z[..z.len() - 3].to_vec()),
+    ];
+    for (name, payload) in cases {
+        let e = decode_one(&comp_frame(&payload)).unwrap_err();
+        assert_eq!(e.kind, FrameErrorKind::BadCompression, "{name}");
+        assert_eq!(e.reason(), RejectReason::Proto, "{name}");
+    }
+    let f = decode_one(&comp_frame(&z)).unwrap().unwrap();
+    assert_eq!(&f.payload[..], b"hello world hello world");
+}
+
 #[test]
 fn ctrl_rejects_unknown_and_short() {
     assert_eq!(Ctrl::parse(&[]), None);
