@@ -1,0 +1,77 @@
+//! The event bus: every overlay event, with the connection it concerns, goes out on a
+//! broadcast channel. The logger is one subscriber; embedders and tests may be others.
+//! A subscriber that falls behind loses the oldest events, and the loss is counted.
+
+use std::sync::Arc;
+
+use metrics::Counter;
+use overlay_core::{ConnId, Event};
+use tokio::sync::broadcast;
+
+/// What the runtime knows about a connection, for logs.
+#[derive(Clone, Debug)]
+pub struct ConnCtx {
+    pub conn: ConnId,
+    /// Minted by the runtime at accept/connect; propagated to every log line and span of
+    /// the connection.
+    pub corr_id: String,
+    pub peer_addr: String,
+    pub inbound: bool,
+    pub opened: tokio::time::Instant,
+}
+
+impl ConnCtx {
+    pub fn dir(&self) -> &'static str {
+        if self.inbound {
+            "in"
+        } else {
+            "out"
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum BusKind {
+    Overlay(Event),
+    Accepted,
+    Connected,
+    DialFailed { addr: String, error: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct BusEvent {
+    pub node: Arc<str>,
+    pub ctx: Option<Arc<ConnCtx>>,
+    pub kind: BusKind,
+}
+
+/// A bus receiver that counts what it missed in `bus_lagged_total`.
+pub struct Subscription {
+    rx: broadcast::Receiver<BusEvent>,
+    lagged: Counter,
+}
+
+impl Subscription {
+    pub(crate) fn new(rx: broadcast::Receiver<BusEvent>, lagged: Counter) -> Subscription {
+        Subscription { rx, lagged }
+    }
+
+    /// The next event, skipping (and counting) any that were lost to lag; `None` once the
+    /// node is gone.
+    pub async fn recv(&mut self) -> Option<BusEvent> {
+        loop {
+            match self.rx.recv().await {
+                Ok(ev) => return Some(ev),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.lagged.increment(n);
+                    tracing::warn!(
+                        event = "bus_lagged",
+                        missed = n,
+                        "event bus subscriber lagged"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `svc-overlay run`: one node on tokio TCP, with signals, config reload and the
+//! `listening` announcement that scripts and tests wait for.
+
+use std::path::PathBuf;
+
+use overlay_core::Config;
+
+use crate::config::{self, Overrides};
+use crate::logging::Logging;
+use crate::node::{Node, NodeControl, NodeOptions};
+use crate::shutdown::{Sig, Signals};
+use crate::TokioNet;
+
+/// Target of lines that are logged whatever `log.level` says (see `logging::init`).
+pub const ANNOUNCE: &str = "svc_overlay::announce";
+
+pub struct RunArgs {
+    pub config: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT has drained it. `cfg` is already loaded and
+/// validated from `args`.
+pub async fn run(args: RunArgs, cfg: Config, logging: &Logging) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    let opts = NodeOptions {
+        log_policy: Some(logging.policy.clone()),
+        ..NodeOptions::default()
+    };
+    let node = Node::start(TokioNet, cfg.clone(), opts).await?;
+    tracing::info!(
+        target: ANNOUNCE,
+        event = "listening",
+        node = node.node_id(),
+        overlay_addr = %node.overlay_addr(),
+        admin_addr = node.admin_addr().map(|a| a.to_string()).as_deref(),
+        version = env!("CARGO_PKG_VERSION"),
+        git = env!("OVERLAY_BUILD_GIT"),
+        "svc-overlay listening"
+    );
+    let ctl = node.control();
+    let mut current = cfg;
+    let mut stopping = false;
+    let wait = node.wait();
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            r = &mut wait => {
+                r?;
+                return Ok(());
+            }
+            sig = signals.next() => match sig {
+                Sig::Reload => reload(&ctl, &args, &mut current, logging).await,
+                Sig::Stop(name) if !stopping => {
+                    stopping = true;
+                    tracing::info!(event = "signal", signal = name, "stopping");
+                    ctl.begin_shutdown().await;
+                }
+                Sig::Stop(name) => {
+                    // The drain deadline already bounds the wait; say so rather than
+                    // cutting the drain short.
+                    tracing::info!(event = "signal", signal = name,
+                        "already draining; exit follows within shutdown.drain_deadline");
+                }
+            },
+        }
+    }
+}
+
+/// SIGHUP: reload the layered config. Live keys go to the node; keys that need a restart
+/// are named; an invalid file leaves everything as it was.
+async fn reload(ctl: &NodeControl, args: &RunArgs, current: &mut Config, logging: &Logging) {
+    let new = match config::load(args.config.as_deref(), &args.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(event = "config_reload", reason = "invalid", error = %e,
+                "config reload failed; keeping the running config");
+            return;
+        }
+    };
+    let changes = config::diff(current, &new);
+    if changes.is_empty() {
+        tracing::info!(event = "config_reload", changes = 0u64, "config unchanged");
+        return;
+    }
+    let restart = match ctl.reconfigure(new.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(event = "config_reload", reason = "rejected", error = %e,
+                "config reload failed; keeping the running config");
+            return;
+        }
+    };
+    if let Err(e) = logging.reconfigure(&new.log) {
+        tracing::warn!(event = "config_reload", reason = "log.level", error = %e,
+            "log level not changed");
+    }
+    let diff: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        event = "config_reload",
+        changes = diff.len() as u64,
+        diff = %diff.join("; "),
+        "config reloaded"
+    );
+    if !restart.is_empty() {
+        tracing::warn!(
+            event = "config_restart_required",
+            keys = %restart.join(","),
+            "these keys keep their old values until a restart"
+        );
+    }
+    *current = new;
+}

@@ -1,0 +1,325 @@
+//! A running node: binds its listeners, starts the driver, the admin plane, the logger and
+//! the samplers, and hands back a handle. The daemon, `demo`, the tests and the simulator
+//! all start nodes through here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use overlay_core::oap::MsgId;
+use overlay_core::observe::Metrics;
+use overlay_core::{Config, Overlay, Probe, PublishError, Time};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::admin::{self, AdminState, VersionInfo};
+use crate::bounds::{self, Bounds};
+use crate::bus::{BusEvent, Subscription};
+use crate::corr::{os_seed, CorrIds};
+pub use crate::driver::ShutdownReport;
+use crate::driver::{Command, Control, Driver, Heartbeat, NodeStats, Parts, ReadySnapshot};
+use crate::logging::LogPolicy;
+use crate::net::{Listener, Net};
+use crate::observe::Recorder;
+
+/// How to run a node beyond its config.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Seed of the node's RNG (dedupe keys, fanout, msg ids, dial jitter).
+    pub seed: u64,
+    /// Serve the admin plane on `admin.listen`.
+    pub admin: bool,
+    /// Sample `/proc/self/fd` for `fd_headroom`; off where the process's descriptors are
+    /// not this node's to judge (simulations), which then reports headroom as fine.
+    pub fd_sampler: bool,
+    /// Emit `Event::Message` on the bus for every new message.
+    pub local_delivery: bool,
+    /// Log overlay events from the bus (the logger subscriber).
+    pub log_events: bool,
+    /// Log policy shared with the process's log layer; `None` builds one from the config.
+    pub log_policy: Option<Arc<LogPolicy>>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> NodeOptions {
+        NodeOptions {
+            seed: os_seed(),
+            admin: true,
+            fd_sampler: true,
+            local_delivery: false,
+            log_events: true,
+            log_policy: None,
+        }
+    }
+}
+
+/// Handle to a running node. Dropping it (and every `NodeControl`) drains the node.
+pub struct Node {
+    ctl: NodeControl,
+    admin_addr: Option<SocketAddr>,
+    bus: broadcast::Sender<BusEvent>,
+    metrics: Metrics,
+    prometheus: PrometheusHandle,
+    ready: watch::Receiver<ReadySnapshot>,
+    done: JoinHandle<ShutdownReport>,
+}
+
+/// A cloneable handle for commands, usable while another task waits on the `Node`.
+#[derive(Clone)]
+pub struct NodeControl {
+    overlay_addr: SocketAddr,
+    node_id: String,
+    cmd: mpsc::Sender<Command>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = NodeControl;
+    fn deref(&self) -> &NodeControl {
+        &self.ctl
+    }
+}
+
+impl Node {
+    /// Binds `overlay.listen` (and `admin.listen`), then runs the node until drained.
+    /// `cfg` is validated again here: a node never runs on an unchecked config.
+    pub async fn start<N: Net>(net: N, mut cfg: Config, opts: NodeOptions) -> anyhow::Result<Node> {
+        cfg.validate()?;
+        let rec = Recorder::new()?;
+        let listener = net
+            .bind(&cfg.overlay.listen)
+            .await
+            .with_context(|| format!("binding overlay.listen {}", cfg.overlay.listen))?;
+        let overlay_addr = listener.local_addr()?;
+        crate::config::fill_node_id(&mut cfg, overlay_addr);
+        let admin_listener = if opts.admin {
+            Some(
+                net.bind(&cfg.admin.listen)
+                    .await
+                    .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?,
+            )
+        } else {
+            None
+        };
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(Listener::local_addr)
+            .transpose()?;
+
+        let start = Instant::now();
+        let mut overlay = Overlay::new(cfg.clone(), rec.metrics.clone(), opts.seed, Time::ZERO);
+        overlay.set_local_delivery(opts.local_delivery);
+        overlay.set_probe(Time::ZERO, Probe::CfgLoaded, true);
+        overlay.set_probe(Time::ZERO, Probe::ListenersBound, true);
+        // Without an admin plane the embedder reads the recorder directly: the metrics
+        // are as available as they will ever be.
+        overlay.set_probe(Time::ZERO, Probe::MetricsBound, true);
+        let fd_ok =
+            !opts.fd_sampler || crate::fd::headroom(cfg.readiness.fd_reserve).unwrap_or(true);
+        overlay.set_probe(Time::ZERO, Probe::FdHeadroom, fd_ok);
+        let node_id = overlay.node_id().to_string();
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(bounds::COMMAND_CHANNEL);
+        let (bus, _) = broadcast::channel(bounds::BUS_CAPACITY);
+        let (ready_tx, ready_rx) = watch::channel(ReadySnapshot {
+            status: 503,
+            body: String::new(),
+            retry_after: cfg.readiness.retry_after,
+            view: None,
+        });
+        let heartbeat = Arc::new(Heartbeat::new());
+        let corr = Arc::new(CorrIds::new(opts.seed.rotate_left(29)));
+        let policy = opts
+            .log_policy
+            .clone()
+            .unwrap_or_else(|| LogPolicy::new(&cfg.log));
+        let b = Bounds::from_config(&cfg);
+
+        let mut driver = Driver::new(Parts {
+            net,
+            overlay,
+            cfg: cfg.clone(),
+            start,
+            seed: opts.seed,
+            cmd_rx,
+            bus: bus.clone(),
+            ready: ready_tx,
+            heartbeat: heartbeat.clone(),
+            corr: corr.clone(),
+        });
+        driver.spawn_acceptor(listener);
+        if let Some(l) = admin_listener {
+            let app = admin::router(AdminState {
+                prom: rec.handle.clone(),
+                http: rec.http.clone(),
+                ready: ready_rx.clone(),
+                heartbeat,
+                corr,
+                version: Arc::new(VersionInfo::current()),
+            });
+            driver.spawn_supervised(
+                None,
+                None,
+                "admin",
+                admin::serve(l, app, b.admin_header_timeout),
+            );
+        }
+        let prom = rec.handle.clone();
+        driver.spawn_supervised(None, None, "upkeep", async move {
+            let mut t = tokio::time::interval(bounds::UPKEEP_EVERY);
+            loop {
+                t.tick().await;
+                prom.run_upkeep();
+            }
+        });
+        if opts.fd_sampler {
+            let ctl = driver.control();
+            let reserve = cfg.readiness.fd_reserve;
+            driver.spawn_supervised(None, None, "fd_sampler", fd_sampler(ctl, reserve));
+        }
+        if opts.log_events {
+            let sub = Subscription::new(bus.subscribe(), rec.metrics.bus_lagged.clone());
+            driver.spawn_supervised(None, None, "logger", crate::eventlog::run(sub, policy));
+        }
+        driver.spawn_dialers();
+        let done = tokio::spawn(driver.run());
+        Ok(Node {
+            ctl: NodeControl {
+                overlay_addr,
+                node_id,
+                cmd: cmd_tx,
+            },
+            admin_addr,
+            bus,
+            metrics: rec.metrics,
+            prometheus: rec.handle,
+            ready: ready_rx,
+            done,
+        })
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+    pub fn control(&self) -> NodeControl {
+        self.ctl.clone()
+    }
+    /// This node's recorder, for embedders that scrape without HTTP.
+    pub fn prometheus(&self) -> &PrometheusHandle {
+        &self.prometheus
+    }
+    pub fn ready(&self) -> ReadySnapshot {
+        self.ready.borrow().clone()
+    }
+
+    /// Events from now on; lag is counted in `bus_lagged_total`.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription::new(self.bus.subscribe(), self.metrics.bus_lagged.clone())
+    }
+
+    /// Drains, shuts down and waits for the end.
+    pub async fn shutdown(self) -> anyhow::Result<ShutdownReport> {
+        self.begin_shutdown().await;
+        self.wait().await
+    }
+
+    /// Waits for the node to stop (after a drain was begun).
+    pub async fn wait(self) -> anyhow::Result<ShutdownReport> {
+        let Node { done, ctl, .. } = self;
+        // Keep the command channel open while waiting: closing it would itself drain.
+        let r = done.await;
+        drop(ctl);
+        r.map_err(|e| anyhow::anyhow!("driver failed: {e}"))
+    }
+}
+
+impl NodeControl {
+    pub fn overlay_addr(&self) -> SocketAddr {
+        self.overlay_addr
+    }
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    async fn ask<T>(&self, f: impl FnOnce(oneshot::Sender<T>) -> Command) -> anyhow::Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(f(tx))
+            .await
+            .map_err(|_| anyhow::anyhow!("node has stopped"))?;
+        rx.await.map_err(|_| anyhow::anyhow!("node has stopped"))
+    }
+
+    /// Publishes a message from this node.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        data: Bytes,
+        ttl: Option<u8>,
+    ) -> anyhow::Result<Result<MsgId, PublishError>> {
+        let topic = topic.to_string();
+        self.ask(|reply| Command::Publish {
+            topic,
+            data,
+            ttl,
+            reply,
+        })
+        .await
+    }
+
+    /// Applies a new config; returns the keys that need a restart to take effect.
+    pub async fn reconfigure(&self, mut cfg: Config) -> anyhow::Result<Vec<&'static str>> {
+        cfg.validate()?;
+        // An empty node id was filled in at start; an unchanged file must not read as a
+        // change of id.
+        crate::config::fill_node_id(&mut cfg, self.overlay_addr);
+        if cfg.overlay.node_id == format!("node-{}", self.overlay_addr) {
+            cfg.overlay.node_id = self.node_id.clone();
+        }
+        self.ask(|reply| Command::Reconfigure {
+            cfg: Box::new(cfg),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn stats(&self) -> anyhow::Result<NodeStats> {
+        self.ask(Command::Stats).await
+    }
+
+    /// Starts draining (idempotent): readiness goes down, peers hear GOAWAY.
+    pub async fn begin_shutdown(&self) {
+        let _ = self.cmd.send(Command::Drain).await;
+    }
+}
+
+async fn fd_sampler<S>(ctl: mpsc::Sender<Control<S>>, reserve: u64) {
+    let mut t = tokio::time::interval(bounds::FD_SAMPLE_EVERY);
+    let mut warned = false;
+    loop {
+        t.tick().await;
+        let ok = match crate::fd::headroom(reserve) {
+            Some(ok) => ok,
+            None => {
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        event = "fd_sampler",
+                        reason = "unavailable",
+                        "cannot count open descriptors; fd_headroom assumed"
+                    );
+                }
+                true
+            }
+        };
+        if ctl
+            .send(Control::Probe(Probe::FdHeadroom, ok))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
