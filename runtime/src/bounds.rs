@@ -1,6 +1,6 @@
 //! Runtime bounds. Each queue and buffer between sockets and the node is bounded; where the
 //! config schema has a key for the bound it comes from there, and where it does not yet
-//! the bound is derived from the nearest key or fixed here (see ARCHITECTURE.md).
+//! the bound is derived from the nearest key or fixed here (see runtime/README.md).
 
 use std::time::Duration;
 

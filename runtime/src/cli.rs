@@ -117,8 +117,8 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Cmd::Run(RunOpts::default())) {
         Cmd::Run(o) => run(o),
         Cmd::CheckConfig { file } => check_config(&file),
-        Cmd::Publish(o) => client(|| publish(o)),
-        Cmd::Subscribe(o) => client(|| subscribe(o)),
+        Cmd::Publish(o) => client(client_log(), || publish(o)),
+        Cmd::Subscribe(o) => client(client_log(), || subscribe(o)),
         Cmd::Demo { nodes } => demo(nodes as usize),
     }
 }
@@ -196,12 +196,20 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Client commands log to stderr: their stdout is data.
-fn client(f: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
+/// Logging of the client commands: defaults, with the level from the environment.
+fn client_log() -> overlay_core::config::LogConfig {
     let mut log = overlay_core::config::LogConfig::default();
     if let Ok(level) = std::env::var("SVC_OVERLAY_LOG__LEVEL") {
         log.level = level;
     }
+    log
+}
+
+/// Client commands log to stderr: their stdout is data.
+fn client(
+    log: overlay_core::config::LogConfig,
+    f: impl FnOnce() -> anyhow::Result<ExitCode>,
+) -> ExitCode {
     if let Err(e) = logging::init(&log, Sink::Stderr) {
         eprintln!("svc-overlay: {e}");
         return ExitCode::from(2);
@@ -256,7 +264,7 @@ fn demo(nodes: usize) -> ExitCode {
     if std::env::var_os("SVC_OVERLAY_LOG__LEVEL").is_none() {
         base.log.level = "warn".into();
     }
-    client(|| {
+    client(base.log.clone(), || {
         runtime()?.block_on(crate::demo::run(nodes, base.clone()))?;
         Ok(ExitCode::SUCCESS)
     })

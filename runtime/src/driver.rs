@@ -169,6 +169,8 @@ pub(crate) struct Parts<N: Net> {
     pub ready: watch::Sender<ReadySnapshot>,
     pub heartbeat: Arc<Heartbeat>,
     pub corr: Arc<CorrIds>,
+    /// Events the node emitted before the driver ran (start-up readiness).
+    pub startup: Vec<Event>,
 }
 
 pub(crate) struct Driver<N: Net> {
@@ -197,6 +199,7 @@ pub(crate) struct Driver<N: Net> {
     corr: Arc<CorrIds>,
     to_close: Vec<ConnId>,
     drain: Option<(Instant, Instant)>,
+    startup: Vec<Event>,
 }
 
 impl<N: Net> Driver<N> {
@@ -232,6 +235,7 @@ impl<N: Net> Driver<N> {
             corr: p.corr,
             to_close: Vec::new(),
             drain: None,
+            startup: p.startup,
         }
     }
 
@@ -311,6 +315,9 @@ impl<N: Net> Driver<N> {
 
     /// The loop: one input, then every output, until the drain ends.
     pub(crate) async fn run(mut self) -> ShutdownReport {
+        for ev in std::mem::take(&mut self.startup) {
+            self.on_event(ev);
+        }
         self.publish_ready();
         loop {
             self.heartbeat.beat();

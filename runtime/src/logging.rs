@@ -277,15 +277,22 @@ impl Logging {
     }
 }
 
+/// `log.level`, plus the announcement target at INFO whatever the level: scripts wait for
+/// the `listening` line even when the operator asked for warnings only.
+fn level_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    tracing_subscriber::EnvFilter::try_new(format!("{level},{}=info", crate::daemon::ANNOUNCE))
+        .map_err(|e| e.to_string())
+}
+
 /// Installs the global subscriber: an `EnvFilter` from `log.level` (reloadable), the JSON
 /// layer, and with the `otel` feature an OTLP span exporter when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 pub fn init(cfg: &overlay_core::config::LogConfig, sink: Sink) -> anyhow::Result<Logging> {
     use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::{reload, EnvFilter};
+    use tracing_subscriber::reload;
 
-    let filter = EnvFilter::try_new(&cfg.level)
-        .map_err(|e| anyhow::anyhow!("invalid config `log.level`: {e}"))?;
+    let filter =
+        level_filter(&cfg.level).map_err(|e| anyhow::anyhow!("invalid config `log.level`: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     let policy = LogPolicy::new(cfg);
     let json = match sink {
@@ -310,7 +317,7 @@ pub fn init(cfg: &overlay_core::config::LogConfig, sink: Sink) -> anyhow::Result
     tracing::subscriber::set_global_default(registry)
         .map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))?;
     let reload_level: ReloadFn = Box::new(move |level: &str| {
-        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        let f = level_filter(level)?;
         handle.reload(f).map_err(|e| e.to_string())
     });
     Ok(Logging {

@@ -120,6 +120,15 @@ impl Node {
             !opts.fd_sampler || crate::fd::headroom(cfg.readiness.fd_reserve).unwrap_or(true);
         overlay.set_probe(Time::ZERO, Probe::FdHeadroom, fd_ok);
         let node_id = overlay.node_id().to_string();
+        // Setting the probes one by one walked readiness through states nobody could
+        // observe; only where it ended up is news.
+        let mut startup = Vec::new();
+        while let Some(ev) = overlay.poll_event() {
+            if matches!(ev, overlay_core::Event::ReadinessChanged { .. }) {
+                startup.clear();
+            }
+            startup.push(ev);
+        }
 
         let (cmd_tx, cmd_rx) = mpsc::channel(bounds::COMMAND_CHANNEL);
         let (bus, _) = broadcast::channel(bounds::BUS_CAPACITY);
@@ -148,6 +157,7 @@ impl Node {
             ready: ready_tx,
             heartbeat: heartbeat.clone(),
             corr: corr.clone(),
+            startup,
         });
         driver.spawn_acceptor(listener);
         if let Some(l) = admin_listener {
