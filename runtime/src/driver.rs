@@ -36,6 +36,9 @@ pub struct Heartbeat {
     last_ms: AtomicU64,
 }
 
+/// How long the end of a shutdown waits for bus subscribers to catch up.
+const LOGGER_GRACE: Duration = Duration::from_millis(200);
+
 /// `last_ms` before the first beat: not alive until the driver has run once.
 const NEVER: u64 = u64::MAX;
 
@@ -815,6 +818,12 @@ impl<N: Net> Driver<N> {
             self.drain_outputs(now);
         }
         let left_open = self.conns.len();
+        // Give the logger a moment to write the last events (closes) before it is
+        // aborted with the other tasks; bounded, since a subscriber may never read.
+        let logs_by = Instant::now() + LOGGER_GRACE;
+        while !self.bus.is_empty() && Instant::now() < logs_by {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.tasks.shutdown().await;
         let report = ShutdownReport {
             drained,
