@@ -75,3 +75,28 @@ impl Subscription {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_counts_what_it_missed() {
+        let rec = crate::observe::Recorder::new().unwrap();
+        let (tx, rx) = broadcast::channel(2);
+        let mut sub = Subscription::new(rx, rec.metrics.bus_lagged.clone());
+        for _ in 0..5 {
+            tx.send(BusEvent {
+                node: Arc::from("n"),
+                ctx: None,
+                kind: BusKind::Accepted,
+            })
+            .unwrap();
+        }
+        assert!(sub.recv().await.is_some());
+        assert!(rec.handle.render().contains("bus_lagged_total 3"));
+        assert!(sub.recv().await.is_some());
+        drop(tx);
+        assert!(sub.recv().await.is_none());
+    }
+}

@@ -224,6 +224,7 @@ mod tests {
                 "#,
             )?;
             jail.set_env("SVC_OVERLAY_OVERLAY__MAX_CONNS", "10");
+            jail.set_env("SVC_OVERLAY_TIMEOUTS__IDLE", "20s");
             jail.set_env("SVC_OVERLAY_OVERLAY__LISTEN", "127.0.0.1:7001");
             let ov = Overrides {
                 listen: Some("127.0.0.1:7002".into()),
@@ -244,6 +245,10 @@ mod tests {
             let no_cli = load(Some(Path::new("o.toml")), &Overrides::default()).unwrap();
             assert_eq!(no_cli.overlay.listen, "127.0.0.1:7001", "env beats file");
             assert_eq!(no_cli.overlay.peers, vec!["10.0.0.1:1"]);
+            assert_eq!(no_cli.timeouts.idle.as_secs(), 20, "durations from env");
+            jail.set_env("SVC_OVERLAY_OVERLAY__PEERS", "[10.0.0.9:9, 10.0.0.8:8]");
+            let env_peers = load(Some(Path::new("o.toml")), &Overrides::default()).unwrap();
+            assert_eq!(env_peers.overlay.peers, vec!["10.0.0.9:9", "10.0.0.8:8"]);
             Ok(())
         });
     }
