@@ -46,6 +46,12 @@ pub struct OverlayConfig {
     pub max_topics: usize,
     /// Post-quantum mode this node asks for in HELLO (`off` or `hybrid`).
     pub pq_mode: PqModeConfig,
+    /// First redial delay after a dial to a configured peer fails or its session ends...
+    #[serde(with = "humantime_serde")]
+    pub dial_backoff_base: Duration,
+    /// ...doubling (with jitter) up to this.
+    #[serde(with = "humantime_serde")]
+    pub dial_backoff_max: Duration,
     pub peer: PeerLimits,
     pub gossip: GossipConfig,
 }
@@ -79,6 +85,9 @@ pub struct PeerLimits {
     pub egress_queue_frames: usize,
     /// Bytes one session's egress queue may hold.
     pub egress_queue_bytes: usize,
+    /// Read chunks one connection may have waiting for the driver; its reader pauses (and
+    /// TCP pushes back) beyond that, so one flooding socket cannot fill the ingress queue.
+    pub read_credit_chunks: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -108,6 +117,8 @@ pub struct GossipConfig {
 pub struct AdminConfig {
     /// Address of `/metrics /healthz /readyz /version` (needs a restart to change).
     pub listen: String,
+    /// Admin connections served at once; more wait in the listen backlog.
+    pub max_conns: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +185,8 @@ pub struct LogConfig {
     pub peer_addr: bool,
     /// Log 1 of every N repeats of the same error event.
     pub sample_every: u32,
+    /// Events the log bus holds for a slow subscriber before it lags (`bus_lagged_total`).
+    pub bus_capacity: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -190,6 +203,7 @@ impl Default for Config {
             overlay: OverlayConfig::default(),
             admin: AdminConfig {
                 listen: "127.0.0.1:9600".into(),
+                max_conns: 64,
             },
             timeouts: Timeouts {
                 read: Duration::from_secs(5),
@@ -212,6 +226,7 @@ impl Default for Config {
                 level: "info".into(),
                 peer_addr: true,
                 sample_every: 100,
+                bus_capacity: 4096,
             },
             shutdown: ShutdownConfig {
                 drain_deadline: Duration::from_secs(3),
@@ -233,6 +248,8 @@ impl Default for OverlayConfig {
             keepalive: Duration::from_secs(5),
             max_topics: 64,
             pq_mode: PqModeConfig::Off,
+            dial_backoff_base: Duration::from_millis(200),
+            dial_backoff_max: Duration::from_secs(30),
             peer: PeerLimits::default(),
             gossip: GossipConfig::default(),
         }
@@ -247,6 +264,7 @@ impl Default for PeerLimits {
             send_window_frames: 16,
             egress_queue_frames: 1024,
             egress_queue_bytes: 8 << 20,
+            read_credit_chunks: 4,
         }
     }
 }
@@ -364,6 +382,27 @@ impl Config {
         )?;
         check(!o.keepalive.is_zero(), "overlay.keepalive", "must be > 0")?;
         check(o.max_topics >= 1, "overlay.max_topics", "must be >= 1")?;
+        check(
+            !o.dial_backoff_base.is_zero(),
+            "overlay.dial_backoff_base",
+            "must be > 0",
+        )?;
+        check(
+            o.dial_backoff_max >= o.dial_backoff_base,
+            "overlay.dial_backoff_max",
+            "must be >= overlay.dial_backoff_base",
+        )?;
+        check(
+            p.read_credit_chunks >= 1,
+            "overlay.peer.read_credit_chunks",
+            "must be >= 1",
+        )?;
+        check(self.admin.max_conns >= 1, "admin.max_conns", "must be >= 1")?;
+        check(
+            self.log.bus_capacity >= 16,
+            "log.bus_capacity",
+            "must be >= 16",
+        )?;
         check(
             p.inflight_frames >= 1,
             "overlay.peer.inflight_frames",

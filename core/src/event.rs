@@ -25,8 +25,10 @@ pub enum Event {
     HandshakeFailed {
         conn: ConnId,
         corr_id: u64,
-        /// The metric label, when the failure has one.
+        /// The `overlay_handshake_failures_total` label, when the failure has one.
         reason: Option<HandshakeFailure>,
+        /// The `rejected_total` reason, when the node refused the handshake.
+        reject: Option<RejectReason>,
         /// Status code answered or received.
         code: u16,
         detail: String,

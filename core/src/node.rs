@@ -601,6 +601,7 @@ impl Overlay {
                 conn,
                 corr_id: e.corr_id,
                 reason: Some(HandshakeFailure::Proto),
+                reject: Some(e.reason()),
                 code: e.status(),
                 detail: e.to_string(),
             });
@@ -808,6 +809,7 @@ impl Overlay {
             conn,
             corr_id: frame.corr_id,
             reason: label,
+            reject: Some(reason),
             code: reason.status(),
             detail: why.to_string(),
         });
@@ -833,6 +835,7 @@ impl Overlay {
                 conn,
                 corr_id,
                 reason: Some(HandshakeFailure::Proto),
+                reject: Some(RejectReason::Proto),
                 code: 400,
                 detail: "expected the HELLO answer".into(),
             });
@@ -863,6 +866,7 @@ impl Overlay {
                 conn,
                 corr_id,
                 reason: Some(label),
+                reject: None,
                 code: frame.code,
                 detail,
             });
@@ -1282,6 +1286,7 @@ impl Overlay {
                         conn: id,
                         corr_id: 0,
                         reason: Some(HandshakeFailure::Timeout),
+                        reject: Some(RejectReason::Timeout),
                         code: 408,
                         detail: "handshake not finished within overlay.handshake_timeout".into(),
                     });

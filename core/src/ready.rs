@@ -131,7 +131,8 @@ pub struct ReadyView {
 }
 
 impl ReadyView {
-    /// The keys that are false, in the seed document's order.
+    /// The keys that are false, in the seed document's order; `draining` last while the
+    /// node shuts down.
     pub fn missing(&self) -> Vec<&'static str> {
         let mut m = Vec::new();
         let mut need = |ok: bool, k| {
@@ -147,6 +148,7 @@ impl ReadyView {
         need(self.fd_headroom, "fd_headroom");
         need(self.pq_ready != Some(false), "pq_ready");
         need(self.tor_bootstrap != Some(false), "tor_bootstrap");
+        need(!self.draining, "draining");
         m
     }
 
@@ -167,10 +169,7 @@ impl ReadyView {
         if self.state() == ReadyState::Ready {
             return (200, r#"{"ready":true}"#.to_string());
         }
-        let mut missing = self.missing();
-        if self.draining {
-            missing.push("draining");
-        }
+        let missing = self.missing();
         let body = serde_json::json!({
             "ready": false,
             "degraded": true,

@@ -64,11 +64,17 @@ pub(crate) fn log_event(ev: &BusEvent, policy: &LogPolicy, sampler: &mut Sampler
             }
             Event::HandshakeFailed {
                 reason,
+                reject,
                 code,
                 detail,
                 ..
             } => {
-                let reason = reason.map(|r| r.as_str()).unwrap_or("refused");
+                // The handshake label where there is one, else the reject reason: both
+                // are metric label values.
+                let reason = reason
+                    .map(|r| r.as_str())
+                    .or(reject.map(|r| r.as_str()))
+                    .unwrap_or("refused");
                 if let Some(suppressed) = sampler.admit(every, "handshake_fail", reason) {
                     tracing::warn!(event = "handshake_fail", reason, node, corr_id, dir,
                         peer_addr, code, latency_ms, detail = %truncate(detail.clone()),
@@ -186,6 +192,7 @@ mod tests {
                 conn: ConnId(3),
                 corr_id: 1,
                 reason: Some(HandshakeFailure::Timeout),
+                reject: Some(overlay_core::RejectReason::Timeout),
                 code: 408,
                 detail: "slow".into(),
             };
