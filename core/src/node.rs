@@ -238,6 +238,18 @@ impl Overlay {
 
     /// A fact only the runtime can see (listener bound, config loaded, fd headroom...).
     pub fn set_probe(&mut self, now: Time, probe: Probe, ok: bool) {
+        self.set_probes(now, &[(probe, ok)]);
+    }
+
+    /// Several facts at once, so readiness moves once (no intermediate states reported).
+    pub fn set_probes(&mut self, now: Time, facts: &[(Probe, bool)]) {
+        for &(probe, ok) in facts {
+            self.apply_probe(probe, ok);
+        }
+        self.refresh_readiness(now);
+    }
+
+    fn apply_probe(&mut self, probe: Probe, ok: bool) {
         let p = &mut self.probes;
         match probe {
             Probe::ListenersBound => p.listeners_bound = ok,
@@ -251,7 +263,6 @@ impl Overlay {
             }
             Probe::TorBootstrap => p.tor_bootstrap = Some(ok),
         }
-        self.refresh_readiness(now);
     }
 
     /// Read chunks waiting between the socket readers and this node (the `ingress` queue).

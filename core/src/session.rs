@@ -98,6 +98,7 @@ pub struct Session {
 }
 
 impl Session {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: ConnId,
         inbound: bool,

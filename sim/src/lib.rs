@@ -1,1 +1,4 @@
-//! Simulators for svc-overlay; see the issue tracker for the scenarios that land here.
+//! Simulators for svc-overlay: a deterministic many-node simulator over the core (`des`)
+//! and turmoil scenarios over the real runtime (in `tests/`).
+
+pub mod des;

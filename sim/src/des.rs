@@ -1,0 +1,678 @@
+//! A discrete-event simulator of many `Overlay` nodes over a seeded network model, on
+//! simulated time: no tokio, no threads, no clock. The same seed gives the same trace hash.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use overlay_core::oap::{Flags, MsgId, HEADER_LEN};
+use overlay_core::observe::{Metrics, Outcome};
+use overlay_core::{Config, ConnId, Event, Overlay, Probe, ReadyState, Time};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// What the simulated network and workload look like.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: usize,
+    /// Peers each node dials at start (and after a restart).
+    pub degree: usize,
+    pub messages: usize,
+    /// Messages are published uniformly over this span.
+    pub publish_over: Duration,
+    /// One-way latency: `base` plus an exponential tail of mean `tail`.
+    pub latency_base: Duration,
+    pub latency_tail: Duration,
+    /// Chance that a single-frame gossip message is lost in transit.
+    pub loss: f64,
+    /// Node crashes per simulated second across the network; a crashed node restarts after
+    /// `downtime`.
+    pub churn_per_sec: f64,
+    pub downtime: Duration,
+    /// A partition splitting the nodes in two halves between these times.
+    pub partition: Option<(Duration, Duration)>,
+    pub payload: usize,
+    pub fanout: usize,
+    pub ttl: u8,
+    /// Simulated time after the last publish for dissemination to finish.
+    pub settle: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            seed: 1,
+            nodes: 100,
+            degree: 6,
+            messages: 100,
+            publish_over: Duration::from_secs(10),
+            latency_base: Duration::from_millis(10),
+            latency_tail: Duration::from_millis(20),
+            loss: 0.0,
+            churn_per_sec: 0.0,
+            downtime: Duration::from_secs(5),
+            partition: None,
+            payload: 256,
+            fanout: 8,
+            ttl: 8,
+            settle: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    /// Bytes arrive at `(node, conn)`; `epoch` guards against a restarted node.
+    Deliver {
+        node: usize,
+        epoch: u32,
+        conn: ConnId,
+        bytes: Bytes,
+    },
+    /// The far end of a connection closed.
+    Closed {
+        node: usize,
+        epoch: u32,
+        conn: ConnId,
+    },
+    Timer {
+        node: usize,
+        epoch: u32,
+    },
+    Publish {
+        index: usize,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    PartitionStart,
+    PartitionEnd,
+}
+
+struct Link {
+    peer: (usize, ConnId),
+    /// Arrival time of the last bytes sent, so a link stays FIFO like TCP.
+    last_arrival: Time,
+    /// Crosses the partition: dropped when it starts.
+    open: bool,
+}
+
+struct SimNode {
+    overlay: Overlay,
+    epoch: u32,
+    up: bool,
+    links: HashMap<ConnId, Link>,
+    /// When the node was last down (a node down during a message's life may miss it).
+    down_since: Option<Time>,
+    timer_at: Option<Time>,
+    finals: Vec<overlay_core::Balance>,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub nodes: usize,
+    pub messages: usize,
+    /// Deliveries that happened / deliveries possible to nodes up the whole run.
+    pub coverage: f64,
+    /// Nodes up throughout that missed a message, summed over messages.
+    pub misses: u64,
+    /// Missed deliveries to nodes that were down at some point (expected, still counted).
+    pub churn_misses: u64,
+    /// Gossip frames sent per delivery.
+    pub redundancy: f64,
+    pub hops_mean: f64,
+    pub hops_max: u32,
+    pub theoretical_hops: f64,
+    pub latency_p50: Duration,
+    pub latency_p99: Duration,
+    pub latency_max: Duration,
+    pub simulated: Duration,
+    pub real: Duration,
+    pub trace_hash: u64,
+    pub balance_ok: bool,
+    pub readiness_ok: bool,
+    pub frames_rx: u64,
+    pub duplicates: u64,
+    pub dropped: u64,
+    pub rejected: u64,
+}
+
+impl Report {
+    pub fn speedup(&self) -> f64 {
+        self.simulated.as_secs_f64() / self.real.as_secs_f64().max(1e-9)
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "nodes {}  messages {}", self.nodes, self.messages)?;
+        writeln!(
+            f,
+            "coverage {:.4}%  misses {} (plus {} at nodes that churned)",
+            self.coverage * 100.0,
+            self.misses,
+            self.churn_misses
+        )?;
+        writeln!(
+            f,
+            "redundancy {:.2} gossip frames sent per delivery",
+            self.redundancy
+        )?;
+        writeln!(
+            f,
+            "hops mean {:.2} max {} (ln N / ln fanout = {:.2})",
+            self.hops_mean, self.hops_max, self.theoretical_hops
+        )?;
+        writeln!(
+            f,
+            "latency p50 {:?} p99 {:?} max {:?}",
+            self.latency_p50, self.latency_p99, self.latency_max
+        )?;
+        writeln!(
+            f,
+            "frames rx {}  duplicates {}  dropped {}  rejected {}",
+            self.frames_rx, self.duplicates, self.dropped, self.rejected
+        )?;
+        writeln!(
+            f,
+            "simulated {:?} in {:?} real ({:.1}x)",
+            self.simulated,
+            self.real,
+            self.speedup()
+        )?;
+        writeln!(
+            f,
+            "balance law {}  readiness truth {}",
+            if self.balance_ok { "holds" } else { "BROKEN" },
+            if self.readiness_ok { "holds" } else { "BROKEN" }
+        )?;
+        write!(f, "trace hash {:016x} (seed replays it)", self.trace_hash)
+    }
+}
+
+pub struct Sim {
+    cfg: SimConfig,
+    rng: ChaCha8Rng,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Time, u64, Ev)>>,
+    nodes: Vec<SimNode>,
+    partitioned: bool,
+    /// msg index -> (id, origin, publish time)
+    published: Vec<Option<(MsgId, usize, Time)>>,
+    ids: HashMap<MsgId, usize>,
+    /// (msg index, node) -> (arrival time, hops)
+    seen: BTreeMap<(usize, usize), (Time, u32)>,
+    gossip_tx: u64,
+    trace: std::collections::hash_map::DefaultHasher,
+    readiness_ok: bool,
+}
+
+fn node_config(cfg: &SimConfig, i: usize) -> Config {
+    let mut c = Config::default();
+    c.overlay.node_id = format!("n{i}");
+    c.overlay.gossip.relay_fanout = cfg.fanout;
+    c.overlay.gossip.default_ttl = cfg.ttl;
+    c.overlay.peer.max_rps = 1_000_000;
+    c.overlay.max_conns = 4 * cfg.degree + 64;
+    c.overlay.handshake_rate = 100_000;
+    c.overlay.handshake_burst = 100_000;
+    c
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Sim {
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut sim = Sim {
+            rng,
+            now: Time::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: Vec::with_capacity(cfg.nodes),
+            partitioned: false,
+            published: vec![None; cfg.messages],
+            ids: HashMap::new(),
+            seen: BTreeMap::new(),
+            gossip_tx: 0,
+            trace: Default::default(),
+            readiness_ok: true,
+            cfg,
+        };
+        for i in 0..sim.cfg.nodes {
+            let overlay = sim.fresh_overlay(i, 0);
+            sim.nodes.push(SimNode {
+                overlay,
+                epoch: 0,
+                up: true,
+                links: HashMap::new(),
+                down_since: None,
+                timer_at: None,
+                finals: Vec::new(),
+            });
+        }
+        for i in 0..sim.cfg.nodes {
+            sim.dial_some(i);
+        }
+        let span = sim.cfg.publish_over.as_nanos() as u64;
+        for index in 0..sim.cfg.messages {
+            let at = Time::from_duration(Duration::from_secs(1))
+                + Duration::from_nanos(sim.rng.gen_range(0..span.max(1)));
+            sim.schedule(at, Ev::Publish { index });
+        }
+        if sim.cfg.churn_per_sec > 0.0 {
+            let end = sim.cfg.publish_over + Duration::from_secs(1);
+            let mut t = Duration::from_secs(1);
+            loop {
+                let gap = -sim.rng.gen::<f64>().max(1e-12).ln() / sim.cfg.churn_per_sec;
+                t += Duration::from_secs_f64(gap);
+                if t >= end {
+                    break;
+                }
+                let node = sim.rng.gen_range(0..sim.cfg.nodes);
+                sim.schedule(Time::from_duration(t), Ev::Crash { node });
+            }
+        }
+        if let Some((a, b)) = sim.cfg.partition {
+            sim.schedule(Time::from_duration(a), Ev::PartitionStart);
+            sim.schedule(Time::from_duration(b), Ev::PartitionEnd);
+        }
+        sim
+    }
+
+    fn fresh_overlay(&self, i: usize, epoch: u32) -> Overlay {
+        let seed = self.cfg.seed ^ ((i as u64) << 20) ^ ((epoch as u64) << 48);
+        let mut o = Overlay::new(node_config(&self.cfg, i), Metrics::noop(), seed, self.now);
+        let facts = [
+            Probe::ListenersBound,
+            Probe::MetricsBound,
+            Probe::CfgLoaded,
+            Probe::FdHeadroom,
+        ]
+        .map(|p| (p, true));
+        o.set_probes(self.now, &facts);
+        o.set_local_delivery(true);
+        o
+    }
+
+    fn schedule(&mut self, at: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, ev)));
+    }
+
+    fn side(&self, i: usize) -> bool {
+        i < self.cfg.nodes / 2
+    }
+
+    fn dial_some(&mut self, a: usize) {
+        for _ in 0..self.cfg.degree {
+            let b = self.rng.gen_range(0..self.cfg.nodes);
+            if b == a || !self.nodes[b].up || (self.partitioned && self.side(a) != self.side(b)) {
+                continue;
+            }
+            self.connect(a, b);
+        }
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        let now = self.now;
+        let cb = self.nodes[b].overlay.handle_accept(now);
+        let ca = self.nodes[a].overlay.handle_connected(now);
+        self.nodes[a].links.insert(
+            ca,
+            Link {
+                peer: (b, cb),
+                last_arrival: now,
+                open: true,
+            },
+        );
+        self.nodes[b].links.insert(
+            cb,
+            Link {
+                peer: (a, ca),
+                last_arrival: now,
+                open: true,
+            },
+        );
+        self.drain(a);
+        self.drain(b);
+    }
+
+    fn latency(&mut self) -> Duration {
+        let tail = self.cfg.latency_tail.as_secs_f64();
+        let extra = if tail > 0.0 {
+            -self.rng.gen::<f64>().max(1e-12).ln() * tail
+        } else {
+            0.0
+        };
+        self.cfg.latency_base + Duration::from_secs_f64(extra)
+    }
+
+    /// Drains a node's outputs into the network.
+    fn drain(&mut self, i: usize) {
+        let now = self.now;
+        while let Some(t) = self.nodes[i].overlay.poll_transmit(now) {
+            let Some(link) = self.nodes[i].links.get(&t.conn) else {
+                continue;
+            };
+            let (peer, pconn) = link.peer;
+            let open = link.open;
+            if !t.is_empty() {
+                self.nodes[i].overlay.handle_written(now, t.conn, 1);
+                let is_gossip = t.head.len() >= HEADER_LEN && t.head[10..12] == [0, 1];
+                if is_gossip
+                    && Flags::from_bits(u16::from_be_bytes([t.head[6], t.head[7]]))
+                        .contains(Flags::START)
+                {
+                    self.gossip_tx += 1;
+                }
+                let single = is_gossip && {
+                    let f = Flags::from_bits(u16::from_be_bytes([t.head[6], t.head[7]]));
+                    f.contains(Flags::START) && f.contains(Flags::END)
+                };
+                let lost = single && self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss);
+                if open && !lost {
+                    let mut b = BytesMut::with_capacity(t.len());
+                    b.extend_from_slice(&t.head);
+                    b.extend_from_slice(&t.body);
+                    let lat = self.latency();
+                    let link = self.nodes[i].links.get_mut(&t.conn).unwrap();
+                    let at = (now + lat).max(link.last_arrival);
+                    link.last_arrival = at;
+                    let epoch = self.nodes[peer].epoch;
+                    self.schedule(
+                        at,
+                        Ev::Deliver {
+                            node: peer,
+                            epoch,
+                            conn: pconn,
+                            bytes: b.freeze(),
+                        },
+                    );
+                }
+            }
+            if t.close {
+                self.close_local(i, t.conn, true);
+            }
+        }
+        while let Some(e) = self.nodes[i].overlay.poll_event() {
+            match e {
+                Event::Message { message, .. } => self.on_delivery(i, &message),
+                Event::Abort { conn } => self.close_local(i, conn, true),
+                Event::ReadinessChanged { state, missing } => {
+                    // Readiness is red only with cause: in this simulator every probe is up,
+                    // so `queues_ok` may fail only while some queue is over the watermark.
+                    let wm = self.nodes[i]
+                        .overlay
+                        .config()
+                        .readiness
+                        .queue_high_watermark;
+                    let peer = self.nodes[i].overlay.config().overlay.peer.clone();
+                    let over = self.nodes[i].links.keys().any(|c| {
+                        self.nodes[i].overlay.session(*c).is_some_and(|s| {
+                            s.egress
+                                .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
+                                >= wm
+                        })
+                    });
+                    let unexplained = (missing.contains(&"queues_ok") && !over)
+                        || missing
+                            .iter()
+                            .any(|k| !matches!(*k, "queues_ok" | "shed_rate_ok"))
+                        || (state == ReadyState::Degraded && missing.is_empty());
+                    if unexplained {
+                        self.readiness_ok = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let next = self.nodes[i].overlay.poll_timeout();
+        if let Some(t) = next {
+            if self.nodes[i]
+                .timer_at
+                .map_or(true, |at| t < at || at <= now)
+            {
+                self.nodes[i].timer_at = Some(t);
+                let epoch = self.nodes[i].epoch;
+                self.schedule(t.max(now), Ev::Timer { node: i, epoch });
+            }
+        }
+    }
+
+    fn close_local(&mut self, i: usize, conn: ConnId, tell_peer: bool) {
+        let now = self.now;
+        if let Some(link) = self.nodes[i].links.remove(&conn) {
+            let (peer, pconn) = link.peer;
+            if tell_peer {
+                let lat = self.latency();
+                let at = (now + lat).max(link.last_arrival);
+                let epoch = self.nodes[peer].epoch;
+                self.schedule(
+                    at,
+                    Ev::Closed {
+                        node: peer,
+                        epoch,
+                        conn: pconn,
+                    },
+                );
+            }
+        }
+        self.nodes[i].overlay.handle_closed(now, conn);
+    }
+
+    fn on_delivery(&mut self, i: usize, m: &overlay_core::oap::Message) {
+        let Some(&index) = self.ids.get(&m.header.msg_id) else {
+            return;
+        };
+        let hops = self.cfg.ttl.saturating_sub(m.header.ttl) as u32;
+        self.seen.entry((index, i)).or_insert((self.now, hops));
+        index.hash(&mut self.trace);
+        i.hash(&mut self.trace);
+        self.now.hash(&mut self.trace);
+    }
+
+    /// Runs to the end of the workload plus the settle time.
+    pub fn run(mut self) -> Report {
+        let started = Instant::now();
+        let end =
+            Time::from_duration(Duration::from_secs(1) + self.cfg.publish_over + self.cfg.settle);
+        while let Some(Reverse((at, _, ev))) = self.queue.pop() {
+            if at > end {
+                break;
+            }
+            self.now = at;
+            self.apply(ev);
+        }
+        self.now = end;
+        self.finish(started.elapsed())
+    }
+
+    fn apply(&mut self, ev: Ev) {
+        let now = self.now;
+        match ev {
+            Ev::Deliver {
+                node,
+                epoch,
+                conn,
+                bytes,
+            } => {
+                if self.nodes[node].epoch != epoch || !self.nodes[node].up {
+                    return;
+                }
+                let mut b = BytesMut::from(&bytes[..]);
+                self.nodes[node].overlay.handle_bytes(now, conn, &mut b);
+                self.drain(node);
+            }
+            Ev::Closed { node, epoch, conn } => {
+                if self.nodes[node].epoch != epoch || !self.nodes[node].up {
+                    return;
+                }
+                self.close_local(node, conn, false);
+                self.drain(node);
+            }
+            Ev::Timer { node, epoch } => {
+                if self.nodes[node].epoch != epoch || !self.nodes[node].up {
+                    return;
+                }
+                if self.nodes[node].timer_at.is_some_and(|t| t > now) {
+                    return;
+                }
+                self.nodes[node].timer_at = None;
+                self.nodes[node].overlay.handle_timeout(now);
+                // Redial when cut off from everyone.
+                if self.nodes[node].overlay.peer_count() == 0 && self.nodes[node].links.is_empty() {
+                    self.dial_some(node);
+                }
+                self.drain(node);
+            }
+            Ev::Publish { index } => {
+                let live: Vec<usize> = (0..self.cfg.nodes).filter(|&i| self.nodes[i].up).collect();
+                if live.is_empty() {
+                    return;
+                }
+                let origin = live[self.rng.gen_range(0..live.len())];
+                let data = Bytes::from(vec![(index % 251) as u8; self.cfg.payload]);
+                let ttl = self.cfg.ttl;
+                if let Ok(id) = self.nodes[origin]
+                    .overlay
+                    .publish(now, "sim", data, Some(ttl))
+                {
+                    self.published[index] = Some((id, origin, now));
+                    self.ids.insert(id, index);
+                    self.seen.insert((index, origin), (now, 0));
+                }
+                self.drain(origin);
+            }
+            Ev::Crash { node } => {
+                if !self.nodes[node].up {
+                    return;
+                }
+                let conns: Vec<ConnId> = self.nodes[node].links.keys().copied().collect();
+                for c in conns {
+                    self.close_local(node, c, true);
+                }
+                let n = &mut self.nodes[node];
+                n.finals.push(n.overlay.balance());
+                n.up = false;
+                n.down_since = Some(now);
+                let at = now + self.cfg.downtime;
+                self.schedule(at, Ev::Restart { node });
+            }
+            Ev::Restart { node } => {
+                let epoch = self.nodes[node].epoch + 1;
+                let overlay = self.fresh_overlay(node, epoch);
+                let n = &mut self.nodes[node];
+                n.overlay = overlay;
+                n.epoch = epoch;
+                n.up = true;
+                n.timer_at = None;
+                n.links.clear();
+                self.dial_some(node);
+                self.drain(node);
+            }
+            Ev::PartitionStart => {
+                self.partitioned = true;
+                for i in 0..self.cfg.nodes {
+                    let cut: Vec<ConnId> = self.nodes[i]
+                        .links
+                        .iter()
+                        .filter(|(_, l)| self.side(l.peer.0) != self.side(i))
+                        .map(|(c, _)| *c)
+                        .collect();
+                    for c in cut {
+                        self.close_local(i, c, true);
+                    }
+                    self.drain(i);
+                }
+            }
+            Ev::PartitionEnd => {
+                self.partitioned = false;
+                // Repair: every node dials a few more, across the healed cut.
+                for i in 0..self.cfg.nodes {
+                    if self.nodes[i].up {
+                        self.dial_some(i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(mut self, real: Duration) -> Report {
+        let n = self.cfg.nodes;
+        let mut report = Report {
+            nodes: n,
+            messages: self.cfg.messages,
+            theoretical_hops: (n as f64).ln() / (self.cfg.fanout as f64).ln(),
+            simulated: self.now.since_epoch(),
+            real,
+            balance_ok: true,
+            readiness_ok: self.readiness_ok,
+            ..Report::default()
+        };
+        let (mut possible, mut got) = (0u64, 0u64);
+        let mut latencies = Vec::new();
+        let mut hops_sum = 0u64;
+        for (index, p) in self.published.iter().enumerate() {
+            let Some((_, _, t0)) = p else { continue };
+            for i in 0..n {
+                let churned = self.nodes[i].epoch > 0 || !self.nodes[i].up;
+                match self.seen.get(&(index, i)) {
+                    Some((t, h)) => {
+                        if !churned {
+                            possible += 1;
+                        }
+                        got += 1;
+                        latencies.push(t.saturating_since(*t0));
+                        hops_sum += *h as u64;
+                        report.hops_max = report.hops_max.max(*h);
+                    }
+                    None if churned => report.churn_misses += 1,
+                    None => {
+                        possible += 1;
+                        report.misses += 1;
+                    }
+                }
+            }
+        }
+        report.coverage = (possible - report.misses) as f64 / possible.max(1) as f64;
+        report.redundancy = self.gossip_tx as f64 / got.max(1) as f64;
+        report.hops_mean = hops_sum as f64 / got.max(1) as f64;
+        latencies.sort_unstable();
+        let pct = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        report.latency_p50 = pct(0.5);
+        report.latency_p99 = pct(0.99);
+        report.latency_max = latencies.last().copied().unwrap_or_default();
+        for node in &mut self.nodes {
+            if node.up {
+                node.finals.push(node.overlay.balance());
+                if node.overlay.readiness().state() != ReadyState::Ready {
+                    report.readiness_ok = false;
+                }
+            }
+            for b in &node.finals {
+                report.balance_ok &= b.holds();
+                let s = &b.stats;
+                report.frames_rx += s.rx_frames;
+                report.duplicates += s.outcome(Outcome::Duplicate);
+                report.dropped += s.outcome(Outcome::Dropped);
+                report.rejected += s.outcome(Outcome::Rejected);
+                s.rx_frames.hash(&mut self.trace);
+                s.outcomes.hash(&mut self.trace);
+            }
+        }
+        report.trace_hash = self.trace.finish();
+        report
+    }
+}
