@@ -58,6 +58,15 @@ printf '\n==> %s\n' "$step"
 cargo test --workspace 2>&1 | tee "$work/test.log"
 tests=$(awk '/^test result: ok\./ { n += $4 } END { print n + 0 }' "$work/test.log")
 
+# --- loom: the shared-memory primitives, model-checked. Its own target dir, since
+# `--cfg loom` must reach only this build.
+step="loom"
+printf '\n==> %s\n' "$step"
+RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
+    cargo test -p overlay-core --test loom --release 2>&1 | tee "$work/loom.log"
+loom_tests=$(awk '/^test result: ok\./ { n += $4 } END { print n + 0 }' "$work/loom.log")
+tests=$((tests + loom_tests))
+
 # --- fuzz smoke runs: seeds copied into a scratch corpus so the committed seeds stay as
 # they are; a crash, an input that passes the rss limit or a slow input fails the run.
 fuzz_summary=""
