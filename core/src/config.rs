@@ -550,3 +550,87 @@ impl Config {
         c
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_design_table_and_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.overlay.listen, "127.0.0.1:9444");
+        assert_eq!(c.admin.listen, "127.0.0.1:9600");
+        assert_eq!(c.overlay.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.overlay.max_conns, 1024);
+        let p = &c.overlay.peer;
+        assert_eq!(
+            (p.inflight_frames, p.max_rps, p.send_window_frames),
+            (32, 200, 16)
+        );
+        let g = &c.overlay.gossip;
+        assert_eq!(
+            (
+                g.max_frame_bytes,
+                g.chunk_bytes,
+                g.relay_fanout,
+                g.burst_budget_frames
+            ),
+            (1 << 20, 64 << 10, 8, 8)
+        );
+        let t = &c.timeouts;
+        assert_eq!(
+            (t.read, t.write, t.idle),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                Duration::from_secs(15)
+            )
+        );
+        assert_eq!(
+            (c.limits.max_body_bytes, c.limits.decompress_ratio_cap),
+            (1 << 20, 10)
+        );
+        let r = &c.readiness;
+        assert_eq!(
+            (r.queue_high_watermark, r.sustain, r.shed_rate_max),
+            (0.9, Duration::from_secs(30), 0.01)
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let mut c = Config::default();
+        c.overlay.gossip.chunk_bytes = 100;
+        assert_eq!(c.validate().unwrap_err().key, "overlay.gossip.chunk_bytes");
+        let mut c = Config::default();
+        c.auth.required = true;
+        assert_eq!(c.validate().unwrap_err().key, "auth.tokens");
+        let mut c = Config::default();
+        c.readiness.queue_high_watermark = 1.5;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.to_string().contains("readiness.queue_high_watermark"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_everywhere_they_print() {
+        let mut c = Config::default();
+        c.auth.tokens = vec!["s3cret-token".into()];
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let r = c.redacted();
+        assert!(!serde_json::to_string(&r).unwrap().contains("s3cret"));
+        assert_eq!(r.auth.tokens.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_fail_closed() {
+        let e = serde_json::from_str::<Config>(r#"{"overlay":{"max_conn":5}}"#).unwrap_err();
+        assert!(e.to_string().contains("max_conn"), "{e}");
+        let c: Config =
+            serde_json::from_str(r#"{"overlay":{"handshake_timeout":"250ms"}}"#).unwrap();
+        assert_eq!(c.overlay.handshake_timeout, Duration::from_millis(250));
+    }
+}

@@ -179,3 +179,103 @@ impl ReadyView {
         (503, body.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_up() -> ReadyView {
+        ReadyView {
+            listeners_bound: true,
+            metrics_bound: true,
+            cfg_loaded: true,
+            pq_ready: None,
+            tor_bootstrap: None,
+            queues_ok: true,
+            shed_rate_ok: true,
+            fd_headroom: true,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn bodies_are_the_seed_documents() {
+        assert_eq!(all_up().http(5), (200, r#"{"ready":true}"#.to_string()));
+        let v = ReadyView {
+            pq_ready: Some(false),
+            queues_ok: false,
+            ..all_up()
+        };
+        assert_eq!(v.state(), ReadyState::Degraded);
+        let (code, body) = v.http(5);
+        assert_eq!(code, 503);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"ready": false, "degraded": true, "missing": ["queues_ok", "pq_ready"], "retry_after": 5})
+        );
+    }
+
+    #[test]
+    fn down_when_unbound_unconfigured_or_draining() {
+        for v in [
+            ReadyView {
+                listeners_bound: false,
+                ..all_up()
+            },
+            ReadyView {
+                cfg_loaded: false,
+                ..all_up()
+            },
+            ReadyView {
+                draining: true,
+                ..all_up()
+            },
+        ] {
+            assert_eq!(v.state(), ReadyState::Down);
+        }
+        assert_eq!(
+            ReadyView {
+                draining: true,
+                ..all_up()
+            }
+            .missing(),
+            vec!["draining"]
+        );
+        assert_eq!(
+            ReadyView {
+                tor_bootstrap: Some(true),
+                ..all_up()
+            }
+            .state(),
+            ReadyState::Ready
+        );
+    }
+
+    #[test]
+    fn sustained_needs_the_whole_window_and_clears_at_once() {
+        let mut s = Sustained::new(Duration::from_secs(30));
+        let t = |s: u64| Time::from_millis(s * 1000);
+        assert!(!s.observe(t(0), true));
+        assert!(!s.observe(t(29), true));
+        assert_eq!(s.deadline(), Some(t(30)));
+        assert!(s.observe(t(30), true));
+        assert!(
+            !s.observe(t(31), false),
+            "clears the moment the condition stops"
+        );
+        assert!(!s.observe(t(32), true), "and starts over");
+    }
+
+    #[test]
+    fn rate_window_forgets_old_seconds() {
+        let mut w = RateWindow::new(Duration::from_secs(10));
+        let t = Time::from_millis;
+        w.record(t(0), true);
+        w.record(t(500), false);
+        w.record(t(9_900), false);
+        assert_eq!(w.totals(t(9_900)), (1, 3));
+        assert_eq!(w.totals(t(10_100)), (0, 1), "second 0 left the window");
+        assert_eq!(w.totals(t(30_000)), (0, 0));
+    }
+}
