@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::bounds::{ACCEPT_ERROR_PAUSE, ADMIN_MAX_CONNS, HEALTH_STALE};
+use crate::bounds::{ACCEPT_ERROR_PAUSE, HEALTH_STALE};
 use crate::corr::{self, CorrIds};
 use crate::driver::{Heartbeat, ReadySnapshot};
 use crate::net::Listener;
@@ -166,13 +166,18 @@ async fn observe(State(s): State<AdminState>, req: Request, next: Next) -> Respo
 }
 
 /// Serves the router on any listener (tokio TCP in production, simulated TCP in `sim`),
-/// at most `ADMIN_MAX_CONNS` connections at once, each with a header-read deadline so a
-/// slow client cannot hold a slot.
-pub(crate) async fn serve<L: Listener>(mut listener: L, app: Router, header_timeout: Duration) {
+/// at most `max_conns` (`admin.max_conns`) connections at once, each with a header-read
+/// deadline so a slow client cannot hold a slot.
+pub(crate) async fn serve<L: Listener>(
+    mut listener: L,
+    app: Router,
+    header_timeout: Duration,
+    max_conns: usize,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
-    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNS));
+    let slots = Arc::new(Semaphore::new(max_conns));
     // Dropping the set (when this task is aborted) aborts every connection with it.
     let mut conns = JoinSet::new();
     loop {

@@ -1,16 +1,12 @@
-//! Runtime bounds. Each queue and buffer between sockets and the node is bounded; where the
-//! config schema has a key for the bound it comes from there, and where it does not yet
-//! the bound is derived from the nearest key or fixed here (see runtime/README.md).
+//! Runtime bounds. Each queue and buffer between sockets and the node is bounded. Bounds an
+//! operator may need to move come from config keys (see `Bounds::from_config`); the
+//! constants left here are internal plumbing (channel sizes for small control messages,
+//! sampling periods) whose values do not change what a peer can make the node hold.
 
 use std::time::Duration;
 
 use overlay_core::oap::HEADER_LEN;
 use overlay_core::Config;
-
-/// Read chunks one connection may have queued toward the driver. The shared ingress
-/// channel is bounded too, but without a per-connection credit one flooding socket could
-/// fill it and starve every other connection.
-pub const INGRESS_CREDIT_PER_CONN: u32 = 4;
 
 /// Writer wake-ups, accepts, dial results: small messages the driver must see promptly.
 pub const CONTROL_CHANNEL: usize = 1024;
@@ -18,15 +14,12 @@ pub const CONTROL_CHANNEL: usize = 1024;
 /// Embedder commands (publish, reconfigure, drain).
 pub const COMMAND_CHANNEL: usize = 256;
 
-/// Overlay events buffered for slow bus subscribers (the logger) before they lag.
-pub const BUS_CAPACITY: usize = 4096;
-
 /// Transmits one writer task writes with one vectored write.
 pub const WRITE_BATCH: usize = 64;
 
-/// Redial backoff: first delay, ceiling, and the jitter fraction (+-) applied to each.
-pub const DIAL_BACKOFF_BASE: Duration = Duration::from_millis(200);
-pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Redial jitter: the fraction (+-) applied to each backoff delay, so peers that lost the
+/// same node do not all redial it in the same instant. Not a bound on anything a peer can
+/// grow, so not a config key; the delays themselves are (`overlay.dial_backoff_*`).
 pub const DIAL_JITTER: f64 = 0.5;
 
 /// Pause after a failed `accept` (EMFILE and friends), so the loop cannot spin.
@@ -38,9 +31,6 @@ pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// `/healthz` fails once the driver has not ticked for this long.
 pub const HEALTH_STALE: Duration = Duration::from_secs(2);
-
-/// Admin connections served at once; more wait in the kernel backlog.
-pub const ADMIN_MAX_CONNS: usize = 64;
 
 /// Longest string value in a log line (error chains, details).
 pub const LOG_FIELD_MAX: usize = 512;
@@ -60,6 +50,20 @@ pub struct Bounds {
     pub flush_timeout: Duration,
     /// Admin plane: a request's headers must arrive within this.
     pub admin_header_timeout: Duration,
+    /// Read chunks one connection may have queued toward the driver
+    /// (`overlay.peer.read_credit_chunks`). The shared ingress channel is bounded too, but
+    /// without a per-connection credit one flooding socket could fill it and starve every
+    /// other connection.
+    pub read_credit: usize,
+    /// Events the bus holds for its slowest subscriber (`log.bus_capacity`); past that the
+    /// subscriber loses the oldest and counts them in `bus_lagged_total`.
+    pub bus_capacity: usize,
+    /// Admin connections served at once (`admin.max_conns`); more wait in the kernel
+    /// backlog, so a scrape storm cannot take unbounded tasks and sockets.
+    pub admin_max_conns: usize,
+    /// First redial delay and its ceiling (`overlay.dial_backoff_base` / `_max`).
+    pub dial_backoff_base: Duration,
+    pub dial_backoff_max: Duration,
 }
 
 impl Bounds {
@@ -72,6 +76,40 @@ impl Bounds {
             connect_timeout: cfg.overlay.handshake_timeout,
             flush_timeout: cfg.timeouts.write.min(Duration::from_secs(1)),
             admin_header_timeout: cfg.timeouts.read,
+            read_credit: cfg.overlay.peer.read_credit_chunks,
+            bus_capacity: cfg.log.bus_capacity,
+            admin_max_conns: cfg.admin.max_conns,
+            dial_backoff_base: cfg.overlay.dial_backoff_base,
+            dial_backoff_max: cfg.overlay.dial_backoff_max,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_follow_their_config_keys() {
+        let mut cfg = Config::default();
+        let d = Bounds::from_config(&cfg);
+        assert_eq!(d.read_credit, 4);
+        assert_eq!(d.bus_capacity, 4096);
+        assert_eq!(d.admin_max_conns, 64);
+        assert_eq!(d.dial_backoff_base, Duration::from_millis(200));
+        assert_eq!(d.dial_backoff_max, Duration::from_secs(30));
+
+        cfg.overlay.peer.read_credit_chunks = 2;
+        cfg.log.bus_capacity = 16;
+        cfg.admin.max_conns = 3;
+        cfg.overlay.dial_backoff_base = Duration::from_millis(10);
+        cfg.overlay.dial_backoff_max = Duration::from_millis(40);
+        cfg.validate().unwrap();
+        let b = Bounds::from_config(&cfg);
+        assert_eq!(b.read_credit, 2);
+        assert_eq!(b.bus_capacity, 16);
+        assert_eq!(b.admin_max_conns, 3);
+        assert_eq!(b.dial_backoff_base, Duration::from_millis(10));
+        assert_eq!(b.dial_backoff_max, Duration::from_millis(40));
     }
 }

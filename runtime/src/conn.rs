@@ -255,7 +255,11 @@ mod tests {
     #[tokio::test]
     async fn reader_holds_at_most_its_credit() {
         let (tx, mut rx) = mpsc::channel(100);
-        let credit = Arc::new(Semaphore::new(2));
+        // The credit the driver gives each connection: `overlay.peer.read_credit_chunks`.
+        let mut cfg = overlay_core::Config::default();
+        cfg.overlay.peer.read_credit_chunks = 2;
+        let bounds = crate::bounds::Bounds::from_config(&cfg);
+        let credit = Arc::new(Semaphore::new(bounds.read_credit));
         let (mut client, server) = tokio::io::duplex(16);
         let task = tokio::spawn(reader(ConnId(1), server, tx, credit.clone(), 4096));
         let mut held = Vec::new();

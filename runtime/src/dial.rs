@@ -7,22 +7,28 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 
-use crate::bounds::{DIAL_BACKOFF_BASE, DIAL_BACKOFF_MAX, DIAL_JITTER};
+use crate::bounds::Bounds;
+use crate::bounds::DIAL_JITTER;
 use crate::driver::Control;
 use crate::net::Net;
 
 /// Exponential backoff with +-`DIAL_JITTER` jitter, so peers that lost the same node do
 /// not all redial it in the same instant.
+/// The delays come from `overlay.dial_backoff_base` and `overlay.dial_backoff_max`.
 #[derive(Debug)]
 pub struct Backoff {
     attempt: u32,
+    base: Duration,
+    max: Duration,
     rng: ChaCha8Rng,
 }
 
 impl Backoff {
-    pub fn new(seed: u64) -> Backoff {
+    pub fn new(base: Duration, max: Duration, seed: u64) -> Backoff {
         Backoff {
             attempt: 0,
+            base,
+            max: max.max(base),
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
@@ -32,9 +38,10 @@ impl Backoff {
     }
 
     pub fn next_delay(&mut self) -> Duration {
-        let exp = DIAL_BACKOFF_BASE
+        let exp = self
+            .base
             .saturating_mul(1u32 << self.attempt.min(16))
-            .min(DIAL_BACKOFF_MAX);
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let j: f64 = self.rng.gen_range(-DIAL_JITTER..=DIAL_JITTER);
         exp.mul_f64(1.0 + j)
@@ -50,9 +57,10 @@ pub(crate) async fn dial_loop<N: Net>(
     ctl: mpsc::Sender<Control<N::Stream>>,
     mut ended: mpsc::Receiver<bool>,
     seed: u64,
-    connect_timeout: Duration,
+    b: Bounds,
 ) {
-    let mut backoff = Backoff::new(seed);
+    let connect_timeout = b.connect_timeout;
+    let mut backoff = Backoff::new(b.dial_backoff_base, b.dial_backoff_max, seed);
     loop {
         match tokio::time::timeout(connect_timeout, net.connect(&addr)).await {
             Ok(Ok(stream)) => {
@@ -96,30 +104,48 @@ pub(crate) async fn dial_loop<N: Net>(
 mod tests {
     use super::*;
 
+    const BASE: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(30);
+
     #[test]
     fn backoff_grows_caps_and_resets() {
-        let mut b = Backoff::new(1);
+        let mut b = Backoff::new(BASE, MAX, 1);
         let d: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
         let lo = |base: Duration| base.mul_f64(1.0 - DIAL_JITTER);
         let hi = |base: Duration| base.mul_f64(1.0 + DIAL_JITTER);
-        assert!(d[0] >= lo(DIAL_BACKOFF_BASE) && d[0] <= hi(DIAL_BACKOFF_BASE));
-        assert!(d[3] >= lo(DIAL_BACKOFF_BASE * 8));
-        assert!(d.iter().all(|x| *x <= hi(DIAL_BACKOFF_MAX)));
-        assert!(d[11] >= lo(DIAL_BACKOFF_MAX));
+        assert!(d[0] >= lo(BASE) && d[0] <= hi(BASE));
+        assert!(d[3] >= lo(BASE * 8));
+        assert!(d.iter().all(|x| *x <= hi(MAX)));
+        assert!(d[11] >= lo(MAX));
         b.reset();
-        assert!(b.next_delay() <= hi(DIAL_BACKOFF_BASE));
+        assert!(b.next_delay() <= hi(BASE));
+    }
+
+    #[test]
+    fn backoff_bounds_come_from_config() {
+        let mut cfg = overlay_core::Config::default();
+        cfg.overlay.dial_backoff_base = Duration::from_millis(10);
+        cfg.overlay.dial_backoff_max = Duration::from_millis(50);
+        let bounds = Bounds::from_config(&cfg);
+        let mut b = Backoff::new(bounds.dial_backoff_base, bounds.dial_backoff_max, 3);
+        let d: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        let ceiling = Duration::from_millis(50).mul_f64(1.0 + DIAL_JITTER);
+        assert!(d[0] <= Duration::from_millis(10).mul_f64(1.0 + DIAL_JITTER));
+        assert!(d.iter().all(|x| *x <= ceiling), "{d:?}");
+        // The ceiling is reached: the doubling stops at dial_backoff_max.
+        assert!(d[9] >= Duration::from_millis(50).mul_f64(1.0 - DIAL_JITTER));
     }
 
     #[test]
     fn jitter_is_seeded() {
         let a: Vec<_> = {
-            let mut b = Backoff::new(9);
+            let mut b = Backoff::new(BASE, MAX, 9);
             (0..5).map(|_| b.next_delay()).collect()
         };
-        let mut b = Backoff::new(9);
+        let mut b = Backoff::new(BASE, MAX, 9);
         let again: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
         assert_eq!(a, again);
-        let mut c = Backoff::new(10);
+        let mut c = Backoff::new(BASE, MAX, 10);
         let other: Vec<_> = (0..5).map(|_| c.next_delay()).collect();
         assert_ne!(a, other);
     }

@@ -14,7 +14,8 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use overlay_core::oap::{MsgId, HEADER_LEN};
 use overlay_core::{
-    Config, ConnId, Event, Overlay, Probe, PublishError, ReadyView, Stats, Time, Transmit,
+    Config, ConnId, Event, Overlay, Probe, PublishError, ReadyView, RejectReason, Stats, Time,
+    Transmit,
 };
 use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
@@ -138,6 +139,11 @@ pub struct ShutdownReport {
     pub left_open: usize,
     pub stats: Stats,
     pub drain_time: Duration,
+    /// Gossip frames still queued when the drain ended (cleared by `shutdown`, counted in
+    /// `overlay_queue_dropped_total{queue="egress",reason="timeout"}`) plus frames handed to
+    /// writers of connections left open, which never reached the wire: together with
+    /// `stats.dropped`, what an acked message that was not delivered is counted under.
+    pub egress_dropped: u64,
 }
 
 struct Conn {
@@ -304,7 +310,7 @@ impl<N: Net> Driver<N> {
             self.ctl_tx.clone(),
             ended_rx,
             self.rng.next_u64(),
-            self.bounds.connect_timeout,
+            self.bounds.clone(),
         );
         let task = self.spawn_supervised(None, Some(addr.clone()), "dialer", fut);
         self.dials.insert(
@@ -607,7 +613,7 @@ impl<N: Net> Driver<N> {
             pq_mode = self.cfg.overlay.pq_mode.mode().as_str(), peer_id = field::Empty);
         let (rd, wr) = tokio::io::split(stream);
         let (wtx, wrx) = mpsc::channel(self.bounds.writer_queue);
-        let credit = Arc::new(Semaphore::new(bounds::INGRESS_CREDIT_PER_CONN as usize));
+        let credit = Arc::new(Semaphore::new(self.bounds.read_credit));
         let reader = self.spawn_supervised(
             Some(conn),
             None,
@@ -794,6 +800,12 @@ impl<N: Net> Driver<N> {
     async fn finish(mut self) -> ShutdownReport {
         let started = self.drain.map(|d| d.1).unwrap_or_else(Instant::now);
         let drained = self.overlay.is_drained();
+        let queued: u64 = self
+            .conns
+            .keys()
+            .filter_map(|c| self.overlay.session(*c))
+            .map(|s| s.egress.gossip_frames() as u64)
+            .sum();
         let now = self.now();
         self.overlay.shutdown(now);
         self.drain_outputs(now);
@@ -818,6 +830,12 @@ impl<N: Net> Driver<N> {
             self.drain_outputs(now);
         }
         let left_open = self.conns.len();
+        let unwritten: u64 = self
+            .conns
+            .keys()
+            .filter_map(|c| self.overlay.session(*c))
+            .map(|s| s.in_flight as u64)
+            .sum();
         // Give the logger a moment to write the last events (closes) before it is
         // aborted with the other tasks; bounded, since a subscriber may never read.
         let logs_by = Instant::now() + LOGGER_GRACE;
@@ -830,6 +848,7 @@ impl<N: Net> Driver<N> {
             left_open,
             stats: self.overlay.stats().clone(),
             drain_time: started.elapsed(),
+            egress_dropped: queued + unwritten,
         };
         let s = &report.stats;
         tracing::info!(
@@ -841,6 +860,9 @@ impl<N: Net> Driver<N> {
             rx_frames = s.rx_frames,
             published = s.published,
             accepted_messages = s.accepted_messages,
+            rx_dropped = s.dropped.iter().sum::<u64>(),
+            egress_dropped = report.egress_dropped,
+            busy = s.rejected(RejectReason::Busy) + s.refused[RejectReason::Busy.index()],
             "stopped"
         );
         report

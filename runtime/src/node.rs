@@ -111,27 +111,27 @@ impl Node {
         let start = Instant::now();
         let mut overlay = Overlay::new(cfg.clone(), rec.metrics.clone(), opts.seed, Time::ZERO);
         overlay.set_local_delivery(opts.local_delivery);
-        overlay.set_probe(Time::ZERO, Probe::CfgLoaded, true);
-        overlay.set_probe(Time::ZERO, Probe::ListenersBound, true);
-        // Without an admin plane the embedder reads the recorder directly: the metrics
-        // are as available as they will ever be.
-        overlay.set_probe(Time::ZERO, Probe::MetricsBound, true);
         let fd_ok =
             !opts.fd_sampler || crate::fd::headroom(cfg.readiness.fd_reserve).unwrap_or(true);
-        overlay.set_probe(Time::ZERO, Probe::FdHeadroom, fd_ok);
+        // All start-up facts at once, so readiness moves once: no intermediate states
+        // (bound but no config...) that nobody could observe reach the log.
+        overlay.set_probes(
+            Time::ZERO,
+            &[
+                (Probe::CfgLoaded, true),
+                (Probe::ListenersBound, true),
+                // Bound above; without an admin plane the embedder reads the recorder
+                // directly, so the metrics are as available as they will ever be.
+                (Probe::MetricsBound, true),
+                (Probe::FdHeadroom, fd_ok),
+            ],
+        );
         let node_id = overlay.node_id().to_string();
-        // Setting the probes one by one walked readiness through states nobody could
-        // observe; only where it ended up is news.
-        let mut startup = Vec::new();
-        while let Some(ev) = overlay.poll_event() {
-            if matches!(ev, overlay_core::Event::ReadinessChanged { .. }) {
-                startup.clear();
-            }
-            startup.push(ev);
-        }
+        let startup: Vec<_> = std::iter::from_fn(|| overlay.poll_event()).collect();
 
+        let b = Bounds::from_config(&cfg);
         let (cmd_tx, cmd_rx) = mpsc::channel(bounds::COMMAND_CHANNEL);
-        let (bus, _) = broadcast::channel(bounds::BUS_CAPACITY);
+        let (bus, _) = broadcast::channel(b.bus_capacity);
         let (ready_tx, ready_rx) = watch::channel(ReadySnapshot {
             status: 503,
             body: String::new(),
@@ -144,7 +144,6 @@ impl Node {
             .log_policy
             .clone()
             .unwrap_or_else(|| LogPolicy::new(&cfg.log));
-        let b = Bounds::from_config(&cfg);
 
         let mut driver = Driver::new(Parts {
             net,
@@ -173,7 +172,7 @@ impl Node {
                 None,
                 None,
                 "admin",
-                admin::serve(l, app, b.admin_header_timeout),
+                admin::serve(l, app, b.admin_header_timeout, b.admin_max_conns),
             );
         }
         let prom = rec.handle.clone();
