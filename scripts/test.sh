@@ -39,6 +39,7 @@ fi
 if ! command -v promtool >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
     # Nothing needs promtool yet, so a failed install is a warning, not a failed run.
     step="install promtool"
+    printf '\n==> %s\n' "$step"
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends prometheus; } >"$work/apt.log" 2>&1; then
         echo "warning: could not install prometheus (promtool); see below" >&2
