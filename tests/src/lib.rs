@@ -1,1 +1,43 @@
-//! Helpers for end-to-end tests of the built binary live in `tests/`.
+//! Helpers for the end-to-end tests (and the daemon benchmark) of the built `svc-overlay`
+//! binary: locating and building it, running daemons on loopback with their logs captured,
+//! a small HTTP/1.1 client for the admin plane, a Prometheus text parser, and OAP/1 on raw
+//! sockets.
+//!
+//! Everything here synchronises on real conditions (a log line, a status code, a counter)
+//! through bounded polling, never on the passage of time.
+
+pub mod daemon;
+pub mod http;
+pub mod prom;
+pub mod wire;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use daemon::{bin, Daemon, DaemonBuilder};
+
+/// The workspace root (this package lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Calls `f` until it returns `Some`, for at most `timeout`; panics naming `what` after.
+/// The pause between attempts only spaces out the polls: correctness never depends on it.
+pub fn poll_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(25));
+    }
+}
