@@ -9,6 +9,7 @@
 pub mod daemon;
 pub mod http;
 pub mod prom;
+pub mod scan;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
