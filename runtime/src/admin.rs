@@ -185,6 +185,9 @@ pub(crate) async fn serve<L: Listener>(
             return;
         };
         tokio::select! {
+            // Fixed polling order: an unbiased select draws from tokio's per-thread RNG,
+            // which is seeded from the OS and would make simulated runs unrepeatable.
+            biased;
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
                     let svc = TowerToHyperService::new(app.clone());

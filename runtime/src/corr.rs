@@ -28,22 +28,53 @@ fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Where the millisecond prefix of an id comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum WallClock {
+    /// The system clock (production).
+    System,
+    /// `epoch` plus tokio time elapsed since `start`. Under a simulated (paused) tokio
+    /// clock this makes ids a function of the seed and simulated time alone, so a
+    /// simulation replays them exactly.
+    Tokio {
+        epoch: SystemTime,
+        start: tokio::time::Instant,
+    },
+}
+
+impl WallClock {
+    pub fn now(&self) -> SystemTime {
+        match self {
+            WallClock::System => SystemTime::now(),
+            WallClock::Tokio { epoch, start } => *epoch + start.elapsed(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct CorrIds {
     seed: u64,
     counter: AtomicU64,
+    clock: WallClock,
 }
 
 impl CorrIds {
     pub fn new(seed: u64) -> CorrIds {
+        CorrIds::with_clock(seed, WallClock::System)
+    }
+
+    pub fn with_clock(seed: u64, clock: WallClock) -> CorrIds {
         CorrIds {
             seed,
             counter: AtomicU64::new(0),
+            clock,
         }
     }
 
     pub fn next_id(&self) -> String {
-        let ms = SystemTime::now()
+        let ms = self
+            .clock
+            .now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
@@ -89,6 +120,28 @@ mod tests {
         assert_ne!(a, b);
         // Time-ordered prefix: same millisecond or later.
         assert!(a[..10] <= b[..10]);
+    }
+
+    #[test]
+    fn an_injected_clock_makes_ids_repeat() {
+        // A start in the future reads as no time elapsed (tokio instants saturate), so the
+        // ids depend on the seed and the epoch alone.
+        let clock = || WallClock::Tokio {
+            epoch: UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+            start: tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
+        };
+        let (a, b) = (
+            CorrIds::with_clock(7, clock()),
+            CorrIds::with_clock(7, clock()),
+        );
+        let ids: Vec<String> = (0..3).map(|_| a.next_id()).collect();
+        let again: Vec<String> = (0..3).map(|_| b.next_id()).collect();
+        assert_eq!(ids, again);
+        assert_eq!(
+            &ids[0][..10],
+            "01HF7YAT00",
+            "1_700_000_000_000 ms as the prefix"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and signals, drains its outputs after every input, and moves transmits to the writer
 //! tasks. Nothing else touches the `Overlay`, so it needs no lock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -14,8 +14,8 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use overlay_core::oap::{MsgId, HEADER_LEN};
 use overlay_core::{
-    Config, ConnId, Event, Overlay, Probe, PublishError, ReadyView, RejectReason, Stats, Time,
-    Transmit,
+    Balance, Config, ConnId, Event, Overlay, Probe, PublishError, ReadyView, RejectReason, Stats,
+    Time, Transmit,
 };
 use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
@@ -111,6 +111,9 @@ pub struct NodeStats {
     pub sessions: usize,
     pub connections: usize,
     pub stats: Stats,
+    /// The core's balance of counts (stats plus frames held in partial streams), taken at
+    /// the same instant as the rest, so a caller can check the law without a race.
+    pub balance: Balance,
     pub draining: bool,
 }
 
@@ -190,8 +193,10 @@ pub(crate) struct Driver<N: Net> {
     node: Arc<str>,
     start: Instant,
     rng: ChaCha8Rng,
-    conns: HashMap<ConnId, Conn>,
-    dials: HashMap<String, Dial>,
+    // Ordered maps: the driver aborts and closes by iterating these, and a hash order
+    // (random per process) would make simulated runs unrepeatable.
+    conns: BTreeMap<ConnId, Conn>,
+    dials: BTreeMap<String, Dial>,
     tasks: JoinSet<()>,
     ingress_tx: mpsc::Sender<Ingress>,
     ingress_rx: mpsc::Receiver<Ingress>,
@@ -226,8 +231,8 @@ impl<N: Net> Driver<N> {
             bounds,
             start: p.start,
             rng: ChaCha8Rng::seed_from_u64(p.seed ^ 0x5EED_D1A1),
-            conns: HashMap::new(),
-            dials: HashMap::new(),
+            conns: BTreeMap::new(),
+            dials: BTreeMap::new(),
             tasks: JoinSet::new(),
             ingress_tx,
             ingress_rx,
@@ -546,6 +551,7 @@ impl<N: Net> Driver<N> {
                     sessions: self.overlay.session_count(),
                     connections: self.conns.len(),
                     stats: self.overlay.stats().clone(),
+                    balance: self.overlay.balance(),
                     draining: self.overlay.is_draining(),
                 });
             }
@@ -562,7 +568,7 @@ impl<N: Net> Driver<N> {
         self.drain = Some((deadline, started));
         // Readiness flips first (core), then peers hear GOAWAY; no new dials.
         self.overlay.begin_drain(now);
-        for (_, d) in self.dials.drain() {
+        for d in std::mem::take(&mut self.dials).into_values() {
             d.task.abort();
         }
         self.publish_ready();

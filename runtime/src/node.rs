@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::admin::{self, AdminState, VersionInfo};
 use crate::bounds::{self, Bounds};
 use crate::bus::{BusEvent, Subscription};
-use crate::corr::{os_seed, CorrIds};
+use crate::corr::{os_seed, CorrIds, WallClock};
 pub use crate::driver::ShutdownReport;
 use crate::driver::{Command, Control, Driver, Heartbeat, NodeStats, Parts, ReadySnapshot};
 use crate::logging::LogPolicy;
@@ -41,6 +41,10 @@ pub struct NodeOptions {
     pub log_events: bool,
     /// Log policy shared with the process's log layer; `None` builds one from the config.
     pub log_policy: Option<Arc<LogPolicy>>,
+    /// Wall-clock time at the node's start for correlation ids, which then advance with
+    /// tokio time; `None` reads the system clock. Simulations set it so that ids repeat
+    /// run for run.
+    pub wall_clock_epoch: Option<std::time::SystemTime>,
 }
 
 impl Default for NodeOptions {
@@ -52,6 +56,7 @@ impl Default for NodeOptions {
             local_delivery: false,
             log_events: true,
             log_policy: None,
+            wall_clock_epoch: None,
         }
     }
 }
@@ -139,7 +144,11 @@ impl Node {
             view: None,
         });
         let heartbeat = Arc::new(Heartbeat::new());
-        let corr = Arc::new(CorrIds::new(opts.seed.rotate_left(29)));
+        let clock = match opts.wall_clock_epoch {
+            Some(epoch) => WallClock::Tokio { epoch, start },
+            None => WallClock::System,
+        };
+        let corr = Arc::new(CorrIds::with_clock(opts.seed.rotate_left(29), clock));
         let policy = opts
             .log_policy
             .clone()
