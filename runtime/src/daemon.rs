@@ -83,7 +83,7 @@ async fn reload(ctl: &NodeControl, args: &RunArgs, current: &mut Config, logging
         tracing::info!(event = "config_reload", changes = 0u64, "config unchanged");
         return;
     }
-    let restart = match ctl.reconfigure(new.clone()).await {
+    let mut restart = match ctl.reconfigure(new.clone()).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(event = "config_reload", reason = "rejected", error = %e,
@@ -91,6 +91,7 @@ async fn reload(ctl: &NodeControl, args: &RunArgs, current: &mut Config, logging
             return;
         }
     };
+    restart.extend(runtime_restart_keys(current, &new));
     if let Err(e) = logging.reconfigure(&new.log) {
         tracing::warn!(event = "config_reload", reason = "log.level", error = %e,
             "log level not changed");
@@ -110,4 +111,37 @@ async fn reload(ctl: &NodeControl, args: &RunArgs, current: &mut Config, logging
         );
     }
     *current = new;
+}
+
+/// Keys whose bounds the runtime sized once at start (the bus channel, the admin
+/// plane's connection slots): a reload cannot resize them, so an operator must hear that
+/// the new value waits for a restart.
+fn runtime_restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.log.bus_capacity != new.log.bus_capacity {
+        keys.push("log.bus_capacity");
+    }
+    if old.admin.max_conns != new.admin.max_conns {
+        keys.push("admin.max_conns");
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_sized_at_start_need_a_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        assert!(runtime_restart_keys(&old, &new).is_empty());
+        new.log.bus_capacity = 64;
+        new.admin.max_conns = 8;
+        new.overlay.peer.read_credit_chunks = 2; // live: new connections get it
+        assert_eq!(
+            runtime_restart_keys(&old, &new),
+            vec!["log.bus_capacity", "admin.max_conns"]
+        );
+    }
 }
