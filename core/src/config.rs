@@ -100,7 +100,10 @@ pub struct GossipConfig {
     /// send before the scheduler moves on.
     pub burst_budget_frames: usize,
     pub max_partial_streams: usize,
+    /// Data one session may hold in partial streams...
     pub max_partial_bytes: usize,
+    /// ...and all sessions together.
+    pub max_partial_bytes_total: usize,
     /// Message ids remembered for dedupe...
     pub seen_cache_size: usize,
     /// ...and for how long.
@@ -278,6 +281,7 @@ impl Default for GossipConfig {
             burst_budget_frames: 8,
             max_partial_streams: 16,
             max_partial_bytes: 2 << 20,
+            max_partial_bytes_total: 64 << 20,
             seen_cache_size: 65_536,
             seen_ttl: Duration::from_secs(120),
             default_ttl: 6,

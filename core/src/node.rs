@@ -951,23 +951,37 @@ impl Overlay {
         match s.reasm.push(frame) {
             Ok(None) => {
                 s.stream_progress = now;
-                if s.reasm.partial_frames() as usize > self.cfg.overlay.peer.inflight_frames {
-                    // More frames held than a session may have in flight: that is the
-                    // peer's fault, like too many partial streams.
-                    let held = s.reasm.clear();
+                let held = s.reasm.partial_frames();
+                let over_session = held as usize > self.cfg.overlay.peer.inflight_frames;
+                let over_node = !over_session
+                    && self
+                        .sessions
+                        .values()
+                        .map(|s| s.reasm.buffered_bytes())
+                        .sum::<usize>()
+                        > self.cfg.overlay.gossip.max_partial_bytes_total;
+                if over_session || over_node {
+                    // Either bound is the sender's to respect: more frames held than a
+                    // session may have in flight, or more partial bytes than the whole node
+                    // holds for everyone (so many sessions cannot add up to unbounded memory).
+                    let (reason, why) = if over_session {
+                        (
+                            RejectReason::Proto,
+                            "more partial frames than overlay.peer.inflight_frames",
+                        )
+                    } else {
+                        (
+                            RejectReason::Oversize,
+                            "partial streams over overlay.gossip.max_partial_bytes_total",
+                        )
+                    };
+                    let held = self.sessions.get_mut(&conn).map_or(0, |s| s.reasm.clear());
                     let f = Frame {
                         app_proto,
                         tenant_id: tenant,
                         ..Frame::default()
                     };
-                    self.reject_frame(
-                        now,
-                        conn,
-                        &f,
-                        RejectReason::Proto,
-                        held,
-                        "more partial frames than overlay.peer.inflight_frames",
-                    );
+                    self.reject_frame(now, conn, &f, reason, held, why);
                 }
             }
             Ok(Some(m)) => {
@@ -1165,7 +1179,23 @@ impl Overlay {
             });
         }
         s.egress.push_message(frames);
-        let over = s.egress.fill(max_frames, max_bytes) >= wm;
+        self.drr.activate(dest, &mut s.drr);
+        self.recheck_watermark(dest);
+        Ok(())
+    }
+
+    /// Keeps the count of sessions over the high watermark (what makes writes fail first)
+    /// in step with a session's queue after it changed.
+    fn recheck_watermark(&mut self, id: ConnId) {
+        let peer = &self.cfg.overlay.peer;
+        let wm = self.cfg.readiness.queue_high_watermark;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let over = s.phase != Phase::Closing
+            && s.egress
+                .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
+                >= wm;
         if over != s.over_watermark {
             s.over_watermark = over;
             if over {
@@ -1174,8 +1204,6 @@ impl Overlay {
                 self.over_watermark -= 1;
             }
         }
-        self.drr.activate(dest, &mut s.drr);
-        Ok(())
     }
 
     fn on_ctrl(&mut self, now: Time, conn: ConnId, frame: Frame) {
@@ -1521,26 +1549,13 @@ impl Overlay {
                 continue;
             }
             let f = s.egress.pop_gossip()?;
-            let wm = self.cfg.readiness.queue_high_watermark;
-            let peer = &self.cfg.overlay.peer;
-            let over = s
-                .egress
-                .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
-                >= wm;
-            if over != s.over_watermark {
-                s.over_watermark = over;
-                if over {
-                    self.over_watermark += 1;
-                } else {
-                    self.over_watermark -= 1;
-                }
-            }
             if s.egress.gossip_frames() == 0
                 && s.egress.close_pending()
                 && !self.ctrl_ready.contains(&id)
             {
                 self.ctrl_ready.push_back(id);
             }
+            self.recheck_watermark(id);
             return Some(self.hand_out(id, f));
         }
     }
@@ -1620,6 +1635,7 @@ impl Overlay {
         if !self.ctrl_ready.contains(&id) {
             self.ctrl_ready.push_back(id);
         }
+        self.recheck_watermark(id);
     }
 
     fn unlist(&mut self, s: &Session) {
