@@ -152,6 +152,7 @@ pub struct Header {
 
 impl Header {
     /// Reads a header from exactly [`HEADER_LEN`] bytes; validation is separate.
+    #[inline]
     pub fn parse(b: &[u8; HEADER_LEN]) -> Header {
         let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
         let mut tenant = [0u8; 16];
