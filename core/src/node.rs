@@ -431,8 +431,7 @@ impl Overlay {
         self.ctrl_ready.retain(|c| *c != conn);
         self.permits.release(s.in_flight);
         let (ctrl, gossip) = s.egress.clear();
-        self.metrics
-            .queue_drop(Queue::Egress, DropReason::Shed, (ctrl + gossip) as u64);
+        self.egress_drop(DropReason::Shed, (ctrl + gossip) as u64);
         let partial = s.reasm.clear();
         self.rx_dropped(RxDrop::Closed, partial);
         if s.over_watermark {
@@ -538,8 +537,7 @@ impl Overlay {
         for id in ids {
             if let Some(s) = self.sessions.get_mut(&id) {
                 let (c, g) = s.egress.clear();
-                self.metrics
-                    .queue_drop(Queue::Egress, DropReason::Timeout, (c + g) as u64);
+                self.egress_drop(DropReason::Timeout, (c + g) as u64);
             }
             self.close(now, id, CloseReason::Shutdown, false);
         }
@@ -1146,8 +1144,8 @@ impl Overlay {
                 Refusal::Full => DropReason::Full,
                 Refusal::Shed => DropReason::Shed,
             };
-            self.metrics.queue_drop(Queue::Egress, reason, n as u64);
             self.metrics.backpressure[s.bucket().index()].increment(1);
+            self.egress_drop(reason, n as u64);
             return Err(r);
         }
         let corr_id = s.next_stream_id();
@@ -1227,7 +1225,7 @@ impl Overlay {
                 });
                 if full {
                     // A peer that pings without reading our answers fills only its own queue.
-                    self.metrics.queue_drop(Queue::Egress, DropReason::Full, 1);
+                    self.egress_drop(DropReason::Full, 1);
                     self.rx_dropped(RxDrop::Full, 1);
                     return;
                 }
@@ -1337,8 +1335,7 @@ impl Overlay {
         }
         if s.in_flight > 0 && now.saturating_since(s.last_write) >= t.write {
             let (c, g) = s.egress.clear();
-            self.metrics
-                .queue_drop(Queue::Egress, DropReason::Timeout, (c + g) as u64);
+            self.egress_drop(DropReason::Timeout, (c + g) as u64);
             self.events.push_back(Event::Abort { conn: id });
             return self.close(now, id, CloseReason::WriteTimeout, true);
         }
@@ -1443,11 +1440,17 @@ impl Overlay {
 
     fn update_gauges(&self) {
         let m = &self.metrics;
-        let (mut egress, mut partial) = (0usize, 0u64);
+        let (mut egress, mut partial, mut fill) = (0usize, 0u64, 0.0f64);
+        let peer = &self.cfg.overlay.peer;
         for s in self.sessions.values() {
             egress += s.egress.frames();
             partial += s.reasm.partial_frames();
+            fill = fill.max(
+                s.egress
+                    .fill(peer.egress_queue_frames, peer.egress_queue_bytes),
+            );
         }
+        m.egress_fill.set(fill);
         m.queue_depth[Queue::Ingress.index()].set(self.ingress_depth as f64);
         m.queue_depth[Queue::GossipIngress.index()].set(partial as f64);
         m.queue_depth[Queue::Egress.index()].set(egress as f64);
@@ -1618,14 +1621,14 @@ impl Overlay {
         let was_established = s.is_established();
         s.phase = Phase::Closing;
         s.close_reason = Some(reason);
+        let mut dropped = 0;
         if drop_gossip {
-            let n = s.egress.gossip_frames();
+            dropped = s.egress.gossip_frames();
             while s.egress.pop_gossip().is_some() {}
-            self.metrics
-                .queue_drop(Queue::Egress, DropReason::Shed, n as u64);
         }
         let partial = s.reasm.clear();
         s.egress.mark_close();
+        self.egress_drop(DropReason::Shed, dropped as u64);
         if was_established {
             self.peers.retain(|p| *p != id);
             self.clients.retain(|c| *c != id);
@@ -1641,6 +1644,15 @@ impl Overlay {
     fn unlist(&mut self, s: &Session) {
         self.peers.retain(|p| *p != s.id);
         self.clients.retain(|c| *c != s.id);
+    }
+
+    /// Frames on their way out that will not be sent: metric and `Stats` together.
+    fn egress_drop(&mut self, reason: DropReason, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.stats.egress_dropped[reason.index()] += frames;
+        self.metrics.queue_drop(Queue::Egress, reason, frames);
     }
 
     fn outcome(&mut self, o: Outcome, frames: u64) {

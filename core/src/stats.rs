@@ -1,5 +1,7 @@
 //! The balance of counts: every frame received ends in exactly one outcome.
 
+#[allow(unused_imports)] // named in docs
+use crate::observe::DropReason;
 use crate::observe::{Outcome, RxDrop};
 use crate::reason::RejectReason;
 
@@ -18,6 +20,9 @@ pub struct Stats {
     /// Connections and local writes refused without a frame to blame (handshake timeouts,
     /// slow frames, `max_conns`, busy local publishes), indexed by [`RejectReason`].
     pub refused: [u64; 8],
+    /// Frames on their way out that were not sent, indexed by [`DropReason`]
+    /// (`overlay_queue_dropped_total{queue="egress"}`).
+    pub egress_dropped: [u64; 3],
     /// Messages this node originated through `publish`.
     pub published: u64,
     /// New messages accepted (first sight of their `msg_id`), from sessions or `publish`.

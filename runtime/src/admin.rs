@@ -173,6 +173,7 @@ pub(crate) async fn serve<L: Listener>(
     app: Router,
     header_timeout: Duration,
     max_conns: usize,
+    active: metrics::Gauge,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
@@ -191,13 +192,16 @@ pub(crate) async fn serve<L: Listener>(
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
                     let svc = TowerToHyperService::new(app.clone());
+                    active.set((max_conns - slots.available_permits()) as f64);
+                    let (active, slots) = (active.clone(), slots.clone());
                     conns.spawn(async move {
-                        let _slot = slot;
                         let _ = hyper::server::conn::http1::Builder::new()
                             .timer(TokioTimer::new())
                             .header_read_timeout(header_timeout)
                             .serve_connection(TokioIo::new(stream), svc)
                             .await;
+                        drop(slot);
+                        active.set((max_conns - slots.available_permits()) as f64);
                     });
                 }
                 Err(e) => {

@@ -429,6 +429,7 @@ impl<N: Net> Driver<N> {
                 self.publish(Some(conn), BusKind::Connected);
             }
             Control::DialFailed { addr, error } => {
+                self.overlay.metrics().dial_failures.increment(1);
                 self.publish(None, BusKind::DialFailed { addr, error });
             }
             Control::Probe(p, ok) => self.overlay.set_probe(now, p, ok),
@@ -806,14 +807,12 @@ impl<N: Net> Driver<N> {
     async fn finish(mut self) -> ShutdownReport {
         let started = self.drain.map(|d| d.1).unwrap_or_else(Instant::now);
         let drained = self.overlay.is_drained();
-        let queued: u64 = self
-            .conns
-            .keys()
-            .filter_map(|c| self.overlay.session(*c))
-            .map(|s| s.egress.gossip_frames() as u64)
-            .sum();
+        let egress_dropped = |o: &Overlay| o.stats().egress_dropped.iter().sum::<u64>();
+        let before = egress_dropped(&self.overlay);
         let now = self.now();
         self.overlay.shutdown(now);
+        // What shutdown cleared from the queues, exactly as the core counted it.
+        let queued = egress_dropped(&self.overlay) - before;
         self.drain_outputs(now);
         self.publish_ready();
         // Let the closes flush, within a bound: a peer that stopped reading cannot hold

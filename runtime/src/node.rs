@@ -181,7 +181,13 @@ impl Node {
                 None,
                 None,
                 "admin",
-                admin::serve(l, app, b.admin_header_timeout, b.admin_max_conns),
+                admin::serve(
+                    l,
+                    app,
+                    b.admin_header_timeout,
+                    b.admin_max_conns,
+                    rec.http.connections.clone(),
+                ),
             );
         }
         let prom = rec.handle.clone();

@@ -120,6 +120,9 @@ async fn admin_max_conns_caps_connections_served_at_once() {
             .is_err(),
         "a connection past admin.max_conns was served while the slot was held"
     );
+    // The bound is visible: one connection served, the cap reached.
+    let active = || series(&node.prometheus().render(), "admin_connections_active");
+    assert_eq!(active(), Some(1.0));
     // Using the slot and letting it go admits the waiting one.
     let answer = get_healthz(&mut first).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -128,5 +131,26 @@ async fn admin_max_conns_caps_connections_served_at_once() {
         .expect("served once the slot was free")
         .unwrap();
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    node.shutdown().await.unwrap();
+}
+
+/// A configured peer that refuses: every failed dial is counted and redialed with backoff
+/// between `overlay.dial_backoff_base` and `overlay.dial_backoff_max`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_dials_are_counted_and_retried() {
+    // A port that was just bound and released: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut c = cfg();
+    c.overlay.peers = vec![closed.to_string()];
+    c.overlay.dial_backoff_base = Duration::from_millis(5);
+    c.overlay.dial_backoff_max = Duration::from_millis(20);
+    let node = Node::start(TokioNet, c, opts()).await.unwrap();
+    until("three failed dials", || async {
+        series(&node.prometheus().render(), "overlay_dial_failures_total").unwrap_or(0.0) >= 3.0
+    })
+    .await;
     node.shutdown().await.unwrap();
 }

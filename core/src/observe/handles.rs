@@ -35,6 +35,8 @@ pub struct Metrics {
     pub readyz_state: Gauge,
     pub rx_outcomes: [Counter; 5],
     pub rx_dropped: [Counter; 5],
+    pub egress_fill: Gauge,
+    pub dial_failures: Counter,
     pub tor_bootstrap: Option<Histogram>,
     pub quic_path_events: Option<[Counter; 3]>,
 }
@@ -116,6 +118,8 @@ impl Metrics {
             rx_dropped: std::array::from_fn(|i| {
                 metrics::counter!(RX_DROPPED_TOTAL, "reason" => RxDrop::ALL[i].as_str())
             }),
+            egress_fill: metrics::gauge!(EGRESS_FILL_RATIO),
+            dial_failures: metrics::counter!(DIAL_FAILURES_TOTAL),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
             quic_path_events: cfg!(feature = "quic").then(|| {
                 std::array::from_fn(|i| {
@@ -160,6 +164,7 @@ pub struct HttpMetrics {
     /// `[route][method]`
     pub latency: Vec<Histogram>,
     pub inflight: Vec<Gauge>,
+    pub connections: Gauge,
 }
 
 impl HttpMetrics {
@@ -184,6 +189,7 @@ impl HttpMetrics {
             requests,
             latency,
             inflight,
+            connections: metrics::gauge!(ADMIN_CONNECTIONS_ACTIVE),
         }
     }
 

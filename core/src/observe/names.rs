@@ -205,6 +205,9 @@ pub const QUIC_PATH_EVENTS_TOTAL: &str = "overlay_quic_path_events_total";
 pub const READYZ_STATE: &str = "readyz_state";
 pub const RX_OUTCOMES_TOTAL: &str = "overlay_rx_outcomes_total";
 pub const RX_DROPPED_TOTAL: &str = "overlay_rx_dropped_total";
+pub const EGRESS_FILL_RATIO: &str = "overlay_egress_fill_ratio";
+pub const DIAL_FAILURES_TOTAL: &str = "overlay_dial_failures_total";
+pub const ADMIN_CONNECTIONS_ACTIVE: &str = "admin_connections_active";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -397,6 +400,24 @@ pub const INVENTORY: &[MetricSpec] = &[
         Kind::Counter,
         "Received frames dropped, by reason.",
         &[("reason", RxDrop::VALUES)],
+    ),
+    spec(
+        EGRESS_FILL_RATIO,
+        Kind::Gauge,
+        "Fill of the fullest session egress queue, 0 to 1 (writes fail at readiness.queue_high_watermark).",
+        &[],
+    ),
+    spec(
+        DIAL_FAILURES_TOTAL,
+        Kind::Counter,
+        "Dials to configured peers that failed; each is retried with backoff.",
+        &[],
+    ),
+    spec(
+        ADMIN_CONNECTIONS_ACTIVE,
+        Kind::Gauge,
+        "Admin plane connections being served, at most admin.max_conns.",
+        &[],
     ),
     MetricSpec {
         name: TOR_BOOTSTRAP_SECONDS,
