@@ -2,3 +2,4 @@
 //! and turmoil scenarios over the real runtime (in `tests/`).
 
 pub mod des;
+pub mod turmoil;
