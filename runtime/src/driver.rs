@@ -340,6 +340,9 @@ impl<N: Net> Driver<N> {
                 if t <= now {
                     self.overlay.handle_timeout(now);
                     self.drain_outputs(now);
+                    // Timers move readiness (sustained windows, recovery); an idle node
+                    // would otherwise serve the old /readyz until its next input.
+                    self.publish_ready();
                 }
             }
             if let Some((deadline, _)) = self.drain {
