@@ -235,18 +235,40 @@ async fn crash(ctx: Ctx) -> anyhow::Result<()> {
     let down = publish_n(&ctx, "n2", 5, 200, ms(20)).await?;
     wait_delivered(&ctx, &others, &down, secs(3)).await?;
     // n4 and n5 dial n3. A crashed host answers nothing, so their redials time out
-    // (`overlay.handshake_timeout` bounds a connect) and say so.
-    ctx.until("failed redials of n3", secs(3), ms(50), || {
-        let failed = ["n4", "n5"].map(|n| {
-            count_events(
-                &ctx,
-                n,
-                |k| matches!(k, BusKind::DialFailed { addr, .. } if addr.starts_with("n3:")),
-            )
-        });
-        async move { Ok(failed.iter().all(|f| *f >= 1)) }
+    // (`overlay.handshake_timeout` bounds a connect) and are counted; n1 and n2, which n3
+    // dialed, have nothing to redial.
+    ctx.until("failed redials of n3 counted", secs(3), ms(100), || {
+        let ctx = ctx.clone();
+        async move {
+            for n in ["n4", "n5"] {
+                if ctx
+                    .scrape(n)
+                    .await?
+                    .get("overlay_dial_failures_total", &[])?
+                    < 1.0
+                {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
     })
     .await?;
+    for n in ["n4", "n5"] {
+        let failed = count_events(
+            &ctx,
+            n,
+            |k| matches!(k, BusKind::DialFailed { addr, .. } if addr.starts_with("n3:")),
+        );
+        ensure!(failed >= 1, "{n}: the failed dials were not of n3");
+    }
+    for n in ["n1", "n2"] {
+        let f = ctx
+            .scrape(n)
+            .await?
+            .get("overlay_dial_failures_total", &[])?;
+        ensure!(f == 0.0, "{n}: {f} dial failures, but it dials nobody");
+    }
     ctx.bounce("n3").await;
     wait_sessions(&ctx, &nodes, 4.0, secs(10)).await?;
     ensure!(ctx.incarnation("n3")? == 2, "n3 restarted once");

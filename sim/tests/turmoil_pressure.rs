@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, ensure};
 use overlay_core::oap::MsgId;
+use overlay_core::{Event, ReadyState};
 use sim::turmoil::agents::{publisher, subscriber, Inbox, PubCmd, Sent};
 use sim::turmoil::checks::epilogue;
 use sim::turmoil::steps::{
@@ -18,6 +19,7 @@ use sim::turmoil::steps::{
     wait_sessions, TOPIC,
 };
 use sim::turmoil::{mesh, run, seed_from_env, Ctx, Setup};
+use svc_overlay::bus::BusKind;
 use tokio::sync::{mpsc, oneshot};
 
 // ----- 3. slow consumer --------------------------------------------------------------
@@ -59,6 +61,26 @@ fn streamed_between(sent: &RefCell<Sent>, from: Duration, to: Duration) -> BTree
         .filter(|(t, _)| *t >= from && *t < to)
         .map(|(_, id)| *id)
         .collect()
+}
+
+/// `/readyz` (just polled into `state`) follows the core's last readiness change within a
+/// poll and a request: the admin plane serves what the node decided, not a tick later.
+fn served_promptly(ctx: &Ctx, state: ReadyState) -> anyhow::Result<()> {
+    let changed = ctx
+        .events("n1")
+        .iter()
+        .rev()
+        .find_map(|r| match &r.event.kind {
+            BusKind::Overlay(Event::ReadinessChanged { state: s, .. }) if *s == state => Some(r.at),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("no readiness change to {state:?} on the bus"))?;
+    let lag = ctx.now() - changed;
+    ensure!(
+        lag < ms(100),
+        "/readyz served {state:?} {lag:?} after the node changed to it"
+    );
+    Ok(())
 }
 
 async fn slow_consumer(ctx: Ctx) -> anyhow::Result<()> {
@@ -121,11 +143,12 @@ async fn slow_consumer(ctx: Ctx) -> anyhow::Result<()> {
         r.body
     );
     let red = ctx
-        .until("n1 /readyz 503", secs(5), ms(50), || {
+        .until("n1 /readyz 503", secs(5), ms(20), || {
             let ctx = ctx.clone();
             async move { Ok(ctx.readyz("n1").await?.status == 503) }
         })
         .await?;
+    served_promptly(&ctx, ReadyState::Degraded)?;
     let red_after = ctx.now() - busy_at;
     ensure!(
         red_after + PROBE_EVERY + overlay_core::TICK >= SUSTAIN,
@@ -142,6 +165,11 @@ async fn slow_consumer(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(
         m.get("readyz_state", &[])? == 2.0,
         "readyz_state of a degraded node"
+    );
+    let fill = m.get("overlay_egress_fill_ratio", &[])?;
+    ensure!(
+        fill >= 0.9,
+        "fullest egress queue {fill} full while degraded"
     );
     // Still writes-fail-first: a second acked publish is refused too.
     ensure!(probe(&cmds).await?.0 == 503, "ack while degraded");
@@ -171,12 +199,18 @@ async fn slow_consumer(ctx: Ctx) -> anyhow::Result<()> {
     ctx.note("release n1 <-> slow");
     let released_at = ctx.now();
     cmds.send(PubCmd::Stream(None))?;
-    ctx.until("n1 /readyz 200", secs(5), ms(50), || {
+    ctx.until("n1 /readyz 200", secs(5), ms(20), || {
         let ctx = ctx.clone();
         async move { Ok(ctx.readyz("n1").await?.status == 200) }
     })
     .await?;
+    served_promptly(&ctx, ReadyState::Ready)?;
     ensure!(probe(&cmds).await?.0 == 202, "ack after the stall");
+    let fill = ctx
+        .scrape("n1")
+        .await?
+        .get("overlay_egress_fill_ratio", &[])?;
+    ensure!(fill < 0.9, "egress still {fill} full after the release");
     // The subscriber reads again: the backlog n1 kept for it arrives.
     ctx.until("subscriber catches up", secs(5), ms(50), || {
         let i = inbox.borrow();
