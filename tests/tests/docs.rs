@@ -197,7 +197,7 @@ fn every_alert_links_to_a_runbook_anchor_that_exists() {
         "overlay_handshake_attempts_total",
         "overlay_handshake_failures_total",
         "rejected_total",
-        "overlay_queue_depth",
+        "overlay_egress_fill_ratio",
         "readyz_state",
     ] {
         assert!(rules.contains(name), "alerts.yml does not use {name}");
