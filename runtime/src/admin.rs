@@ -12,7 +12,8 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use overlay_core::observe::{HttpMetrics, Method, Route, Status};
-use tokio::sync::{watch, Semaphore};
+use overlay_core::sync::Snapshot;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -53,7 +54,7 @@ impl VersionInfo {
 pub struct AdminState {
     pub prom: PrometheusHandle,
     pub http: HttpMetrics,
-    pub ready: watch::Receiver<ReadySnapshot>,
+    pub ready: Arc<Snapshot<ReadySnapshot>>,
     pub heartbeat: Arc<Heartbeat>,
     pub corr: Arc<CorrIds>,
     pub version: Arc<VersionInfo>,
@@ -87,9 +88,9 @@ async fn healthz(State(s): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let snap = s.ready.borrow().clone();
+    let snap = s.ready.load();
     let code = StatusCode::from_u16(snap.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let mut resp = json(code, snap.body);
+    let mut resp = json(code, snap.body.clone());
     if code != StatusCode::OK {
         if let Ok(v) = HeaderValue::from_str(&snap.retry_after.to_string()) {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -223,9 +224,10 @@ mod tests {
     use overlay_core::ReadyView;
     use tower::ServiceExt;
 
-    fn state(ready: ReadySnapshot) -> (AdminState, watch::Sender<ReadySnapshot>) {
+    fn state(ready: ReadySnapshot) -> (AdminState, Arc<Snapshot<ReadySnapshot>>) {
         let rec = crate::observe::Recorder::new().unwrap();
-        let (tx, rx) = watch::channel(ready);
+        let tx = Arc::new(Snapshot::new(ready));
+        let rx = tx.clone();
         let hb = Arc::new(Heartbeat::new());
         hb.beat();
         (
@@ -290,7 +292,7 @@ mod tests {
         assert_eq!(h[header::CONTENT_TYPE], "application/json");
         assert_eq!(body, r#"{"ready":true}"#);
 
-        tx.send_replace(snapshot(ready_view(false)));
+        tx.store(snapshot(ready_view(false)));
         let (code, h, body) = get(&app, "/readyz", None).await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(h[header::RETRY_AFTER], "5");

@@ -6,9 +6,12 @@ use std::io::{self, IoSlice};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
+use overlay_core::sync::QueueAccount;
 use overlay_core::{ConnId, Transmit};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
+
+use crate::credit::{Credit, CreditPool};
 
 use crate::bounds::WRITE_BATCH;
 
@@ -20,7 +23,7 @@ pub(crate) enum Ingress {
     Data {
         conn: ConnId,
         chunk: BytesMut,
-        credit: OwnedSemaphorePermit,
+        credit: Credit,
     },
     /// The peer closed or the read failed. On the data channel, behind the last bytes, so
     /// nothing read before the close is lost.
@@ -39,19 +42,31 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(
     conn: ConnId,
     mut rd: R,
     tx: mpsc::Sender<Ingress>,
-    credit: Arc<Semaphore>,
+    queue: Arc<QueueAccount>,
+    credit: CreditPool,
     read_chunk: usize,
 ) {
+    let send = |msg: Ingress| {
+        let (tx, queue) = (tx.clone(), queue.clone());
+        async move {
+            // A reserved slot first: the account's depth is then exactly what waits in the
+            // channel, and the offer cannot be refused (credit bounds what is outstanding).
+            let Ok(slot) = tx.reserve().await else {
+                return false;
+            };
+            queue.offer();
+            slot.send(msg);
+            true
+        }
+    };
     let mut buf = BytesMut::new();
     loop {
-        let Ok(permit) = credit.clone().acquire_owned().await else {
-            return;
-        };
+        let permit = credit.acquire().await;
         // Once earlier chunks are consumed, reserve() reuses their allocation.
         buf.reserve(read_chunk);
         match rd.read_buf(&mut buf).await {
             Ok(0) => {
-                let _ = tx.send(Ingress::Eof { conn, error: None }).await;
+                send(Ingress::Eof { conn, error: None }).await;
                 return;
             }
             Ok(_) => {
@@ -61,17 +76,13 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(
                     chunk,
                     credit: permit,
                 };
-                if tx.send(msg).await.is_err() {
+                if !send(msg).await {
                     return;
                 }
             }
             Err(e) => {
-                let _ = tx
-                    .send(Ingress::Eof {
-                        conn,
-                        error: Some(e.to_string()),
-                    })
-                    .await;
+                let error = Some(e.to_string());
+                send(Ingress::Eof { conn, error }).await;
                 return;
             }
         }
@@ -259,9 +270,17 @@ mod tests {
         let mut cfg = overlay_core::Config::default();
         cfg.overlay.peer.read_credit_chunks = 2;
         let bounds = crate::bounds::Bounds::from_config(&cfg);
-        let credit = Arc::new(Semaphore::new(bounds.read_credit));
+        let credit = CreditPool::new(bounds.read_credit);
+        let queue = Arc::new(QueueAccount::new(100));
         let (mut client, server) = tokio::io::duplex(16);
-        let task = tokio::spawn(reader(ConnId(1), server, tx, credit.clone(), 4096));
+        let task = tokio::spawn(reader(
+            ConnId(1),
+            server,
+            tx,
+            queue.clone(),
+            credit.clone(),
+            4096,
+        ));
         let mut held = Vec::new();
         for i in 0..3u8 {
             client.write_all(&[i; 8]).await.unwrap();
@@ -272,7 +291,8 @@ mod tests {
         // Two chunks outstanding: the reader waits for credit and sends nothing more.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(rx.try_recv().is_err());
-        assert_eq!(credit.available_permits(), 0);
+        assert_eq!(credit.available(), 0);
+        assert_eq!(queue.depth(), 2, "the ingress account sees both chunks");
         held.clear();
         assert!(matches!(rx.recv().await.unwrap(), Ingress::Data { .. }));
         drop(client);

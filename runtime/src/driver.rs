@@ -13,13 +13,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use overlay_core::oap::{MsgId, HEADER_LEN};
+use overlay_core::sync::{QueueAccount, Snapshot};
 use overlay_core::{
     Balance, Config, ConnId, Event, Overlay, Probe, PublishError, ReadyView, RejectReason, Stats,
     Time, Transmit,
 };
 use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{field, Span};
@@ -28,6 +29,7 @@ use crate::bounds::{self, Bounds};
 use crate::bus::{BusEvent, BusKind, ConnCtx};
 use crate::conn::{self, Ingress, WriterReport};
 use crate::corr::CorrIds;
+use crate::credit::CreditPool;
 use crate::net::{Listener, Net};
 
 /// Liveness: the driver stamps this every loop turn; `/healthz` reads its age.
@@ -178,7 +180,7 @@ pub(crate) struct Parts<N: Net> {
     pub seed: u64,
     pub cmd_rx: mpsc::Receiver<Command>,
     pub bus: broadcast::Sender<BusEvent>,
-    pub ready: watch::Sender<ReadySnapshot>,
+    pub ready: Arc<Snapshot<ReadySnapshot>>,
     pub heartbeat: Arc<Heartbeat>,
     pub corr: Arc<CorrIds>,
     /// Events the node emitted before the driver ran (start-up readiness).
@@ -200,6 +202,9 @@ pub(crate) struct Driver<N: Net> {
     tasks: JoinSet<()>,
     ingress_tx: mpsc::Sender<Ingress>,
     ingress_rx: mpsc::Receiver<Ingress>,
+    /// Depth of the reader-to-driver channel (the `ingress` queue), kept by the readers and
+    /// the driver together in core's loom-checked account.
+    ingress_q: Arc<QueueAccount>,
     ctl_tx: mpsc::Sender<Control<N::Stream>>,
     ctl_rx: mpsc::Receiver<Control<N::Stream>>,
     report_tx: mpsc::Sender<WriterReport>,
@@ -207,7 +212,7 @@ pub(crate) struct Driver<N: Net> {
     cmd_rx: mpsc::Receiver<Command>,
     cmd_open: bool,
     bus: broadcast::Sender<BusEvent>,
-    ready: watch::Sender<ReadySnapshot>,
+    ready: Arc<Snapshot<ReadySnapshot>>,
     last_ready: Option<(ReadyView, u64)>,
     heartbeat: Arc<Heartbeat>,
     corr: Arc<CorrIds>,
@@ -220,6 +225,7 @@ impl<N: Net> Driver<N> {
     pub(crate) fn new(p: Parts<N>) -> Driver<N> {
         use rand::SeedableRng;
         let bounds = Bounds::from_config(&p.cfg);
+        let ingress_channel = bounds.ingress_channel;
         let (ingress_tx, ingress_rx) = mpsc::channel(bounds.ingress_channel);
         let (ctl_tx, ctl_rx) = mpsc::channel(bounds::CONTROL_CHANNEL);
         let (report_tx, report_rx) = mpsc::channel(bounds::CONTROL_CHANNEL);
@@ -236,6 +242,7 @@ impl<N: Net> Driver<N> {
             tasks: JoinSet::new(),
             ingress_tx,
             ingress_rx,
+            ingress_q: Arc::new(QueueAccount::new(ingress_channel)),
             ctl_tx,
             ctl_rx,
             report_tx,
@@ -480,6 +487,7 @@ impl<N: Net> Driver<N> {
     }
 
     fn on_ingress(&mut self, i: Ingress) {
+        self.ingress_q.take();
         let now = self.now();
         match i {
             Ingress::Data {
@@ -487,7 +495,7 @@ impl<N: Net> Driver<N> {
                 chunk,
                 credit,
             } => {
-                self.overlay.set_ingress_depth(self.ingress_rx.len());
+                self.overlay.set_ingress_depth(self.ingress_q.depth());
                 let Some(c) = self.conns.get_mut(&conn) else {
                     return;
                 };
@@ -623,7 +631,7 @@ impl<N: Net> Driver<N> {
             pq_mode = self.cfg.overlay.pq_mode.mode().as_str(), peer_id = field::Empty);
         let (rd, wr) = tokio::io::split(stream);
         let (wtx, wrx) = mpsc::channel(self.bounds.writer_queue);
-        let credit = Arc::new(Semaphore::new(self.bounds.read_credit));
+        let credit = CreditPool::new(self.bounds.read_credit);
         let reader = self.spawn_supervised(
             Some(conn),
             None,
@@ -632,6 +640,7 @@ impl<N: Net> Driver<N> {
                 conn,
                 rd,
                 self.ingress_tx.clone(),
+                self.ingress_q.clone(),
                 credit,
                 self.bounds.read_chunk,
             ),
@@ -796,7 +805,7 @@ impl<N: Net> Driver<N> {
             return;
         }
         let (status, body) = view.http(retry);
-        self.ready.send_replace(ReadySnapshot {
+        self.ready.store(ReadySnapshot {
             status,
             body,
             retry_after: retry,
@@ -827,6 +836,7 @@ impl<N: Net> Driver<N> {
                 biased;
                 Some(r) = self.report_rx.recv() => self.on_report(r),
                 Some(i) = self.ingress_rx.recv() => {
+                    self.ingress_q.take();
                     // Closing sessions read nothing; only EOFs matter now.
                     if let Ingress::Eof { conn, .. } = i {
                         self.to_close.push(conn);

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 mod conn;
 pub mod corr;
+mod credit;
 pub mod daemon;
 pub mod demo;
 mod dial;

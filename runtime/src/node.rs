@@ -10,8 +10,9 @@ use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use overlay_core::oap::MsgId;
 use overlay_core::observe::Metrics;
+use overlay_core::sync::Snapshot;
 use overlay_core::{Config, Overlay, Probe, PublishError, Time};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -68,7 +69,7 @@ pub struct Node {
     bus: broadcast::Sender<BusEvent>,
     metrics: Metrics,
     prometheus: PrometheusHandle,
-    ready: watch::Receiver<ReadySnapshot>,
+    ready: Arc<Snapshot<ReadySnapshot>>,
     done: JoinHandle<ShutdownReport>,
 }
 
@@ -137,12 +138,15 @@ impl Node {
         let b = Bounds::from_config(&cfg);
         let (cmd_tx, cmd_rx) = mpsc::channel(bounds::COMMAND_CHANNEL);
         let (bus, _) = broadcast::channel(b.bus_capacity);
-        let (ready_tx, ready_rx) = watch::channel(ReadySnapshot {
+        // Published whole by the driver, read whole by the admin plane (core's loom-checked
+        // snapshot: a reader never sees half of one version and half of another).
+        let ready_tx = Arc::new(Snapshot::new(ReadySnapshot {
             status: 503,
             body: String::new(),
             retry_after: cfg.readiness.retry_after,
             view: None,
-        });
+        }));
+        let ready_rx = ready_tx.clone();
         let heartbeat = Arc::new(Heartbeat::new());
         let clock = match opts.wall_clock_epoch {
             Some(epoch) => WallClock::Tokio { epoch, start },
@@ -235,7 +239,7 @@ impl Node {
         &self.prometheus
     }
     pub fn ready(&self) -> ReadySnapshot {
-        self.ready.borrow().clone()
+        (*self.ready.load()).clone()
     }
 
     /// Events from now on; lag is counted in `bus_lagged_total`.
