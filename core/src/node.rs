@@ -70,6 +70,15 @@ pub enum PublishError {
     TooLarge,
 }
 
+/// Why a HELLO is refused: the reject reason, the handshake-failure label (if the
+/// refusal has one), a detail for logs, and the `retry_after` to advertise.
+struct HelloRefusal {
+    reason: RejectReason,
+    label: Option<HandshakeFailure>,
+    why: &'static str,
+    retry_after: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Probes {
     listeners_bound: bool,
@@ -638,96 +647,15 @@ impl Overlay {
 
     fn on_hello(&mut self, now: Time, conn: ConnId, frame: Frame) {
         let corr = frame.corr_id;
-        let is_hello = frame.app_proto == AppProto::HELLO
-            && frame.flags.kind() == Some(FrameKind::Req)
-            && frame.flags.contains(Flags::START);
         self.events.push_back(Event::HandshakeStarted {
             conn,
             corr_id: corr,
             inbound: true,
         });
-        if !is_hello {
-            return self.fail_hello(
-                now,
-                conn,
-                &frame,
-                RejectReason::Proto,
-                Some(HandshakeFailure::Proto),
-                "first frame is not a HELLO REQ|START",
-                None,
-            );
-        }
-        if self.draining {
-            return self.fail_hello(
-                now,
-                conn,
-                &frame,
-                RejectReason::NotReady,
-                None,
-                "draining",
-                Some(self.cfg.readiness.retry_after),
-            );
-        }
-        if !self.handshakes.try_take(now) {
-            let retry = self.handshakes.retry_after_secs();
-            return self.fail_hello(
-                now,
-                conn,
-                &frame,
-                RejectReason::Ratelimit,
-                Some(HandshakeFailure::Ratelimit),
-                "handshake rate limit",
-                Some(retry),
-            );
-        }
-        let hello: Hello = match serde_json::from_slice(&frame.payload) {
+        let hello = match self.judge_hello(now, &frame) {
             Ok(h) => h,
-            Err(_) => {
-                return self.fail_hello(
-                    now,
-                    conn,
-                    &frame,
-                    RejectReason::Proto,
-                    Some(HandshakeFailure::Proto),
-                    "HELLO payload is not valid JSON",
-                    None,
-                )
-            }
+            Err(refusal) => return self.fail_hello(now, conn, &frame, refusal),
         };
-        if let Err(why) = self.check_hello(&hello) {
-            return self.fail_hello(
-                now,
-                conn,
-                &frame,
-                RejectReason::Proto,
-                Some(HandshakeFailure::Proto),
-                why,
-                None,
-            );
-        }
-        if self.cfg.auth.required && !self.authorized(&frame.cap) {
-            self.metrics.auth_failures[crate::observe::AuthFailure::Unauth.index()].increment(1);
-            return self.fail_hello(
-                now,
-                conn,
-                &frame,
-                RejectReason::Unauth,
-                Some(HandshakeFailure::Proto),
-                "missing or unknown capability",
-                None,
-            );
-        }
-        if let Err(why) = self.negotiate_pq(&hello) {
-            return self.fail_hello(
-                now,
-                conn,
-                &frame,
-                RejectReason::Proto,
-                Some(HandshakeFailure::PqNegFail),
-                why,
-                None,
-            );
-        }
         let ours = self.cfg.overlay.gossip.max_frame_bytes;
         let max_frame = hello.max_frame.min(ours);
         let chunk = self.chunk_for(max_frame, None);
@@ -751,6 +679,63 @@ impl Overlay {
         }
         self.outcome(Outcome::Delivered, 1);
         self.establish(now, conn, corr, hello.role, hello.node);
+    }
+
+    /// Every check a HELLO must pass, in the order that refuses floods cheapest first.
+    fn judge_hello(&mut self, now: Time, frame: &Frame) -> Result<Hello, HelloRefusal> {
+        let refuse = |reason, label, why: &'static str| HelloRefusal {
+            reason,
+            label,
+            why,
+            retry_after: None,
+        };
+        let proto = Some(HandshakeFailure::Proto);
+        let is_hello = frame.app_proto == AppProto::HELLO
+            && frame.flags.kind() == Some(FrameKind::Req)
+            && frame.flags.contains(Flags::START);
+        if !is_hello {
+            return Err(refuse(
+                RejectReason::Proto,
+                proto,
+                "first frame is not a HELLO REQ|START",
+            ));
+        }
+        if self.draining {
+            return Err(HelloRefusal {
+                retry_after: Some(self.cfg.readiness.retry_after),
+                ..refuse(RejectReason::NotReady, None, "draining")
+            });
+        }
+        if !self.handshakes.try_take(now) {
+            return Err(HelloRefusal {
+                retry_after: Some(self.handshakes.retry_after_secs()),
+                ..refuse(
+                    RejectReason::Ratelimit,
+                    Some(HandshakeFailure::Ratelimit),
+                    "handshake rate limit",
+                )
+            });
+        }
+        let hello: Hello = serde_json::from_slice(&frame.payload).map_err(|_| {
+            refuse(
+                RejectReason::Proto,
+                proto,
+                "HELLO payload is not valid JSON",
+            )
+        })?;
+        self.check_hello(&hello)
+            .map_err(|why| refuse(RejectReason::Proto, proto, why))?;
+        if self.cfg.auth.required && !self.authorized(&frame.cap) {
+            self.metrics.auth_failures[crate::observe::AuthFailure::Unauth.index()].increment(1);
+            return Err(refuse(
+                RejectReason::Unauth,
+                proto,
+                "missing or unknown capability",
+            ));
+        }
+        self.negotiate_pq(&hello)
+            .map_err(|why| refuse(RejectReason::Proto, Some(HandshakeFailure::PqNegFail), why))?;
+        Ok(hello)
     }
 
     fn check_hello(&self, h: &Hello) -> Result<(), &'static str> {
@@ -799,17 +784,13 @@ impl Overlay {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn fail_hello(
-        &mut self,
-        now: Time,
-        conn: ConnId,
-        frame: &Frame,
-        reason: RejectReason,
-        label: Option<HandshakeFailure>,
-        why: &str,
-        retry_after: Option<u64>,
-    ) {
+    fn fail_hello(&mut self, now: Time, conn: ConnId, frame: &Frame, refusal: HelloRefusal) {
+        let HelloRefusal {
+            reason,
+            label,
+            why,
+            retry_after,
+        } = refusal;
         if let Some(l) = label {
             self.metrics.handshake_failure(l);
         }

@@ -722,20 +722,17 @@ fn lossy_jittery_links_still_converge_and_balance() {
     net.assert_balance();
 }
 
-/// Partial streams are bounded per session (frames in flight) and across the node (bytes),
-/// so many sessions cannot add up to unbounded memory.
-#[test]
-fn partial_streams_are_bounded_per_session_and_per_node() {
+/// Two clients each start a 1 MiB message in 1 KiB chunks and send only its first 50 KiB.
+fn two_half_streams(seed: u64, inflight_frames: usize) -> (Net, usize, usize) {
     let mut cfg = test_config();
     cfg.overlay.gossip.chunk_bytes = 1024;
     cfg.overlay.gossip.max_partial_bytes = 64 << 10;
     cfg.overlay.gossip.max_partial_bytes_total = 80 << 10;
-    cfg.overlay.peer.inflight_frames = 40;
-    let mut net = Net::new(24, 1, move |_| cfg.clone());
+    cfg.overlay.peer.inflight_frames = inflight_frames;
+    let mut net = Net::new(seed, 1, move |_| cfg.clone());
     let a = net.client(0, Role::Client, &[]);
     let b = net.client(0, Role::Client, &[]);
     net.settle();
-    // Each client starts a 1 MiB message and sends only its first 50 KiB (no END).
     for (c, id) in [(a, 1u64), (b, 2u64)] {
         let header = overlay_core::oap::GossipHeader::new(msg_id(id), 3, "t").unwrap();
         let data = Bytes::from(vec![7u8; 50 << 10]);
@@ -750,7 +747,15 @@ fn partial_streams_are_bounded_per_session_and_per_node() {
         net.feed(0, conn, &bytes);
         net.settle();
     }
-    // a: 40 frames in flight is its bound (proto). b: the node-wide byte budget (oversize).
+    (net, a, b)
+}
+
+/// Partial streams are bounded per session (frames in flight) and across the node (bytes),
+/// so many sessions cannot add up to unbounded memory.
+#[test]
+fn partial_streams_are_bounded_per_session_and_per_node() {
+    // 40 frames in flight is a session's bound: its stream is refused as proto.
+    let (net, a, _) = two_half_streams(24, 40);
     let stats = net.nodes[0].stats();
     assert!(
         stats.rejected(RejectReason::Proto) > 0,
@@ -758,38 +763,19 @@ fn partial_streams_are_bounded_per_session_and_per_node() {
         stats.rejected
     );
     assert!(net.clients[a].closed);
-    let mut cfg2 = test_config();
-    cfg2.overlay.gossip.chunk_bytes = 1024;
-    cfg2.overlay.gossip.max_partial_bytes = 64 << 10;
-    cfg2.overlay.gossip.max_partial_bytes_total = 80 << 10;
-    cfg2.overlay.peer.inflight_frames = 1000;
-    let mut net = Net::new(25, 1, move |_| cfg2.clone());
-    let a = net.client(0, Role::Client, &[]);
-    let b = net.client(0, Role::Client, &[]);
-    net.settle();
-    for (c, id) in [(a, 1u64), (b, 2u64)] {
-        let header = overlay_core::oap::GossipHeader::new(msg_id(id), 3, "t").unwrap();
-        let data = Bytes::from(vec![7u8; 50 << 10]);
-        let chunks = overlay_core::oap::split(&header, &data, 1024).unwrap();
-        let mut bytes = BytesMut::new();
-        for ch in &chunks[..chunks.len() - 1] {
-            ch.to_frame(9, Flags::empty())
-                .encode(1 << 20, &mut bytes)
-                .unwrap();
-        }
-        let conn = net.clients[c].conn;
-        net.feed(0, conn, &bytes);
-        net.settle();
-    }
+    net.assert_balance();
+    // With room per session, the second 50 KiB passes the node-wide 80 KiB: oversize.
+    let (net, a, b) = two_half_streams(25, 1000);
     assert!(!net.clients[a].closed, "the first 50 KiB fit");
     assert!(
         net.clients[b].closed,
         "the second pushed the node past 80 KiB"
     );
-    assert!(net.nodes[0].stats().rejected(RejectReason::Oversize) > 0);
+    let oversize = net.nodes[0].stats().rejected(RejectReason::Oversize);
+    assert!(oversize > 0);
     assert_eq!(
         net.counter(0, REJECTED_TOTAL, &[("reason", "oversize")]),
-        net.nodes[0].stats().rejected(RejectReason::Oversize)
+        oversize
     );
     net.assert_balance();
 }
