@@ -14,6 +14,24 @@ use crate::TokioNet;
 /// Target of lines that are logged whatever `log.level` says (see `logging::init`).
 pub const ANNOUNCE: &str = "svc_overlay::announce";
 
+/// Lifts the soft `RLIMIT_NOFILE` to the hard limit: the common soft default of 1024 is
+/// what `overlay.max_conns` defaults to, so without this a connection flood would exhaust
+/// descriptors (and `fd_headroom`) long before the node's own bound applies.
+fn raise_fd_limit(cfg: &Config) {
+    let want = cfg.overlay.max_conns as u64 + cfg.admin.max_conns as u64 + cfg.readiness.fd_reserve;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) if soft < want => tracing::warn!(
+            event = "fd_limit",
+            soft,
+            want,
+            "RLIMIT_NOFILE is below overlay.max_conns + admin.max_conns + readiness.fd_reserve; \
+             fd_headroom will fail before max_conns is reached"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(event = "fd_limit", error = %e, "could not raise RLIMIT_NOFILE"),
+    }
+}
+
 pub struct RunArgs {
     pub config: Option<PathBuf>,
     pub overrides: Overrides,
@@ -23,6 +41,7 @@ pub struct RunArgs {
 /// validated from `args`.
 pub async fn run(args: RunArgs, cfg: Config, logging: &Logging) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
+    raise_fd_limit(&cfg);
     let opts = NodeOptions {
         log_policy: Some(logging.policy.clone()),
         ..NodeOptions::default()
