@@ -62,8 +62,12 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(
     let mut buf = BytesMut::new();
     loop {
         let permit = credit.acquire().await;
-        // Once earlier chunks are consumed, reserve() reuses their allocation.
-        buf.reserve(read_chunk);
+        // Consecutive reads fill one allocation until little of it is left. Relayed payloads
+        // are slices of these chunks (zero copy), so a fresh allocation per small read would
+        // let each queued small message pin a whole `read_chunk`.
+        if buf.capacity() - buf.len() < (read_chunk / 16).max(512) {
+            buf.reserve(read_chunk);
+        }
         match rd.read_buf(&mut buf).await {
             Ok(0) => {
                 send(Ingress::Eof { conn, error: None }).await;
@@ -261,6 +265,34 @@ mod tests {
         let mut got = Vec::new();
         server.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"a!b!");
+    }
+
+    #[tokio::test]
+    async fn small_reads_share_one_allocation() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let queue = Arc::new(QueueAccount::new(100));
+        let (mut client, server) = tokio::io::duplex(64);
+        let task = tokio::spawn(reader(
+            ConnId(1),
+            server,
+            tx,
+            queue,
+            CreditPool::new(8),
+            64 << 10,
+        ));
+        let mut chunks = Vec::new();
+        for i in 0..3u8 {
+            client.write_all(&[i; 10]).await.unwrap();
+            match rx.recv().await.unwrap() {
+                Ingress::Data { chunk, credit, .. } => chunks.push((chunk, credit)),
+                Ingress::Eof { .. } => panic!("eof"),
+            }
+        }
+        // Each chunk starts where the previous ended: one 64 KiB buffer, not three.
+        for w in chunks.windows(2) {
+            assert_eq!(w[1].0.as_ptr(), w[0].0.as_ptr().wrapping_add(w[0].0.len()));
+        }
+        task.abort();
     }
 
     #[tokio::test]
