@@ -92,7 +92,7 @@ impl EgressQueue {
     }
 
     /// Admits all frames of one message or none of them (a peer never gets half a stream).
-    pub fn push_message(&mut self, frames: Vec<OutFrame>) {
+    pub fn push_message(&mut self, frames: impl IntoIterator<Item = OutFrame>) {
         for f in frames {
             self.gossip_bytes += f.len();
             self.gossip.push_back(f);
@@ -297,8 +297,8 @@ mod tests {
     fn drr_shares_bytes_not_frames() {
         // Session 0 sends 1000-byte frames, session 1 sends 100-byte frames.
         let mut q = [EgressQueue::default(), EgressQueue::default()];
-        q[0].push_message((0..10).map(|_| frame(1000)).collect());
-        q[1].push_message((0..100).map(|_| frame(100)).collect());
+        q[0].push_message((0..10).map(|_| frame(1000)));
+        q[1].push_message((0..100).map(|_| frame(100)));
         let order = serve(&mut q, 1000, 100);
         // While both are busy, each gets about 1000 bytes per round.
         let first_20 = &order[..22];
@@ -311,8 +311,8 @@ mod tests {
     #[test]
     fn burst_caps_frames_per_turn() {
         let mut q = [EgressQueue::default(), EgressQueue::default()];
-        q[0].push_message((0..6).map(|_| frame(10)).collect());
-        q[1].push_message((0..6).map(|_| frame(10)).collect());
+        q[0].push_message((0..6).map(|_| frame(10)));
+        q[1].push_message((0..6).map(|_| frame(10)));
         let order = serve(&mut q, 10_000, 2);
         assert_eq!(&order[..6], &[0, 0, 1, 1, 0, 0]);
     }

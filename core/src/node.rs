@@ -121,6 +121,7 @@ pub struct Overlay {
     local_delivery: bool,
     ingress_depth: usize,
     over_watermark: usize,
+    fanout_buf: Vec<ConnId>,
 }
 
 impl Overlay {
@@ -167,6 +168,7 @@ impl Overlay {
             local_delivery: false,
             ingress_depth: 0,
             over_watermark: 0,
+            fanout_buf: Vec::new(),
             cfg,
         };
         node.update_gauges();
@@ -1025,7 +1027,7 @@ impl Overlay {
             return;
         }
         self.shed_window.record(now, false);
-        self.seen.insert(m.header.msg_id, now);
+        self.seen.insert_new(m.header.msg_id, now);
         self.stats.accepted_messages += 1;
         let (relayed, delivered, refusal) = self.fan_out(Some(conn), &m);
         match (relayed, delivered, refusal) {
@@ -1066,12 +1068,10 @@ impl Overlay {
         let mut relayed = false;
         if m.header.ttl > 0 {
             let fanout = self.cfg.overlay.gossip.relay_fanout;
-            let mut candidates: Vec<ConnId> = self
-                .peers
-                .iter()
-                .copied()
-                .filter(|p| Some(*p) != from)
-                .collect();
+            // A buffer kept across messages: no allocation per fanout.
+            let mut candidates = std::mem::take(&mut self.fanout_buf);
+            candidates.clear();
+            candidates.extend(self.peers.iter().copied().filter(|p| Some(*p) != from));
             let k = fanout.min(candidates.len());
             // Partial Fisher-Yates: the first k are a uniform sample.
             for i in 0..k {
@@ -1088,6 +1088,7 @@ impl Overlay {
                     }
                 }
             }
+            self.fanout_buf = candidates;
         }
         (relayed, delivered, refusal)
     }
@@ -1106,11 +1107,10 @@ impl Overlay {
         let Some(s) = self.sessions.get_mut(&dest) else {
             return Err(Refusal::Full);
         };
-        let Ok(chunks) = oap::split(header, data, s.chunk) else {
+        let Ok(chunks) = oap::Chunks::new(header, data, s.chunk) else {
             return Err(Refusal::Full);
         };
-        let n = chunks.len();
-        let bytes: usize = chunks.iter().map(|c| HEADER_LEN + c.payload_len()).sum();
+        let (n, bytes) = (chunks.frames(), chunks.wire_len());
         let refusal = if s.egress.gossip_frames() + n > max_frames
             || s.egress.gossip_bytes() + bytes > max_bytes
         {
@@ -1130,8 +1130,8 @@ impl Overlay {
             return Err(r);
         }
         let corr_id = s.next_stream_id();
-        let mut frames = Vec::with_capacity(n);
-        for c in chunks {
+        let scratch = &mut self.scratch;
+        let frames = chunks.map(|c| {
             let head_len = HEADER_LEN + c.head.as_ref().map_or(0, GossipHeader::len);
             let h = Header {
                 len: (HEADER_LEN + c.payload_len()) as u32,
@@ -1143,20 +1143,20 @@ impl Overlay {
                 cap_len: 0,
                 corr_id,
             };
-            if self.scratch.capacity() < head_len {
-                self.scratch.reserve(head_len.max(16 << 10));
+            if scratch.capacity() < head_len {
+                scratch.reserve(head_len.max(16 << 10));
             }
-            oap::put_header(&h, &mut self.scratch);
+            oap::put_header(&h, scratch);
             if let Some(gh) = &c.head {
-                gh.put(&mut self.scratch);
+                gh.put(scratch);
             }
-            frames.push(OutFrame {
-                head: self.scratch.split().freeze(),
+            OutFrame {
+                head: scratch.split().freeze(),
                 chunk: Some(c.payload_len()),
                 body: c.data,
                 class: FrameClass::Gossip,
-            });
-        }
+            }
+        });
         s.egress.push_message(frames);
         self.drr.activate(dest, &mut s.drr);
         self.recheck_watermark(dest);

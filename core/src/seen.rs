@@ -7,23 +7,26 @@ use std::time::Duration;
 use crate::oap::MsgId;
 use crate::time::Time;
 
-/// SipHash keyed from the node's seeded RNG: deterministic for a seed, yet a peer cannot
-/// pick message ids that collide (they do not know the key).
-#[derive(Clone, Copy, Debug)]
-pub struct KeyedHasher(u64, u64);
+/// aHash keyed from the node's seeded RNG: deterministic for a seed, fast on the 16-byte
+/// ids of the hot path, and a peer cannot pick ids that collide (it does not know the key).
+#[derive(Clone, Debug)]
+pub struct KeyedHasher(ahash::RandomState);
 
 impl KeyedHasher {
     pub fn new(k0: u64, k1: u64) -> KeyedHasher {
-        KeyedHasher(k0, k1)
+        KeyedHasher(ahash::RandomState::with_seeds(
+            k0,
+            k1,
+            k0.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15,
+            k1.rotate_left(32) ^ 0xc2b2_ae3d_27d4_eb4f,
+        ))
     }
 }
 
 impl BuildHasher for KeyedHasher {
-    #[allow(deprecated)]
-    type Hasher = std::hash::SipHasher;
-    #[allow(deprecated)]
+    type Hasher = ahash::AHasher;
     fn build_hasher(&self) -> Self::Hasher {
-        std::hash::SipHasher::new_with_keys(self.0, self.1)
+        self.0.build_hasher()
     }
 }
 
@@ -64,21 +67,23 @@ impl SeenCache {
         if self.contains(&id, now) {
             return false;
         }
+        self.insert_new(id, now);
+        true
+    }
+
+    /// Remembers an id the caller has just seen `contains` deny (one lookup saved on the
+    /// hot path).
+    pub fn insert_new(&mut self, id: MsgId, now: Time) {
         self.expire(now);
         while self.at.len() >= self.capacity {
             // Oldest first: the id least likely to come round again.
             match self.order.pop_front() {
-                Some((old, t)) => {
-                    if self.at.get(&old) == Some(&t) {
-                        self.at.remove(&old);
-                    }
-                }
+                Some((old, t)) => self.forget(old, t),
                 None => break,
             }
         }
         self.at.insert(id, now);
         self.order.push_back((id, now));
-        true
     }
 
     pub fn expire(&mut self, now: Time) {
@@ -87,8 +92,16 @@ impl SeenCache {
                 break;
             }
             self.order.pop_front();
-            if self.at.get(&id) == Some(&t) {
-                self.at.remove(&id);
+            self.forget(id, t);
+        }
+    }
+
+    /// Removes `id` if the map still holds the sighting `t` of it (an expired id seen again
+    /// has a newer entry, which stays).
+    fn forget(&mut self, id: MsgId, t: Time) {
+        if let std::collections::hash_map::Entry::Occupied(e) = self.at.entry(id) {
+            if *e.get() == t {
+                e.remove();
             }
         }
     }

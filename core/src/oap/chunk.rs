@@ -48,35 +48,83 @@ pub fn split(
     data: &Bytes,
     chunk_bytes: usize,
 ) -> Result<Vec<Chunk>, EncodeError> {
-    let head_len = header.len();
-    if chunk_bytes <= head_len {
-        return Err(EncodeError::TooLong {
-            len: head_len + 1,
-            max: chunk_bytes,
-        });
+    Ok(Chunks::new(header, data, chunk_bytes)?.collect())
+}
+
+/// The chunks of one message, made as they are taken (no list is built: the relay path
+/// cuts every message once per destination).
+#[derive(Clone, Debug)]
+pub struct Chunks<'a> {
+    header: &'a GossipHeader,
+    data: &'a Bytes,
+    chunk_bytes: usize,
+    at: usize,
+    first: bool,
+}
+
+impl<'a> Chunks<'a> {
+    pub fn new(
+        header: &'a GossipHeader,
+        data: &'a Bytes,
+        chunk_bytes: usize,
+    ) -> Result<Chunks<'a>, EncodeError> {
+        if chunk_bytes <= header.len() {
+            return Err(EncodeError::TooLong {
+                len: header.len() + 1,
+                max: chunk_bytes,
+            });
+        }
+        Ok(Chunks {
+            header,
+            data,
+            chunk_bytes,
+            at: 0,
+            first: true,
+        })
     }
-    let first = data.len().min(chunk_bytes - head_len);
-    let rest = data.len() - first;
-    let mut chunks = Vec::with_capacity(1 + rest.div_ceil(chunk_bytes));
-    chunks.push(Chunk {
-        flags: Flags::START,
-        head: Some(header.clone()),
-        data: data.slice(..first),
-    });
-    let mut at = first;
-    while at < data.len() {
-        let end = (at + chunk_bytes).min(data.len());
-        chunks.push(Chunk {
-            flags: Flags::empty(),
-            head: None,
-            data: data.slice(at..end),
-        });
-        at = end;
+
+    /// How many frames the message takes.
+    pub fn frames(&self) -> usize {
+        let first = self.data.len().min(self.chunk_bytes - self.header.len());
+        1 + (self.data.len() - first).div_ceil(self.chunk_bytes)
     }
-    if let Some(last) = chunks.last_mut() {
-        last.flags = last.flags | Flags::END;
+
+    /// Bytes on the wire for the whole message, frame headers included.
+    pub fn wire_len(&self) -> usize {
+        self.frames() * super::HEADER_LEN + self.header.len() + self.data.len()
     }
-    Ok(chunks)
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = Chunk;
+
+    fn next(&mut self) -> Option<Chunk> {
+        if !self.first && self.at >= self.data.len() {
+            return None;
+        }
+        let room = if self.first {
+            self.chunk_bytes - self.header.len()
+        } else {
+            self.chunk_bytes
+        };
+        let end = (self.at + room).min(self.data.len());
+        let mut flags = if self.first {
+            Flags::START
+        } else {
+            Flags::empty()
+        };
+        if end == self.data.len() {
+            flags = flags | Flags::END;
+        }
+        let chunk = Chunk {
+            flags,
+            head: self.first.then(|| self.header.clone()),
+            data: self.data.slice(self.at..end),
+        };
+        self.first = false;
+        self.at = end;
+        Some(chunk)
+    }
 }
 
 /// Bounds on what one session may hold in partial streams.

@@ -11,7 +11,7 @@ mod gossip;
 mod header;
 mod hello;
 
-pub use chunk::{split, Chunk, Message, Reassembler, StreamLimits, StreamReject};
+pub use chunk::{split, Chunk, Chunks, Message, Reassembler, StreamLimits, StreamReject};
 pub use ctrl::Ctrl;
 pub use decoder::{validate, Decoder, Limits};
 pub use error::{EncodeError, FrameError, FrameErrorKind, StreamError};
