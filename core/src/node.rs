@@ -1201,15 +1201,6 @@ impl Overlay {
         };
         match op {
             Ctrl::Ping(nonce) => {
-                let full = self.sessions.get(&conn).is_some_and(|s| {
-                    s.egress.ctrl_frames() >= self.cfg.overlay.peer.egress_queue_frames
-                });
-                if full {
-                    // A peer that pings without reading our answers fills only its own queue.
-                    self.egress_drop(DropReason::Full, 1);
-                    self.rx_dropped(RxDrop::Full, 1);
-                    return;
-                }
                 let pong = Frame::new(
                     AppProto::CTRL,
                     Flags::EVENT,
@@ -1451,6 +1442,12 @@ impl Overlay {
         if frame.encode(u32::MAX, &mut b).is_err() {
             return;
         }
+        if s.egress.ctrl_frames() >= self.cfg.overlay.peer.egress_queue_frames {
+            // A peer that asks for answers (acks, PONGs) and never reads them fills only
+            // its own bounded queue; the answer is counted as dropped.
+            self.egress_drop(DropReason::Full, 1);
+            return;
+        }
         let class = frame_class(frame.app_proto);
         s.egress.push_ctrl(OutFrame {
             head: b.freeze(),
@@ -1458,8 +1455,16 @@ impl Overlay {
             class,
             chunk: None,
         });
-        if !self.ctrl_ready.contains(&conn) {
-            self.ctrl_ready.push_back(conn);
+        self.mark_ctrl_ready(conn);
+    }
+
+    /// Puts a session in the control round robin once (a flag, not a scan of the list).
+    fn mark_ctrl_ready(&mut self, id: ConnId) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if !s.ctrl_queued {
+                s.ctrl_queued = true;
+                self.ctrl_ready.push_back(id);
+            }
         }
     }
 
@@ -1485,13 +1490,16 @@ impl Overlay {
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
             };
+            s.ctrl_queued = false;
             if s.egress.ctrl_frames() > 0 {
                 if !self.permits.can_ctrl() {
+                    s.ctrl_queued = true;
                     self.ctrl_ready.push_front(id);
                     return None;
                 }
                 let f = s.egress.pop_ctrl()?;
                 if s.egress.ctrl_frames() > 0 || s.egress.close_pending() {
+                    s.ctrl_queued = true;
                     self.ctrl_ready.push_back(id);
                 }
                 return Some(self.hand_out(id, f));
@@ -1533,11 +1541,9 @@ impl Overlay {
                 continue;
             }
             let f = s.egress.pop_gossip()?;
-            if s.egress.gossip_frames() == 0
-                && s.egress.close_pending()
-                && !self.ctrl_ready.contains(&id)
-            {
-                self.ctrl_ready.push_back(id);
+            let close_next = s.egress.gossip_frames() == 0 && s.egress.close_pending();
+            if close_next {
+                self.mark_ctrl_ready(id);
             }
             self.recheck_watermark(id);
             return Some(self.hand_out(id, f));
@@ -1616,9 +1622,7 @@ impl Overlay {
             self.metrics.sessions_active.set(self.established() as f64);
         }
         self.rx_dropped(RxDrop::Closed, partial);
-        if !self.ctrl_ready.contains(&id) {
-            self.ctrl_ready.push_back(id);
-        }
+        self.mark_ctrl_ready(id);
         self.recheck_watermark(id);
     }
 

@@ -94,6 +94,8 @@ pub struct Session {
     pub max_frame: u32,
     pub tx_bytes: u64,
     pub over_watermark: bool,
+    /// In the node's control round robin.
+    pub ctrl_queued: bool,
     pub close_reason: Option<CloseReason>,
 }
 
@@ -134,6 +136,7 @@ impl Session {
             max_frame,
             tx_bytes: 0,
             over_watermark: false,
+            ctrl_queued: false,
             close_reason: None,
         }
     }

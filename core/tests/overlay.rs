@@ -779,3 +779,38 @@ fn partial_streams_are_bounded_per_session_and_per_node() {
     );
     net.assert_balance();
 }
+
+/// A client that asks for acks and never reads them fills only its own bounded queue.
+#[test]
+fn unread_answers_are_bounded_and_counted() {
+    let mut cfg = test_config();
+    cfg.overlay.peer.egress_queue_frames = 16;
+    cfg.overlay.peer.max_rps = 100_000;
+    cfg.timeouts.write = Duration::from_secs(600);
+    cfg.overlay.gossip.egress_permits = 8;
+    let mut net = Net::new(26, 1, move |_| cfg.clone());
+    let c = net.client(0, Role::Client, &[]);
+    net.settle();
+    let conn = net.clients[c].conn;
+    net.stall(End::Node(0, conn), true);
+    for k in 0..500 {
+        net.clients[c]
+            .client
+            .publish(msg_id(k), "t", 1, &Bytes::from_static(b"x"), true)
+            .unwrap();
+    }
+    net.settle();
+    let s = net.nodes[0].session(conn).unwrap();
+    assert!(s.egress.ctrl_frames() <= 16, "{}", s.egress.ctrl_frames());
+    let dropped = net.counter(
+        0,
+        QUEUE_DROPPED_TOTAL,
+        &[("queue", "egress"), ("reason", "full")],
+    );
+    assert!(
+        dropped >= 500 - 16 - 8,
+        "answers past the bound counted: {dropped}"
+    );
+    assert_eq!(net.nodes[0].stats().egress_dropped[0], dropped);
+    net.assert_balance();
+}
