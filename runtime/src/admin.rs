@@ -41,6 +41,12 @@ impl VersionInfo {
         if cfg!(feature = "otel") {
             features.push("otel");
         }
+        if cfg!(feature = "arti") {
+            features.push("arti");
+        }
+        if cfg!(feature = "quic") {
+            features.push("quic");
+        }
         VersionInfo {
             version: env!("CARGO_PKG_VERSION"),
             git: env!("OVERLAY_BUILD_GIT"),
