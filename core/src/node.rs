@@ -626,25 +626,12 @@ impl Overlay {
                 detail: e.to_string(),
             });
         }
-        let reason = e.reason();
-        self.count_rejected(reason, 1);
-        self.events.push_back(Event::Rejected {
-            conn,
-            reason,
-            corr_id: e.corr_id,
+        let blame = Frame {
             app_proto: e.app_proto,
-            frames: 1,
-            detail: e.kind.to_string(),
-        });
-        let resp = error_resp(
-            e.app_proto,
-            e.corr_id,
-            reason.status(),
-            reason.as_str(),
-            None,
-        );
-        self.send_ctrl(conn, &resp);
-        self.close(now, conn, CloseReason::Rejected(reason), true);
+            corr_id: e.corr_id,
+            ..Frame::default()
+        };
+        self.reject_frame(now, conn, &blame, e.reason(), 1, &e.kind.to_string());
     }
 
     fn on_hello(&mut self, now: Time, conn: ConnId, frame: Frame) {

@@ -5,48 +5,21 @@
 //! `overlay.dial_backoff_*` are enforced by `conn::reader` and `dial::Backoff`, tested in
 //! their modules with values taken from the config.
 
+mod common;
+
 use std::time::Duration;
 
-use overlay_core::Config;
+use common::{cfg, series, until};
 use svc_overlay::{Node, NodeOptions, TokioNet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout, Instant};
-
-fn cfg() -> Config {
-    let mut c = Config::default();
-    c.overlay.listen = "127.0.0.1:0".into();
-    c.admin.listen = "127.0.0.1:0".into();
-    c
-}
+use tokio::time::timeout;
 
 fn opts() -> NodeOptions {
     NodeOptions {
-        seed: 7,
-        log_events: false,
         fd_sampler: false,
-        ..NodeOptions::default()
+        ..common::opts(7)
     }
-}
-
-/// Polls `f` until it holds, for at most 10 s.
-async fn until<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn series(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,50 +1,17 @@
 //! Nodes started in-process on 127.0.0.1:0, driven through real TCP.
 
+mod common;
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use overlay_core::Config;
+use common::{cfg, opts, series, until};
 use svc_overlay::net::{Listener, Net};
 use svc_overlay::peer::{self, PublishArgs};
-use svc_overlay::{Node, NodeOptions, TokioNet};
+use svc_overlay::{Node, TokioNet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::{sleep, timeout, Instant};
-
-fn cfg() -> Config {
-    let mut c = Config::default();
-    c.overlay.listen = "127.0.0.1:0".into();
-    c.admin.listen = "127.0.0.1:0".into();
-    c
-}
-
-fn opts(seed: u64) -> NodeOptions {
-    NodeOptions {
-        seed,
-        log_events: false,
-        ..NodeOptions::default()
-    }
-}
-
-async fn until<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The value of one series in a Prometheus text scrape.
-fn series(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use tokio::time::timeout;
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -375,7 +375,8 @@ impl Net {
         (out, closed)
     }
 
-    pub fn counter(&self, n: usize, name: &str, labels: &[(&str, &str)]) -> u64 {
+    /// Values of every series of `name` on node `n` whose labels include `labels`.
+    fn series(&self, n: usize, name: &str, labels: &[(&str, &str)]) -> Vec<DebugValue> {
         self.snapshotters[n]
             .snapshot()
             .into_vec()
@@ -388,7 +389,15 @@ impl Net {
                             .any(|lab| lab.key() == *l && lab.value() == *v)
                     })
             })
-            .map(|(_, _, _, v)| match v {
+            .map(|(_, _, _, v)| v)
+            .collect()
+    }
+
+    /// Sum of counters (or histogram sample counts) matching `labels`.
+    pub fn counter(&self, n: usize, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.series(n, name, labels)
+            .into_iter()
+            .map(|v| match v {
                 DebugValue::Counter(c) => c,
                 DebugValue::Gauge(g) => g.into_inner() as u64,
                 DebugValue::Histogram(h) => h.len() as u64,
@@ -397,19 +406,9 @@ impl Net {
     }
 
     pub fn gauge(&self, n: usize, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.snapshotters[n]
-            .snapshot()
-            .into_vec()
+        self.series(n, name, labels)
             .into_iter()
-            .filter(|(k, _, _, _)| {
-                k.key().name() == name
-                    && labels.iter().all(|(l, v)| {
-                        k.key()
-                            .labels()
-                            .any(|lab| lab.key() == *l && lab.value() == *v)
-                    })
-            })
-            .map(|(_, _, _, v)| match v {
+            .map(|v| match v {
                 DebugValue::Gauge(g) => g.into_inner(),
                 _ => 0.0,
             })
