@@ -1332,11 +1332,9 @@ impl Overlay {
             );
             self.send_ctrl(id, &ping);
         }
-        if self.draining {
-            let s = &self.sessions[&id];
-            if s.egress.is_empty() && s.in_flight == 0 {
-                self.close(now, id, CloseReason::Drained, false);
-            }
+        let idle = |s: &Session| s.egress.is_empty() && s.in_flight == 0;
+        if self.draining && self.sessions.get(&id).is_some_and(idle) {
+            self.close(now, id, CloseReason::Drained, false);
         }
     }
 
