@@ -731,8 +731,8 @@ impl Overlay {
         if !h.versions.contains(&VERSION) {
             return Err("no common version");
         }
-        if h.node.is_empty() || h.node.len() > 128 {
-            return Err("node id must be 1..=128 bytes");
+        if h.node.len() > 128 {
+            return Err("node id longer than 128 bytes");
         }
         if h.topics.len() > self.cfg.overlay.max_topics {
             return Err("too many topics");

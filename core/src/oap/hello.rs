@@ -24,6 +24,8 @@ impl Role {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub versions: Vec<u16>,
+    /// May be absent or empty (a client need not name itself); at most 128 bytes.
+    #[serde(default)]
     pub node: String,
     pub role: Role,
     #[serde(default = "default_max_frame")]
@@ -42,13 +44,21 @@ fn default_max_frame() -> u32 {
     super::DEFAULT_MAX_FRAME
 }
 
-/// The acceptor's 200 answer.
+/// The acceptor's 200 answer. Every field is written; on reading, a missing `node`,
+/// `max_frame` or `chunk` takes the spec's default, so a terse peer still interoperates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloOk {
     pub version: u16,
+    #[serde(default)]
     pub node: String,
+    #[serde(default = "default_max_frame")]
     pub max_frame: u32,
+    #[serde(default = "default_chunk")]
     pub chunk: u32,
+}
+
+fn default_chunk() -> u32 {
+    64 << 10
 }
 
 /// The acceptor's error answer; the connection closes after it.

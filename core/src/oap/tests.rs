@@ -575,3 +575,22 @@ proptest! {
         prop_assert_eq!(m.frames as usize, chunks.len());
     }
 }
+
+#[test]
+fn hello_payloads_are_read_leniently_and_written_in_full() {
+    // A terse dialer: no node, no max_frame, no topics.
+    let h: Hello = serde_json::from_str(r#"{"versions":[1],"role":"client"}"#).unwrap();
+    assert_eq!(
+        (h.node.as_str(), h.max_frame, h.topics.len()),
+        ("", DEFAULT_MAX_FRAME, 0)
+    );
+    // A terse acceptor: only the version.
+    let ok: HelloOk = serde_json::from_str(r#"{"version":1}"#).unwrap();
+    assert_eq!((ok.max_frame, ok.chunk), (DEFAULT_MAX_FRAME, 65_536));
+    // Unknown fields from a newer peer are ignored, not refused.
+    let h: Hello =
+        serde_json::from_str(r#"{"versions":[1,2],"node":"x","role":"peer","future":true}"#)
+            .unwrap();
+    assert_eq!(h.versions, vec![1, 2]);
+    assert!(serde_json::from_str::<Hello>(r#"{"versions":[1],"role":"admin"}"#).is_err());
+}
