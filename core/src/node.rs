@@ -441,8 +441,10 @@ impl Overlay {
         self.drr.remove(conn);
         self.ctrl_ready.retain(|c| *c != conn);
         self.permits.release(s.in_flight);
+        // Frames still queued, and frames handed to the writer but never reported written,
+        // did not reach the peer as far as the node can tell: counted, not forgotten.
         let (ctrl, gossip) = s.egress.clear();
-        self.egress_drop(DropReason::Shed, (ctrl + gossip) as u64);
+        self.egress_drop(DropReason::Shed, (ctrl + gossip + s.in_flight) as u64);
         let partial = s.reasm.clear();
         self.rx_dropped(RxDrop::Closed, partial);
         if s.over_watermark {
