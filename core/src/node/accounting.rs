@@ -1,0 +1,45 @@
+//! The balance of counts: every outcome counted in `Stats` and in its metric at once.
+
+use super::*;
+
+impl Overlay {
+    /// Frames on their way out that will not be sent: metric and `Stats` together.
+    pub(super) fn egress_drop(&mut self, reason: DropReason, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.stats.egress_dropped[reason.index()] += frames;
+        self.metrics.queue_drop(Queue::Egress, reason, frames);
+    }
+
+    pub(super) fn outcome(&mut self, o: Outcome, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.stats.outcomes[o.index()] += frames;
+        self.metrics.outcome(o, frames);
+    }
+
+    pub(super) fn rx_dropped(&mut self, r: RxDrop, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.stats.dropped[r.index()] += frames;
+        self.metrics.rx_dropped[r.index()].increment(frames);
+        self.outcome(Outcome::Dropped, frames);
+    }
+
+    pub(super) fn count_rejected(&mut self, r: RejectReason, frames: u64) {
+        self.stats.rejected[r.index()] += frames;
+        self.metrics.rejected[r.index()].increment(frames);
+        self.outcome(Outcome::Rejected, frames);
+    }
+
+    pub(super) fn debug_check_balance(&self) {
+        #[cfg(debug_assertions)]
+        {
+            let b = self.balance();
+            debug_assert!(b.holds(), "balance of counts broken: {b}");
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! New messages: rate, dedupe, writes-fail-first, fanout and admission to egress queues.
+
+use super::*;
+
+impl Overlay {
+    pub(super) fn on_gossip(&mut self, now: Time, conn: ConnId, frame: Frame) {
+        if frame.flags.kind() == Some(FrameKind::Resp) {
+            self.outcome(Outcome::Delivered, 1);
+            self.events.push_back(Event::Ack {
+                conn,
+                corr_id: frame.corr_id,
+                code: frame.code,
+                body: frame.payload,
+            });
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if s.reasm.partial_streams() == 0 {
+            s.stream_progress = now;
+        }
+        let app_proto = frame.app_proto;
+        let tenant = frame.tenant_id;
+        match s.reasm.push(frame) {
+            Ok(None) => {
+                s.stream_progress = now;
+                let held = s.reasm.partial_frames();
+                let over_session = held as usize > self.cfg.overlay.peer.inflight_frames;
+                let over_node = !over_session
+                    && self
+                        .sessions
+                        .values()
+                        .map(|s| s.reasm.buffered_bytes())
+                        .sum::<usize>()
+                        > self.cfg.overlay.gossip.max_partial_bytes_total;
+                if over_session || over_node {
+                    // Either bound is the sender's to respect: more frames held than a
+                    // session may have in flight, or more partial bytes than the whole node
+                    // holds for everyone (so many sessions cannot add up to unbounded memory).
+                    let (reason, why) = if over_session {
+                        (
+                            RejectReason::Proto,
+                            "more partial frames than overlay.peer.inflight_frames",
+                        )
+                    } else {
+                        (
+                            RejectReason::Oversize,
+                            "partial streams over overlay.gossip.max_partial_bytes_total",
+                        )
+                    };
+                    let held = self.sessions.get_mut(&conn).map_or(0, |s| s.reasm.clear());
+                    let f = Frame {
+                        app_proto,
+                        tenant_id: tenant,
+                        ..Frame::default()
+                    };
+                    self.reject_frame(now, conn, &f, reason, held, why);
+                }
+            }
+            Ok(Some(m)) => {
+                s.stream_progress = now;
+                self.on_message(now, conn, m);
+            }
+            Err(rej) => {
+                let f = Frame {
+                    app_proto,
+                    corr_id: rej.corr_id,
+                    ..Frame::default()
+                };
+                let reason = rej.error.reason();
+                let detail = rej.error.to_string();
+                self.reject_frame(now, conn, &f, reason, rej.frames as u64, &detail);
+            }
+        }
+    }
+
+    pub(super) fn on_message(&mut self, now: Time, conn: ConnId, m: Message) {
+        let frames = m.frames as u64;
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if !s.rate.try_take(now) {
+            let retry = s.rate.retry_after_secs();
+            self.count_rejected(RejectReason::Ratelimit, frames);
+            self.events.push_back(Event::Rejected {
+                conn,
+                reason: RejectReason::Ratelimit,
+                corr_id: m.corr_id,
+                app_proto: AppProto::GOSSIP,
+                frames,
+                detail: "overlay.peer.max_rps exceeded".into(),
+            });
+            if m.ack_req {
+                self.ack(conn, m.corr_id, 429, Some(("ratelimit", retry)));
+            }
+            return;
+        }
+        if self.seen.contains(&m.header.msg_id, now) {
+            self.outcome(Outcome::Duplicate, frames);
+            if m.ack_req {
+                self.ack(conn, m.corr_id, 202, None);
+            }
+            return;
+        }
+        if m.ack_req && self.over_watermark > 0 {
+            // Writes fail first: the writer hears 503 before relayed traffic is shed.
+            self.shed_window.record(now, true);
+            self.count_rejected(RejectReason::Busy, frames);
+            self.events.push_back(Event::Rejected {
+                conn,
+                reason: RejectReason::Busy,
+                corr_id: m.corr_id,
+                app_proto: AppProto::GOSSIP,
+                frames,
+                detail: "egress over its high watermark".into(),
+            });
+            let retry = self.cfg.readiness.retry_after;
+            self.ack(conn, m.corr_id, 503, Some(("busy", retry)));
+            return;
+        }
+        self.shed_window.record(now, false);
+        self.seen.insert_new(m.header.msg_id, now);
+        self.stats.accepted_messages += 1;
+        let (relayed, delivered, refusal) = self.fan_out(Some(conn), &m);
+        match (relayed, delivered, refusal) {
+            (true, _, _) => self.outcome(Outcome::Relayed, frames),
+            (false, true, _) | (false, false, None) => self.outcome(Outcome::Delivered, frames),
+            (false, false, Some(Refusal::Full)) => self.rx_dropped(RxDrop::Full, frames),
+            (false, false, Some(Refusal::Shed)) => self.rx_dropped(RxDrop::Shed, frames),
+        }
+        if m.ack_req {
+            self.ack(conn, m.corr_id, 202, None);
+        }
+        if self.local_delivery {
+            self.events.push_back(Event::Message {
+                from: Some(conn),
+                message: m,
+            });
+        }
+    }
+
+    /// Sends a new message to every matching client and up to `relay_fanout` peers.
+    /// Returns (relayed to a peer, delivered to a client, first refusal met).
+    pub(super) fn fan_out(
+        &mut self,
+        from: Option<ConnId>,
+        m: &Message,
+    ) -> (bool, bool, Option<Refusal>) {
+        let mut refusal = None;
+        let mut delivered = false;
+        let topic = m.header.topic.clone();
+        for i in 0..self.clients.len() {
+            let c = self.clients[i];
+            if Some(c) == from || !self.sessions.get(&c).is_some_and(|s| s.wants(&topic)) {
+                continue;
+            }
+            match self.enqueue_message(c, &m.header, m.tenant_id, &m.data, false) {
+                Ok(()) => delivered = true,
+                Err(r) => {
+                    refusal.get_or_insert(r);
+                }
+            }
+        }
+        let mut relayed = false;
+        if m.header.ttl > 0 {
+            let fanout = self.cfg.overlay.gossip.relay_fanout;
+            // A buffer kept across messages: no allocation per fanout.
+            let mut candidates = std::mem::take(&mut self.fanout_buf);
+            candidates.clear();
+            candidates.extend(self.peers.iter().copied().filter(|p| Some(*p) != from));
+            let k = fanout.min(candidates.len());
+            // Partial Fisher-Yates: the first k are a uniform sample.
+            for i in 0..k {
+                let j = self.rng.gen_range(i..candidates.len());
+                candidates.swap(i, j);
+            }
+            self.metrics.fanout.set(k as f64);
+            let header = m.header.with_ttl(m.header.ttl - 1);
+            for &p in &candidates[..k] {
+                match self.enqueue_message(p, &header, m.tenant_id, &m.data, true) {
+                    Ok(()) => relayed = true,
+                    Err(r) => {
+                        refusal.get_or_insert(r);
+                    }
+                }
+            }
+            self.fanout_buf = candidates;
+        }
+        (relayed, delivered, refusal)
+    }
+
+    pub(super) fn enqueue_message(
+        &mut self,
+        dest: ConnId,
+        header: &GossipHeader,
+        tenant_id: u128,
+        data: &Bytes,
+        relay: bool,
+    ) -> Result<(), Refusal> {
+        let peer = &self.cfg.overlay.peer;
+        let (max_frames, max_bytes) = (peer.egress_queue_frames, peer.egress_queue_bytes);
+        let wm = self.cfg.readiness.queue_high_watermark;
+        let Some(s) = self.sessions.get_mut(&dest) else {
+            return Err(Refusal::Full);
+        };
+        let Ok(chunks) = oap::Chunks::new(header, data, s.chunk) else {
+            return Err(Refusal::Full);
+        };
+        let (n, bytes) = (chunks.frames(), chunks.wire_len());
+        let refusal = if s.egress.gossip_frames() + n > max_frames
+            || s.egress.gossip_bytes() + bytes > max_bytes
+        {
+            Some(Refusal::Full)
+        } else if relay && s.egress.fill(max_frames, max_bytes) >= wm {
+            Some(Refusal::Shed)
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            let reason = match r {
+                Refusal::Full => DropReason::Full,
+                Refusal::Shed => DropReason::Shed,
+            };
+            self.metrics.backpressure[s.bucket().index()].increment(1);
+            self.egress_drop(reason, n as u64);
+            return Err(r);
+        }
+        let corr_id = s.next_stream_id();
+        let scratch = &mut self.scratch;
+        let frames = chunks.map(|c| {
+            let head_len = HEADER_LEN + c.head.as_ref().map_or(0, GossipHeader::len);
+            let h = Header {
+                len: (HEADER_LEN + c.payload_len()) as u32,
+                ver: VERSION,
+                flags: Flags::EVENT | c.flags,
+                code: 0,
+                app_proto: AppProto::GOSSIP,
+                tenant_id,
+                cap_len: 0,
+                corr_id,
+            };
+            if scratch.capacity() < head_len {
+                scratch.reserve(head_len.max(16 << 10));
+            }
+            oap::put_header(&h, scratch);
+            if let Some(gh) = &c.head {
+                gh.put(scratch);
+            }
+            OutFrame {
+                head: scratch.split().freeze(),
+                chunk: Some(c.payload_len()),
+                body: c.data,
+                class: FrameClass::Gossip,
+            }
+        });
+        s.egress.push_message(frames);
+        self.drr.activate(dest, &mut s.drr);
+        self.recheck_watermark(dest);
+        Ok(())
+    }
+
+    /// Keeps the count of sessions over the high watermark (what makes writes fail first)
+    /// in step with a session's queue after it changed.
+    pub(super) fn recheck_watermark(&mut self, id: ConnId) {
+        let peer = &self.cfg.overlay.peer;
+        let wm = self.cfg.readiness.queue_high_watermark;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let over = s.phase != Phase::Closing
+            && s.egress
+                .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
+                >= wm;
+        if over != s.over_watermark {
+            s.over_watermark = over;
+            if over {
+                self.over_watermark += 1;
+            } else {
+                self.over_watermark -= 1;
+            }
+        }
+    }
+}

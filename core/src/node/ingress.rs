@@ -1,0 +1,143 @@
+//! Frames in: dispatch by session phase and app_proto, CTRL, and rejects.
+
+use super::*;
+
+impl Overlay {
+    pub(super) fn on_frame(&mut self, now: Time, conn: ConnId, frame: Frame) {
+        let class = frame_class(frame.app_proto);
+        let m = &self.metrics;
+        m.frames[Dir::Rx.index()][class.index()].increment(1);
+        m.bytes[Dir::Rx.index()].increment(frame.wire_len as u64);
+        m.frame_size[Dir::Rx.index()].record(frame.wire_len as f64);
+        if class == FrameClass::Gossip {
+            m.chunk_size[Dir::Rx.index()].record(frame.payload.len() as f64);
+        }
+        self.stats.rx_frames += 1;
+        let Some(phase) = self.sessions.get(&conn).map(|s| s.phase) else {
+            return;
+        };
+        match phase {
+            Phase::AwaitHello => self.on_hello(now, conn, frame),
+            Phase::AwaitAnswer { corr_id } => self.on_answer(now, conn, corr_id, frame),
+            Phase::Established => match frame.proto() {
+                AppProto::Gossip => self.on_gossip(now, conn, frame),
+                AppProto::Ctrl => self.on_ctrl(now, conn, frame),
+                AppProto::Hello => self.reject_frame(
+                    now,
+                    conn,
+                    &frame,
+                    RejectReason::Proto,
+                    1,
+                    "HELLO on an established session",
+                ),
+                AppProto::Other(_) => self.on_other(conn, frame),
+            },
+            Phase::Closing => {}
+        }
+    }
+
+    pub(super) fn on_frame_error(&mut self, now: Time, conn: ConnId, e: FrameError) {
+        // The bad frame counts as received and rejected, so the balance covers it.
+        self.stats.rx_frames += 1;
+        self.metrics.frames[Dir::Rx.index()][frame_class(e.app_proto).index()].increment(1);
+        let phase = self.sessions.get(&conn).map(|s| s.phase);
+        if matches!(phase, Some(Phase::AwaitHello | Phase::AwaitAnswer { .. })) {
+            self.metrics.handshake_failure(HandshakeFailure::Proto);
+            self.events.push_back(Event::HandshakeFailed {
+                conn,
+                corr_id: e.corr_id,
+                reason: Some(HandshakeFailure::Proto),
+                reject: Some(e.reason()),
+                code: e.status(),
+                detail: e.to_string(),
+            });
+        }
+        let blame = Frame {
+            app_proto: e.app_proto,
+            corr_id: e.corr_id,
+            ..Frame::default()
+        };
+        self.reject_frame(now, conn, &blame, e.reason(), 1, &e.kind.to_string());
+    }
+
+    pub(super) fn on_ctrl(&mut self, now: Time, conn: ConnId, frame: Frame) {
+        let op = (frame.flags.kind() == Some(FrameKind::Event))
+            .then(|| Ctrl::parse(&frame.payload))
+            .flatten();
+        let Some(op) = op else {
+            return self.reject_frame(
+                now,
+                conn,
+                &frame,
+                RejectReason::Proto,
+                1,
+                "CTRL frame is not a known EVENT op",
+            );
+        };
+        match op {
+            Ctrl::Ping(nonce) => {
+                let pong = Frame::new(
+                    AppProto::CTRL,
+                    Flags::EVENT,
+                    frame.corr_id,
+                    Ctrl::Pong(nonce).to_payload(),
+                );
+                self.send_ctrl(conn, &pong);
+            }
+            Ctrl::Pong(nonce) => {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    if s.ping.is_some_and(|(n, _)| n == nonce) {
+                        s.ping = None;
+                    }
+                }
+            }
+            Ctrl::Goaway => {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.peer_draining = true;
+                }
+                self.peers.retain(|p| *p != conn);
+                self.events.push_back(Event::PeerDraining { conn });
+            }
+        }
+        self.outcome(Outcome::Delivered, 1);
+    }
+
+    pub(super) fn on_other(&mut self, conn: ConnId, frame: Frame) {
+        // No application protocol is served here: a request hears 404, the rest is let go.
+        if frame.flags.kind() == Some(FrameKind::Req) {
+            let resp = error_resp(frame.app_proto, frame.corr_id, 404, "unroutable", None);
+            self.send_ctrl(conn, &resp);
+        }
+        self.rx_dropped(RxDrop::Unroutable, 1);
+    }
+
+    /// Rejects `frames` frames with `reason`, answers the peer and closes the session.
+    pub(super) fn reject_frame(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        frame: &Frame,
+        reason: RejectReason,
+        frames: u64,
+        why: &str,
+    ) {
+        self.count_rejected(reason, frames);
+        self.events.push_back(Event::Rejected {
+            conn,
+            reason,
+            corr_id: frame.corr_id,
+            app_proto: frame.app_proto,
+            frames,
+            detail: why.to_string(),
+        });
+        let resp = error_resp(
+            frame.app_proto,
+            frame.corr_id,
+            reason.status(),
+            reason.as_str(),
+            None,
+        );
+        self.send_ctrl(conn, &resp);
+        self.close(now, conn, CloseReason::Rejected(reason), true);
+    }
+}

@@ -1,0 +1,625 @@
+//! The overlay node: one per process, owning every decision. Inputs are `handle_*` calls
+//! with the time passed in; outputs are drained with `poll_transmit`, `poll_event` and
+//! `poll_timeout` after every input.
+//!
+//! This file holds the node's state and its public API; the decisions live in one module per
+//! concern: `ingress` (dispatch and rejects), `handshake`, `gossip` (dedupe, fanout, egress
+//! admission), `transmit` (control first, then DRR within permits), `timers`, `readiness`,
+//! `sessions` (lifecycle) and `accounting` (the balance of counts).
+
+mod accounting;
+mod gossip;
+mod handshake;
+mod ingress;
+mod readiness;
+mod sessions;
+mod timers;
+mod transmit;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{Config, PqModeConfig};
+use crate::egress::{Drr, OutFrame, Permits, Refusal};
+use crate::event::Event;
+use crate::limiter::TokenBucket;
+use crate::oap::{
+    self, AppProto, Ctrl, Decoder, Flags, Frame, FrameError, FrameKind, GossipHeader, Header,
+    Hello, HelloError, HelloOk, Message, MsgId, Reassembler, Role, StreamLimits, HEADER_LEN,
+    VERSION,
+};
+use crate::observe::{
+    Dir, DropReason, FrameClass, HandshakeFailure, Metrics, Outcome, PermitState, PqOutcome, Queue,
+    RxDrop,
+};
+use crate::ready::{Probe, RateWindow, ReadyState, ReadyView, Sustained};
+use crate::reason::RejectReason;
+use crate::seen::{KeyedHasher, SeenCache};
+use crate::session::{CloseReason, ConnId, Phase, Session};
+use crate::stats::{Balance, Stats};
+use crate::time::Time;
+
+/// Housekeeping period: timeouts, keepalives, readiness sampling and gauges. Deadlines are
+/// checked at this granularity.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// Trailing window over which the shed rate is measured; `readiness.sustain` then says how
+/// long that rate must stay over `shed_rate_max` before readiness reports it.
+const SHED_WINDOW: Duration = Duration::from_secs(10);
+
+/// Bytes to send on one connection. Write `head` then `body`; if `close` is set, shut the
+/// connection down after writing and report it with `handle_closed`. Every transmit with
+/// bytes holds an egress permit until `handle_written` reports it.
+#[derive(Clone, Debug)]
+pub struct Transmit {
+    pub conn: ConnId,
+    pub head: Bytes,
+    pub body: Bytes,
+    pub close: bool,
+}
+
+impl Transmit {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a local `publish` was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("egress is over its high watermark (writes fail first)")]
+    Busy,
+    #[error("the node is draining")]
+    NotReady,
+    #[error("topic must be 1..=255 bytes")]
+    Topic,
+    #[error("message body exceeds limits.max_body_bytes")]
+    TooLarge,
+}
+
+/// Why a HELLO is refused: the reject reason, the handshake-failure label (if the
+/// refusal has one), a detail for logs, and the `retry_after` to advertise.
+struct HelloRefusal {
+    reason: RejectReason,
+    label: Option<HandshakeFailure>,
+    why: &'static str,
+    retry_after: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Probes {
+    listeners_bound: bool,
+    metrics_bound: bool,
+    cfg_loaded: bool,
+    fd_headroom: bool,
+    pq_ready: Option<bool>,
+    tor_bootstrap: Option<bool>,
+}
+
+pub struct Overlay {
+    cfg: Config,
+    node_id: String,
+    metrics: Metrics,
+    rng: ChaCha8Rng,
+    next_conn: u64,
+    sessions: BTreeMap<ConnId, Session>,
+    /// Established peers and clients, in establishment order (fanout draws from these).
+    peers: Vec<ConnId>,
+    clients: Vec<ConnId>,
+    drr: Drr<ConnId>,
+    /// Sessions with control frames or a close to hand out.
+    ctrl_ready: VecDeque<ConnId>,
+    permits: Permits,
+    seen: SeenCache,
+    handshakes: TokenBucket,
+    /// Arena for frame heads: many small heads share one allocation.
+    scratch: BytesMut,
+    events: VecDeque<Event>,
+    stats: Stats,
+    probes: Probes,
+    queues_bad: Sustained,
+    shed_bad: Sustained,
+    shed_window: RateWindow,
+    queues_ok: bool,
+    shed_rate_ok: bool,
+    last_ready: Option<(ReadyState, Vec<&'static str>)>,
+    next_tick: Time,
+    draining: bool,
+    local_delivery: bool,
+    ingress_depth: usize,
+    over_watermark: usize,
+    fanout_buf: Vec<ConnId>,
+}
+
+impl Overlay {
+    /// A node with `cfg` (already validated), its metric handles and an RNG seed.
+    pub fn new(cfg: Config, metrics: Metrics, seed: u64, now: Time) -> Overlay {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let hasher = KeyedHasher::new(rng.next_u64(), rng.next_u64());
+        let g = &cfg.overlay.gossip;
+        let quantum = g.chunk_bytes + HEADER_LEN + 18 + 255;
+        let sustain = cfg.readiness.sustain;
+        let probes = Probes {
+            pq_ready: (cfg.overlay.pq_mode == PqModeConfig::Hybrid).then_some(false),
+            ..Probes::default()
+        };
+        let node = Overlay {
+            node_id: cfg.node_id(),
+            metrics,
+            rng,
+            next_conn: 1,
+            sessions: BTreeMap::new(),
+            peers: Vec::new(),
+            clients: Vec::new(),
+            drr: Drr::new(quantum, g.burst_budget_frames),
+            ctrl_ready: VecDeque::new(),
+            permits: Permits::new(g.egress_permits),
+            seen: SeenCache::new(g.seen_cache_size, g.seen_ttl, hasher),
+            handshakes: TokenBucket::new(
+                cfg.overlay.handshake_rate,
+                cfg.overlay.handshake_burst,
+                now,
+            ),
+            scratch: BytesMut::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            probes,
+            queues_bad: Sustained::new(sustain),
+            shed_bad: Sustained::new(sustain),
+            shed_window: RateWindow::new(SHED_WINDOW),
+            queues_ok: true,
+            shed_rate_ok: true,
+            last_ready: None,
+            next_tick: now,
+            draining: false,
+            local_delivery: false,
+            ingress_depth: 0,
+            over_watermark: 0,
+            fanout_buf: Vec::new(),
+            cfg,
+        };
+        node.update_gauges();
+        node
+    }
+
+    // ----- getters -------------------------------------------------------------------
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// The balance of counts now, with frames still held in partial streams.
+    pub fn balance(&self) -> Balance {
+        Balance {
+            stats: self.stats.clone(),
+            pending: self
+                .sessions
+                .values()
+                .map(|s| s.reasm.partial_frames())
+                .sum(),
+        }
+    }
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+    pub fn established(&self) -> usize {
+        self.peers.len() + self.clients.len()
+    }
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+    pub fn session(&self, conn: ConnId) -> Option<&Session> {
+        self.sessions.get(&conn)
+    }
+    pub fn permits(&self) -> &Permits {
+        &self.permits
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+    /// Draining and nothing left to write: the runtime may exit.
+    pub fn is_drained(&self) -> bool {
+        self.draining
+            && self
+                .sessions
+                .values()
+                .all(|s| s.egress.is_empty() && s.in_flight == 0)
+    }
+    pub fn has_seen(&self, id: &MsgId, now: Time) -> bool {
+        self.seen.contains(id, now)
+    }
+
+    /// The readiness keys as they stand.
+    pub fn readiness(&self) -> ReadyView {
+        ReadyView {
+            listeners_bound: self.probes.listeners_bound,
+            metrics_bound: self.probes.metrics_bound,
+            cfg_loaded: self.probes.cfg_loaded,
+            pq_ready: self.probes.pq_ready,
+            tor_bootstrap: self.probes.tor_bootstrap,
+            queues_ok: self.queues_ok,
+            shed_rate_ok: self.shed_rate_ok,
+            fd_headroom: self.probes.fd_headroom,
+            draining: self.draining,
+        }
+    }
+
+    // ----- inputs from the runtime ---------------------------------------------------
+
+    /// A fact only the runtime can see (listener bound, config loaded, fd headroom...).
+    pub fn set_probe(&mut self, now: Time, probe: Probe, ok: bool) {
+        self.set_probes(now, &[(probe, ok)]);
+    }
+
+    /// Several facts at once, so readiness moves once (no intermediate states reported).
+    pub fn set_probes(&mut self, now: Time, facts: &[(Probe, bool)]) {
+        for &(probe, ok) in facts {
+            self.apply_probe(probe, ok);
+        }
+        self.refresh_readiness(now);
+    }
+
+    fn apply_probe(&mut self, probe: Probe, ok: bool) {
+        let p = &mut self.probes;
+        match probe {
+            Probe::ListenersBound => p.listeners_bound = ok,
+            Probe::MetricsBound => p.metrics_bound = ok,
+            Probe::CfgLoaded => p.cfg_loaded = ok,
+            Probe::FdHeadroom => p.fd_headroom = ok,
+            Probe::PqReady => {
+                if p.pq_ready.is_some() {
+                    p.pq_ready = Some(ok)
+                }
+            }
+            Probe::TorBootstrap => p.tor_bootstrap = Some(ok),
+        }
+    }
+
+    /// Read chunks waiting between the socket readers and this node (the `ingress` queue).
+    pub fn set_ingress_depth(&mut self, depth: usize) {
+        self.ingress_depth = depth;
+    }
+
+    /// Emit `Event::Message` for every new message (for embedders and simulators).
+    pub fn set_local_delivery(&mut self, on: bool) {
+        self.local_delivery = on;
+    }
+
+    /// Applies a new config; returns the keys whose change needs a restart (they keep
+    /// their old values until then).
+    pub fn reconfigure(&mut self, now: Time, mut cfg: Config) -> Vec<&'static str> {
+        let mut restart = Vec::new();
+        if cfg.overlay.listen != self.cfg.overlay.listen {
+            restart.push("overlay.listen");
+            cfg.overlay.listen = self.cfg.overlay.listen.clone();
+        }
+        if cfg.admin.listen != self.cfg.admin.listen {
+            restart.push("admin.listen");
+            cfg.admin.listen = self.cfg.admin.listen.clone();
+        }
+        if cfg.overlay.node_id != self.cfg.overlay.node_id {
+            restart.push("overlay.node_id");
+            cfg.overlay.node_id = self.cfg.overlay.node_id.clone();
+        }
+        if cfg.overlay.pq_mode != self.cfg.overlay.pq_mode {
+            restart.push("overlay.pq_mode");
+            cfg.overlay.pq_mode = self.cfg.overlay.pq_mode;
+        }
+        let g = &cfg.overlay.gossip;
+        self.drr = {
+            let mut d = Drr::new(g.chunk_bytes + HEADER_LEN + 18 + 255, g.burst_budget_frames);
+            for (id, s) in self.sessions.iter_mut() {
+                s.drr.queued = false;
+                if s.egress.gossip_frames() > 0 {
+                    d.activate(*id, &mut s.drr);
+                }
+            }
+            d
+        };
+        self.permits.set_capacity(g.egress_permits);
+        self.handshakes
+            .reconfigure(cfg.overlay.handshake_rate, cfg.overlay.handshake_burst);
+        self.queues_bad.set_sustain(cfg.readiness.sustain);
+        self.shed_bad.set_sustain(cfg.readiness.sustain);
+        let dl = decoder_limits(&cfg);
+        for s in self.sessions.values_mut() {
+            s.decoder.set_limits(dl);
+            s.rate
+                .reconfigure(cfg.overlay.peer.max_rps, cfg.overlay.peer.max_rps);
+        }
+        self.cfg = cfg;
+        self.refresh_readiness(now);
+        restart
+    }
+
+    /// A connection accepted on the listener; the dialer owes us a HELLO.
+    pub fn handle_accept(&mut self, now: Time) -> ConnId {
+        let id = self.new_session(now, true);
+        self.metrics.handshake_attempts.increment(1);
+        if self.sessions.len() > self.cfg.overlay.max_conns {
+            self.refuse_conn(now, id, RejectReason::Busy, "max_conns reached");
+        }
+        id
+    }
+
+    /// A connection we dialed is up: send HELLO as a `peer`.
+    pub fn handle_connected(&mut self, now: Time) -> ConnId {
+        let id = self.new_session(now, false);
+        self.metrics.handshake_attempts.increment(1);
+        let corr_id = self.rng.gen_range(1..u64::MAX);
+        let hello = Hello {
+            versions: vec![VERSION],
+            node: self.node_id.clone(),
+            role: Role::Peer,
+            max_frame: self.cfg.overlay.gossip.max_frame_bytes,
+            topics: vec![],
+            pq: (self.cfg.overlay.pq_mode == PqModeConfig::Hybrid).then(|| "hybrid".to_string()),
+            comp: false,
+        };
+        let mut f = Frame::new(
+            AppProto::HELLO,
+            Flags::REQ | Flags::START,
+            corr_id,
+            hello.to_json().into(),
+        );
+        if let Some(tok) = self.cfg.auth.tokens.first() {
+            f.cap = Bytes::copy_from_slice(tok.as_bytes());
+        }
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.phase = Phase::AwaitAnswer { corr_id };
+        }
+        self.send_ctrl(id, &f);
+        self.events.push_back(Event::HandshakeStarted {
+            conn: id,
+            corr_id,
+            inbound: false,
+        });
+        if self.sessions.len() > self.cfg.overlay.max_conns {
+            self.refuse_conn(now, id, RejectReason::Busy, "max_conns reached");
+        }
+        id
+    }
+
+    /// Bytes read from `conn`. Every complete frame is consumed from `buf`; an incomplete
+    /// one stays for the next call. After a frame error the connection is being closed and
+    /// the rest of `buf` is discarded.
+    pub fn handle_bytes(&mut self, now: Time, conn: ConnId, buf: &mut BytesMut) {
+        loop {
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                buf.clear();
+                return;
+            };
+            if s.phase == Phase::Closing {
+                buf.clear();
+                return;
+            }
+            match s.decoder.decode(buf) {
+                Ok(Some(frame)) => {
+                    s.last_rx = now;
+                    s.partial_since = (!buf.is_empty()).then_some(now);
+                    self.on_frame(now, conn, frame);
+                }
+                Ok(None) => {
+                    if buf.is_empty() {
+                        s.partial_since = None;
+                    } else if s.partial_since.is_none() {
+                        s.partial_since = Some(now);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.on_frame_error(now, conn, e);
+                    buf.clear();
+                    break;
+                }
+            }
+        }
+        self.debug_check_balance();
+    }
+
+    /// The writer of `conn` finished `frames` transmits: their permits come back.
+    pub fn handle_written(&mut self, now: Time, conn: ConnId, frames: usize) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let n = frames.min(s.in_flight);
+        s.in_flight -= n;
+        s.last_write = now;
+        self.permits.release(n);
+        if s.egress.gossip_frames() > 0 {
+            self.drr.activate(conn, &mut s.drr);
+        }
+    }
+
+    /// The connection is gone (peer closed, error, or our close completed).
+    pub fn handle_closed(&mut self, _now: Time, conn: ConnId) {
+        let Some(mut s) = self.sessions.remove(&conn) else {
+            return;
+        };
+        self.unlist(&s);
+        self.drr.remove(conn);
+        self.ctrl_ready.retain(|c| *c != conn);
+        self.permits.release(s.in_flight);
+        // Frames still queued, and frames handed to the writer but never reported written,
+        // did not reach the peer as far as the node can tell: counted, not forgotten.
+        let (ctrl, gossip) = s.egress.clear();
+        self.egress_drop(DropReason::Shed, (ctrl + gossip + s.in_flight) as u64);
+        let partial = s.reasm.clear();
+        self.rx_dropped(RxDrop::Closed, partial);
+        if s.over_watermark {
+            self.over_watermark -= 1;
+        }
+        let reason = s.close_reason.unwrap_or(CloseReason::PeerClosed);
+        self.events.push_back(Event::Closed { conn, reason });
+        self.update_gauges();
+    }
+
+    /// Timers: handshake, read, write and idle timeouts, keepalive, readiness sampling.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        self.seen.expire(now);
+        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.session_timers(now, id);
+        }
+        self.refresh_readiness(now);
+        self.update_gauges();
+        self.debug_check_balance();
+    }
+
+    /// Publishes a message from this node (embedders). Writes fail first: refused with
+    /// `Busy` while egress is over its high watermark.
+    pub fn publish(
+        &mut self,
+        now: Time,
+        topic: &str,
+        data: Bytes,
+        ttl: Option<u8>,
+    ) -> Result<MsgId, PublishError> {
+        if self.draining {
+            self.stats.refused[RejectReason::NotReady.index()] += 1;
+            self.metrics.reject(RejectReason::NotReady);
+            return Err(PublishError::NotReady);
+        }
+        if data.len() > self.cfg.limits.max_body_bytes {
+            return Err(PublishError::TooLarge);
+        }
+        let mut msg_id = [0u8; 16];
+        self.rng.fill_bytes(&mut msg_id);
+        let header = GossipHeader::new(
+            msg_id,
+            ttl.unwrap_or(self.cfg.overlay.gossip.default_ttl),
+            topic,
+        )
+        .map_err(|_| PublishError::Topic)?;
+        if self.over_watermark > 0 {
+            self.shed_window.record(now, true);
+            self.stats.refused[RejectReason::Busy.index()] += 1;
+            self.metrics.reject(RejectReason::Busy);
+            return Err(PublishError::Busy);
+        }
+        self.shed_window.record(now, false);
+        self.seen.insert(msg_id, now);
+        self.stats.published += 1;
+        self.stats.accepted_messages += 1;
+        let message = Message {
+            corr_id: 0,
+            tenant_id: 0,
+            header,
+            data,
+            ack_req: false,
+            frames: 0,
+        };
+        self.fan_out(None, &message);
+        if self.local_delivery {
+            self.events.push_back(Event::Message {
+                from: None,
+                message,
+            });
+        }
+        Ok(msg_id)
+    }
+
+    /// Starts draining for shutdown: readiness goes down first, every session is told
+    /// GOAWAY, new handshakes are refused `503 not_ready`, and sessions close as their
+    /// queues empty.
+    pub fn begin_drain(&mut self, now: Time) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        self.refresh_readiness(now);
+        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if self.sessions.get(&id).is_some_and(|s| s.is_established()) {
+                let f = Frame::new(AppProto::CTRL, Flags::EVENT, 0, Ctrl::Goaway.to_payload());
+                self.send_ctrl(id, &f);
+            }
+        }
+    }
+
+    /// The drain deadline passed: close every session now, counting what is still queued
+    /// as dropped (`timeout`).
+    pub fn shutdown(&mut self, now: Time) {
+        self.draining = true;
+        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                let (c, g) = s.egress.clear();
+                self.egress_drop(DropReason::Timeout, (c + g) as u64);
+            }
+            self.close(now, id, CloseReason::Shutdown, false);
+        }
+        self.refresh_readiness(now);
+    }
+
+    // ----- outputs -------------------------------------------------------------------
+
+    /// The next bytes to write, control frames first, then gossip by deficit round robin,
+    /// within the global egress permits and each session's send window.
+    pub fn poll_transmit(&mut self, _now: Time) -> Option<Transmit> {
+        if let Some(t) = self.next_ctrl() {
+            return Some(t);
+        }
+        self.next_gossip()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` wants to run next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        Some(self.next_tick)
+    }
+}
+
+fn decoder_limits(cfg: &Config) -> oap::Limits {
+    oap::Limits {
+        max_frame: cfg.overlay.gossip.max_frame_bytes,
+        max_body_bytes: cfg.limits.max_body_bytes,
+        decompress_ratio_cap: cfg.limits.decompress_ratio_cap,
+    }
+}
+
+fn frame_class(app_proto: u16) -> FrameClass {
+    match AppProto::from_u16(app_proto) {
+        AppProto::Hello | AppProto::Ctrl => FrameClass::Ctrl,
+        AppProto::Gossip => FrameClass::Gossip,
+        AppProto::Other(_) => FrameClass::Other,
+    }
+}
+
+fn error_resp(
+    app_proto: u16,
+    corr_id: u64,
+    code: u16,
+    error: &str,
+    retry_after: Option<u64>,
+) -> Frame {
+    let body = HelloError {
+        error: error.to_string(),
+        retry_after,
+    };
+    let mut payload = BytesMut::new();
+    payload.put_slice(&body.to_json());
+    Frame::resp(app_proto, corr_id, code, payload.freeze())
+}

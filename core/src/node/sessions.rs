@@ -1,0 +1,62 @@
+//! Session lifecycle: creation and the start of a close.
+
+use super::*;
+
+impl Overlay {
+    pub(super) fn new_session(&mut self, now: Time, inbound: bool) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let cfg = &self.cfg;
+        let s = Session::new(
+            id,
+            inbound,
+            now,
+            Decoder::new(decoder_limits(cfg)),
+            Reassembler::new(StreamLimits {
+                max_body_bytes: cfg.limits.max_body_bytes,
+                max_streams: cfg.overlay.gossip.max_partial_streams,
+                max_buffered_bytes: cfg.overlay.gossip.max_partial_bytes,
+            }),
+            TokenBucket::new(cfg.overlay.peer.max_rps, cfg.overlay.peer.max_rps, now),
+            cfg.overlay.gossip.chunk_bytes,
+            cfg.overlay.gossip.max_frame_bytes,
+        );
+        self.sessions.insert(id, s);
+        id
+    }
+
+    /// Starts closing a session: it leaves the fanout at once, its partial streams are
+    /// dropped, and its queue drains (or is dropped, for errors) before the close goes out.
+    pub(super) fn close(&mut self, _now: Time, id: ConnId, reason: CloseReason, drop_gossip: bool) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.phase == Phase::Closing {
+            return;
+        }
+        let was_established = s.is_established();
+        s.phase = Phase::Closing;
+        s.close_reason = Some(reason);
+        let mut dropped = 0;
+        if drop_gossip {
+            dropped = s.egress.gossip_frames();
+            while s.egress.pop_gossip().is_some() {}
+        }
+        let partial = s.reasm.clear();
+        s.egress.mark_close();
+        self.egress_drop(DropReason::Shed, dropped as u64);
+        if was_established {
+            self.peers.retain(|p| *p != id);
+            self.clients.retain(|c| *c != id);
+            self.metrics.sessions_active.set(self.established() as f64);
+        }
+        self.rx_dropped(RxDrop::Closed, partial);
+        self.mark_ctrl_ready(id);
+        self.recheck_watermark(id);
+    }
+
+    pub(super) fn unlist(&mut self, s: &Session) {
+        self.peers.retain(|p| *p != s.id);
+        self.clients.retain(|c| *c != s.id);
+    }
+}
