@@ -82,19 +82,13 @@ impl Overlay {
         };
         if !s.rate.try_take(now) {
             let retry = s.rate.retry_after_secs();
-            self.count_rejected(RejectReason::Ratelimit, frames);
-            self.events.push_back(Event::Rejected {
+            return self.refuse_message(
                 conn,
-                reason: RejectReason::Ratelimit,
-                corr_id: m.corr_id,
-                app_proto: AppProto::GOSSIP,
-                frames,
-                detail: "overlay.peer.max_rps exceeded".into(),
-            });
-            if m.ack_req {
-                self.ack(conn, m.corr_id, 429, Some(("ratelimit", retry)));
-            }
-            return;
+                &m,
+                RejectReason::Ratelimit,
+                retry,
+                "overlay.peer.max_rps exceeded",
+            );
         }
         if self.seen.contains(&m.header.msg_id, now) {
             self.outcome(Outcome::Duplicate, frames);
@@ -106,18 +100,14 @@ impl Overlay {
         if m.ack_req && self.over_watermark > 0 {
             // Writes fail first: the writer hears 503 before relayed traffic is shed.
             self.shed_window.record(now, true);
-            self.count_rejected(RejectReason::Busy, frames);
-            self.events.push_back(Event::Rejected {
-                conn,
-                reason: RejectReason::Busy,
-                corr_id: m.corr_id,
-                app_proto: AppProto::GOSSIP,
-                frames,
-                detail: "egress over its high watermark".into(),
-            });
             let retry = self.cfg.readiness.retry_after;
-            self.ack(conn, m.corr_id, 503, Some(("busy", retry)));
-            return;
+            return self.refuse_message(
+                conn,
+                &m,
+                RejectReason::Busy,
+                retry,
+                "egress over its high watermark",
+            );
         }
         self.shed_window.record(now, false);
         self.seen.insert_new(m.header.msg_id, now);
@@ -137,6 +127,36 @@ impl Overlay {
                 from: Some(conn),
                 message: m,
             });
+        }
+    }
+
+    /// Refuses a whole message without ending the session: its frames are counted under
+    /// `reason`, and a writer that asked for an ack hears the reason's status.
+    pub(super) fn refuse_message(
+        &mut self,
+        conn: ConnId,
+        m: &Message,
+        reason: RejectReason,
+        retry_after: u64,
+        why: &str,
+    ) {
+        let frames = m.frames as u64;
+        self.count_rejected(reason, frames);
+        self.events.push_back(Event::Rejected {
+            conn,
+            reason,
+            corr_id: m.corr_id,
+            app_proto: AppProto::GOSSIP,
+            frames,
+            detail: why.to_string(),
+        });
+        if m.ack_req {
+            self.ack(
+                conn,
+                m.corr_id,
+                reason.status(),
+                Some((reason.as_str(), retry_after)),
+            );
         }
     }
 

@@ -446,14 +446,14 @@ pub fn enabled(spec: &MetricSpec, features: &[&str]) -> bool {
 }
 
 impl RejectReason {
-    pub const VALUES: &'static [&'static str] = &[
-        "oversize",
-        "ratio_cap",
-        "proto",
-        "timeout",
-        "busy",
-        "unauth",
-        "ratelimit",
-        "not_ready",
-    ];
+    /// The label values, derived from the enum so the two cannot drift apart.
+    pub const VALUES: &'static [&'static str] = &{
+        let mut v = [""; RejectReason::ALL.len()];
+        let mut i = 0;
+        while i < v.len() {
+            v[i] = RejectReason::ALL[i].as_str();
+            i += 1;
+        }
+        v
+    };
 }
