@@ -80,11 +80,12 @@ impl EgressQueue {
         was
     }
 
-    /// Fill against the bounds: the larger of frames and bytes, 0.0 to 1.0.
+    /// Fill against the bounds: the larger of frames and bytes, 0.0 to 1.0. A queue over a
+    /// bound (the bounds shrank under it on a reload) is full, not "2.7 full".
     pub fn fill(&self, max_frames: usize, max_bytes: usize) -> f64 {
         let f = self.gossip.len() as f64 / max_frames.max(1) as f64;
         let b = self.gossip_bytes as f64 / max_bytes.max(1) as f64;
-        f.max(b)
+        f.max(b).min(1.0)
     }
 
     pub fn push_ctrl(&mut self, f: OutFrame) {
@@ -145,7 +146,7 @@ impl Permits {
         self.in_use
     }
     pub fn available(&self) -> usize {
-        self.capacity - self.in_use
+        self.capacity.saturating_sub(self.in_use)
     }
     fn reserve(&self) -> usize {
         (self.capacity / 8).max(1).min(self.capacity - 1)
@@ -160,14 +161,21 @@ impl Permits {
         debug_assert!(self.in_use < self.capacity);
         self.in_use += 1;
     }
+    /// The most permits one session may hold while `others` other sessions hold some:
+    /// never more than its send window, and always room left for one more session, so a
+    /// session that stops reading (whatever it asks for: gossip, PONGs, acks) cannot take
+    /// the permits every other session needs.
+    pub fn share(&self, window: usize, others: usize) -> usize {
+        (self.capacity / others.saturating_add(2)).clamp(1, window.max(1))
+    }
     pub fn release(&mut self, n: usize) {
         debug_assert!(n <= self.in_use);
         self.in_use -= n.min(self.in_use);
     }
     pub fn set_capacity(&mut self, capacity: usize) {
         // Shrinking below what is in use is allowed: nothing new is handed out until
-        // enough is released.
-        self.capacity = capacity.max(1).max(self.in_use);
+        // enough is released, and then the new capacity holds.
+        self.capacity = capacity.max(1);
     }
 }
 
@@ -338,8 +346,28 @@ mod tests {
         p.release(16);
         assert_eq!(p.available(), 16);
         p.acquire();
-        p.set_capacity(0);
-        assert_eq!(p.capacity(), 1, "never below what is in use");
+        p.acquire();
+        p.set_capacity(1);
+        assert_eq!(p.capacity(), 1, "a shrink takes effect");
+        assert_eq!(p.available(), 0);
+        assert!(!p.can_ctrl(), "nothing handed out over the new capacity");
+        p.release(1);
+        assert!(!p.can_ctrl());
+        p.release(1);
+        assert!(p.can_ctrl(), "usable again once enough is released");
+    }
+
+    #[test]
+    fn a_share_leaves_room_for_another_session() {
+        let p = Permits::new(8);
+        assert_eq!(p.share(16, 0), 4, "alone: half");
+        assert_eq!(p.share(16, 1), 2);
+        assert_eq!(p.share(16, 100), 1, "never zero");
+        assert_eq!(
+            Permits::new(4096).share(16, 10),
+            16,
+            "the send window caps it"
+        );
     }
 
     #[test]
@@ -348,6 +376,7 @@ mod tests {
         q.push_message(vec![frame(100), frame(100)]);
         assert_eq!(q.fill(4, 10_000), 0.5);
         assert_eq!(q.fill(100, 400), 0.5);
+        assert_eq!(q.fill(1, 10), 1.0, "over a shrunk bound is full");
         q.mark_close();
         assert!(q.take_close());
         q.mark_close();

@@ -34,19 +34,25 @@ impl ReadyState {
     }
 }
 
-/// A condition that only counts once it has held for `sustain`; it clears the moment it
-/// stops holding (readiness never stays red to look stable, nor green to avoid flapping).
+/// Pressure that counts once it has lasted `sustain`, where dips shorter than `grace` do
+/// not end it: a queue that keeps touching its watermark, or refusals that keep coming, are
+/// sustained even if each sample in between looks fine. It clears once `grace` passes with
+/// none, so readiness recovers within about a second of the pressure ending.
 #[derive(Clone, Debug)]
 pub struct Sustained {
     sustain: Duration,
+    grace: Duration,
     since: Option<Time>,
+    last_bad: Option<Time>,
 }
 
 impl Sustained {
-    pub fn new(sustain: Duration) -> Sustained {
+    pub fn new(sustain: Duration, grace: Duration) -> Sustained {
         Sustained {
             sustain,
+            grace,
             since: None,
+            last_bad: None,
         }
     }
 
@@ -56,12 +62,18 @@ impl Sustained {
 
     /// Records whether the bad condition holds now; returns whether it has been sustained.
     pub fn observe(&mut self, now: Time, bad: bool) -> bool {
-        if !bad {
+        let gap_over =
+            |last: Option<Time>| last.map_or(true, |l| now.saturating_since(l) >= self.grace);
+        if bad {
+            if self.since.is_none() || gap_over(self.last_bad) {
+                self.since = Some(now);
+            }
+            self.last_bad = Some(now);
+        } else if gap_over(self.last_bad) {
             self.since = None;
-            return false;
         }
-        let since = *self.since.get_or_insert(now);
-        now.saturating_since(since) >= self.sustain
+        self.since
+            .is_some_and(|s| now.saturating_since(s) >= self.sustain)
     }
 
     /// When the condition, if it keeps holding, becomes sustained.
@@ -253,18 +265,29 @@ mod tests {
     }
 
     #[test]
-    fn sustained_needs_the_whole_window_and_clears_at_once() {
-        let mut s = Sustained::new(Duration::from_secs(30));
-        let t = |s: u64| Time::from_millis(s * 1000);
+    fn sustained_needs_the_whole_window_rides_out_dips_and_clears_after_grace() {
+        let mut s = Sustained::new(Duration::from_secs(30), Duration::from_secs(1));
+        let t = Time::from_millis;
         assert!(!s.observe(t(0), true));
-        assert!(!s.observe(t(29), true));
-        assert_eq!(s.deadline(), Some(t(30)));
-        assert!(s.observe(t(30), true));
+        // Under the watermark for half of every second: still one episode.
+        for ms in (250..30_000).step_by(250) {
+            assert!(
+                !s.observe(t(ms), (ms / 500) % 2 == 0),
+                "not before 30 s ({ms})"
+            );
+        }
+        assert_eq!(s.deadline(), Some(t(30_000)));
+        assert!(s.observe(t(30_000), true), "sustained despite the dips");
         assert!(
-            !s.observe(t(31), false),
-            "clears the moment the condition stops"
+            s.observe(t(30_500), false),
+            "a dip shorter than grace keeps it"
         );
-        assert!(!s.observe(t(32), true), "and starts over");
+        assert!(
+            !s.observe(t(31_000), false),
+            "clears once grace passes with none"
+        );
+        assert!(!s.observe(t(31_250), true), "and starts over");
+        assert_eq!(s.deadline(), Some(t(61_250)));
     }
 
     #[test]

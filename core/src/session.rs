@@ -1,12 +1,14 @@
 //! One connection's state: where it is in the handshake, what it has told us, and the
 //! bounds that apply to it.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use crate::egress::{DrrSlot, EgressQueue};
 use crate::limiter::TokenBucket;
 use crate::oap::{Decoder, Reassembler, Role};
-use crate::observe::PeerBucket;
+use crate::observe::{FrameClass, PeerBucket};
 use crate::time::Time;
 
 /// A connection, as numbered by the node. Never reused within a node's life.
@@ -59,6 +61,15 @@ impl CloseReason {
     }
 }
 
+/// A frame the writer has and has not yet reported written.
+#[derive(Clone, Copy, Debug)]
+pub struct Unwritten {
+    pub class: FrameClass,
+    pub len: usize,
+    /// Gossip chunk bytes in it, for `overlay_chunk_bytes`.
+    pub chunk: Option<usize>,
+}
+
 #[derive(Debug)]
 pub struct Session {
     pub id: ConnId,
@@ -75,8 +86,9 @@ pub struct Session {
     pub rate: TokenBucket,
     pub egress: EgressQueue,
     pub drr: DrrSlot,
-    /// Frames handed to the writer and not yet reported written.
-    pub in_flight: usize,
+    /// Frames handed to the writer and not yet reported written, oldest first: they count
+    /// as transmitted only once the writer says so.
+    pub unwritten: VecDeque<Unwritten>,
     pub last_rx: Time,
     /// Last time the writer made progress (or the session had nothing in flight).
     pub last_write: Time,
@@ -124,7 +136,7 @@ impl Session {
             rate,
             egress: EgressQueue::default(),
             drr: DrrSlot::default(),
-            in_flight: 0,
+            unwritten: VecDeque::new(),
             last_rx: now,
             last_write: now,
             partial_since: None,
@@ -139,6 +151,11 @@ impl Session {
             ctrl_queued: false,
             close_reason: None,
         }
+    }
+
+    /// Frames handed to the writer and not yet reported written (each holds a permit).
+    pub fn in_flight(&self) -> usize {
+        self.unwritten.len()
     }
 
     pub fn is_established(&self) -> bool {

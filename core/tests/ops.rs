@@ -74,7 +74,7 @@ fn check_bounds(net: &Net) {
                 assert!(s.reasm.partial_streams() <= cfg.overlay.gossip.max_partial_streams);
                 assert!(s.reasm.buffered_bytes() <= cfg.overlay.gossip.max_partial_bytes);
                 assert!(
-                    s.in_flight
+                    s.in_flight()
                         <= cfg.overlay.peer.send_window_frames + s.egress.ctrl_frames() + 64
                 );
             }

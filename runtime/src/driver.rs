@@ -852,7 +852,7 @@ impl<N: Net> Driver<N> {
             .conns
             .keys()
             .filter_map(|c| self.overlay.session(*c))
-            .map(|s| s.in_flight as u64)
+            .map(|s| s.in_flight() as u64)
             .sum();
         // Give the logger a moment to write the last events (closes) before it is
         // aborted with the other tasks; bounded, since a subscriber may never read.

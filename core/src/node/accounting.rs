@@ -40,6 +40,12 @@ impl Overlay {
         {
             let b = self.balance();
             debug_assert!(b.holds(), "balance of counts broken: {b}");
+            let partial: usize = self
+                .sessions
+                .values()
+                .map(|s| s.reasm.buffered_bytes())
+                .sum();
+            debug_assert_eq!(partial, self.partial_bytes, "running partial total drifted");
         }
     }
 }

@@ -22,18 +22,18 @@ impl Overlay {
         }
         let app_proto = frame.app_proto;
         let tenant = frame.tenant_id;
-        match s.reasm.push(frame) {
+        let before = s.reasm.buffered_bytes();
+        let pushed = s.reasm.push(frame);
+        // A running total, not a sum over sessions per chunk: that sum is CPU a peer could
+        // multiply by opening sessions.
+        self.partial_bytes = self.partial_bytes - before + s.reasm.buffered_bytes();
+        match pushed {
             Ok(None) => {
                 s.stream_progress = now;
                 let held = s.reasm.partial_frames();
                 let over_session = held as usize > self.cfg.overlay.peer.inflight_frames;
                 let over_node = !over_session
-                    && self
-                        .sessions
-                        .values()
-                        .map(|s| s.reasm.buffered_bytes())
-                        .sum::<usize>()
-                        > self.cfg.overlay.gossip.max_partial_bytes_total;
+                    && self.partial_bytes > self.cfg.overlay.gossip.max_partial_bytes_total;
                 if over_session || over_node {
                     // Either bound is the sender's to respect: more frames held than a
                     // session may have in flight, or more partial bytes than the whole node
@@ -49,7 +49,7 @@ impl Overlay {
                             "partial streams over overlay.gossip.max_partial_bytes_total",
                         )
                     };
-                    let held = self.sessions.get_mut(&conn).map_or(0, |s| s.reasm.clear());
+                    let held = self.clear_partials(conn);
                     let f = Frame {
                         app_proto,
                         tenant_id: tenant,
@@ -75,7 +75,7 @@ impl Overlay {
         }
     }
 
-    pub(super) fn on_message(&mut self, now: Time, conn: ConnId, m: Message) {
+    pub(super) fn on_message(&mut self, now: Time, conn: ConnId, mut m: Message) {
         let frames = m.frames as u64;
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
@@ -97,22 +97,35 @@ impl Overlay {
             }
             return;
         }
-        if m.ack_req && self.over_watermark > 0 {
-            // Writes fail first: the writer hears 503 before relayed traffic is shed.
-            self.shed_window.record(now, true);
-            let retry = self.cfg.readiness.retry_after;
-            return self.refuse_message(
-                conn,
-                &m,
-                RejectReason::Busy,
-                retry,
-                "egress over its high watermark",
-            );
+        self.plan(Some(conn), &m.header);
+        if m.ack_req {
+            // Writes fail first: the writer hears 503 before relayed traffic is shed, but
+            // only when a session this message would go to is under pressure: one slow
+            // consumer must not refuse writes that would never reach it.
+            let busy = self.plan_pressured();
+            self.shed_window.record(now, busy);
+            if busy {
+                let retry = self.cfg.readiness.retry_after;
+                return self.refuse_message(
+                    conn,
+                    &m,
+                    RejectReason::Busy,
+                    retry,
+                    "a destination's egress is over its high watermark",
+                );
+            }
         }
-        self.shed_window.record(now, false);
         self.seen.insert_new(m.header.msg_id, now);
         self.stats.accepted_messages += 1;
-        let (relayed, delivered, refusal) = self.fan_out(Some(conn), &m);
+        if m.frames == 1 {
+            // A one-frame message is a slice of the read buffer. Kept in a queue it would
+            // pin that whole allocation (say, a 1 MiB PING read in the same write) while the
+            // bounds count only its own bytes; one exact copy, shared by every destination,
+            // makes what the bounds count what the node holds. Reassembled messages are
+            // exact already.
+            m.data = Bytes::copy_from_slice(&m.data);
+        }
+        let (relayed, delivered, refusal) = self.deliver_plan(&m);
         match (relayed, delivered, refusal) {
             (true, _, _) => self.outcome(Outcome::Relayed, frames),
             (false, true, _) | (false, false, None) => self.outcome(Outcome::Delivered, frames),
@@ -160,21 +173,47 @@ impl Overlay {
         }
     }
 
-    /// Sends a new message to every matching client and up to `relay_fanout` peers.
-    /// Returns (relayed to a peer, delivered to a client, first refusal met).
-    pub(super) fn fan_out(
-        &mut self,
-        from: Option<ConnId>,
-        m: &Message,
-    ) -> (bool, bool, Option<Refusal>) {
+    /// Decides where a new message goes: the clients whose topics match, and the relay
+    /// sample (drawn now, so that writes-fail-first looks at exactly the sessions that would
+    /// receive it). Kept in buffers reused across messages: no allocation per message.
+    pub(super) fn plan(&mut self, from: Option<ConnId>, header: &GossipHeader) {
+        let mut clients = std::mem::take(&mut self.plan_clients);
+        clients.clear();
+        clients.extend(self.clients.iter().copied().filter(|c| {
+            Some(*c) != from && self.sessions.get(c).is_some_and(|s| s.wants(&header.topic))
+        }));
+        self.plan_clients = clients;
+        let mut candidates = std::mem::take(&mut self.fanout_buf);
+        candidates.clear();
+        let mut k = 0;
+        if header.ttl > 0 {
+            candidates.extend(self.peers.iter().copied().filter(|p| Some(*p) != from));
+            k = self.cfg.overlay.gossip.relay_fanout.min(candidates.len());
+            // Partial Fisher-Yates: the first k are a uniform sample.
+            for i in 0..k {
+                let j = self.rng.gen_range(i..candidates.len());
+                candidates.swap(i, j);
+            }
+        }
+        candidates.truncate(k);
+        self.fanout_buf = candidates;
+    }
+
+    /// Whether a session the planned message would go to is over its high watermark:
+    /// a write is refused only for the pressure it would itself run into.
+    pub(super) fn plan_pressured(&self) -> bool {
+        self.plan_clients
+            .iter()
+            .chain(self.fanout_buf.iter())
+            .any(|c| self.sessions.get(c).is_some_and(|s| s.over_watermark))
+    }
+
+    /// Admits the planned message to each destination's queue.
+    pub(super) fn deliver_plan(&mut self, m: &Message) -> (bool, bool, Option<Refusal>) {
         let mut refusal = None;
         let mut delivered = false;
-        let topic = m.header.topic.clone();
-        for i in 0..self.clients.len() {
-            let c = self.clients[i];
-            if Some(c) == from || !self.sessions.get(&c).is_some_and(|s| s.wants(&topic)) {
-                continue;
-            }
+        let clients = std::mem::take(&mut self.plan_clients);
+        for &c in &clients {
             match self.enqueue_message(c, &m.header, m.tenant_id, &m.data, false) {
                 Ok(()) => delivered = true,
                 Err(r) => {
@@ -182,22 +221,13 @@ impl Overlay {
                 }
             }
         }
+        self.plan_clients = clients;
         let mut relayed = false;
         if m.header.ttl > 0 {
-            let fanout = self.cfg.overlay.gossip.relay_fanout;
-            // A buffer kept across messages: no allocation per fanout.
-            let mut candidates = std::mem::take(&mut self.fanout_buf);
-            candidates.clear();
-            candidates.extend(self.peers.iter().copied().filter(|p| Some(*p) != from));
-            let k = fanout.min(candidates.len());
-            // Partial Fisher-Yates: the first k are a uniform sample.
-            for i in 0..k {
-                let j = self.rng.gen_range(i..candidates.len());
-                candidates.swap(i, j);
-            }
-            self.metrics.fanout.set(k as f64);
+            let peers = std::mem::take(&mut self.fanout_buf);
+            self.metrics.fanout.set(peers.len() as f64);
             let header = m.header.with_ttl(m.header.ttl - 1);
-            for &p in &candidates[..k] {
+            for &p in &peers {
                 match self.enqueue_message(p, &header, m.tenant_id, &m.data, true) {
                     Ok(()) => relayed = true,
                     Err(r) => {
@@ -205,7 +235,7 @@ impl Overlay {
                     }
                 }
             }
-            self.fanout_buf = candidates;
+            self.fanout_buf = peers;
         }
         (relayed, delivered, refusal)
     }
@@ -296,6 +326,7 @@ impl Overlay {
             s.over_watermark = over;
             if over {
                 self.over_watermark += 1;
+                self.pressure_seen = true;
             } else {
                 self.over_watermark -= 1;
             }

@@ -39,7 +39,7 @@ use crate::observe::{
 use crate::ready::{Probe, RateWindow, ReadyState, ReadyView, Sustained};
 use crate::reason::RejectReason;
 use crate::seen::{KeyedHasher, SeenCache};
-use crate::session::{CloseReason, ConnId, Phase, Session};
+use crate::session::{CloseReason, ConnId, Phase, Session, Unwritten};
 use crate::stats::{Balance, Stats};
 use crate::time::Time;
 
@@ -47,9 +47,14 @@ use crate::time::Time;
 /// checked at this granularity.
 pub const TICK: Duration = Duration::from_millis(250);
 
-/// Trailing window over which the shed rate is measured; `readiness.sustain` then says how
-/// long that rate must stay over `shed_rate_max` before readiness reports it.
-const SHED_WINDOW: Duration = Duration::from_secs(10);
+/// Trailing window over which the shed rate (busy answers over the writes that could have
+/// heard one) is measured; `readiness.sustain` then says how long it must keep going over
+/// `shed_rate_max` before readiness reports it.
+const SHED_WINDOW: Duration = Duration::from_secs(2);
+
+/// How long pressure must be absent before readiness forgets it: dips shorter than this do
+/// not restart the sustain window, and recovery follows the end of pressure by about this.
+const PRESSURE_GRACE: Duration = Duration::from_secs(1);
 
 /// Bytes to send on one connection. Write `head` then `body`; if `close` is set, shut the
 /// connection down after writing and report it with `handle_closed`. Every transmit with
@@ -117,6 +122,10 @@ pub struct Overlay {
     /// Sessions with control frames or a close to hand out.
     ctrl_ready: VecDeque<ConnId>,
     permits: Permits,
+    /// Sessions holding at least one permit (for each session's fair share).
+    holders: usize,
+    /// Bytes held in every session's partial streams (`max_partial_bytes_total`).
+    partial_bytes: usize,
     seen: SeenCache,
     handshakes: TokenBucket,
     /// Arena for frame heads: many small heads share one allocation.
@@ -126,6 +135,8 @@ pub struct Overlay {
     probes: Probes,
     queues_bad: Sustained,
     shed_bad: Sustained,
+    /// A session went over its watermark since the last tick (however briefly).
+    pressure_seen: bool,
     shed_window: RateWindow,
     queues_ok: bool,
     shed_rate_ok: bool,
@@ -135,7 +146,9 @@ pub struct Overlay {
     local_delivery: bool,
     ingress_depth: usize,
     over_watermark: usize,
+    /// The planned destinations of the message being handled (see `gossip::plan`).
     fanout_buf: Vec<ConnId>,
+    plan_clients: Vec<ConnId>,
 }
 
 impl Overlay {
@@ -161,6 +174,8 @@ impl Overlay {
             drr: Drr::new(quantum, g.burst_budget_frames),
             ctrl_ready: VecDeque::new(),
             permits: Permits::new(g.egress_permits),
+            holders: 0,
+            partial_bytes: 0,
             seen: SeenCache::new(g.seen_cache_size, g.seen_ttl, hasher),
             handshakes: TokenBucket::new(
                 cfg.overlay.handshake_rate,
@@ -171,8 +186,9 @@ impl Overlay {
             events: VecDeque::new(),
             stats: Stats::default(),
             probes,
-            queues_bad: Sustained::new(sustain),
-            shed_bad: Sustained::new(sustain),
+            queues_bad: Sustained::new(sustain, PRESSURE_GRACE),
+            shed_bad: Sustained::new(sustain, PRESSURE_GRACE),
+            pressure_seen: false,
             shed_window: RateWindow::new(SHED_WINDOW),
             queues_ok: true,
             shed_rate_ok: true,
@@ -183,6 +199,7 @@ impl Overlay {
             ingress_depth: 0,
             over_watermark: 0,
             fanout_buf: Vec::new(),
+            plan_clients: Vec::new(),
             cfg,
         };
         node.update_gauges();
@@ -238,7 +255,7 @@ impl Overlay {
             && self
                 .sessions
                 .values()
-                .all(|s| s.egress.is_empty() && s.in_flight == 0)
+                .all(|s| s.egress.is_empty() && s.in_flight() == 0)
     }
     pub fn has_seen(&self, id: &MsgId, now: Time) -> bool {
         self.seen.contains(id, now)
@@ -343,7 +360,14 @@ impl Overlay {
                 .reconfigure(cfg.overlay.peer.max_rps, cfg.overlay.peer.max_rps);
         }
         self.cfg = cfg;
+        // New bounds move every session's fill: writes refused under the old watermark
+        // must be accepted the moment the new bounds allow them.
+        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.recheck_watermark(id);
+        }
         self.refresh_readiness(now);
+        self.update_gauges();
         restart
     }
 
@@ -437,12 +461,16 @@ impl Overlay {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        let n = frames.min(s.in_flight);
-        s.in_flight -= n;
         s.last_write = now;
-        self.permits.release(n);
+        self.count_written(conn, frames);
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
         if s.egress.gossip_frames() > 0 {
             self.drr.activate(conn, &mut s.drr);
+        }
+        if s.egress.ctrl_frames() > 0 || s.egress.close_pending() {
+            self.mark_ctrl_ready(conn);
         }
     }
 
@@ -454,11 +482,17 @@ impl Overlay {
         self.unlist(&s);
         self.drr.remove(conn);
         self.ctrl_ready.retain(|c| *c != conn);
-        self.permits.release(s.in_flight);
+        let unwritten = s.in_flight();
+        self.permits.release(unwritten);
+        if unwritten > 0 {
+            self.holders -= 1;
+        }
         // Frames still queued, and frames handed to the writer but never reported written,
-        // did not reach the peer as far as the node can tell: counted, not forgotten.
+        // did not reach the peer as far as the node can tell: counted as shed, never as
+        // transmitted.
         let (ctrl, gossip) = s.egress.clear();
-        self.egress_drop(DropReason::Shed, (ctrl + gossip + s.in_flight) as u64);
+        self.egress_drop(DropReason::Shed, (ctrl + gossip + unwritten) as u64);
+        self.partial_bytes -= s.reasm.buffered_bytes();
         let partial = s.reasm.clear();
         self.rx_dropped(RxDrop::Closed, partial);
         if s.over_watermark {
@@ -481,6 +515,7 @@ impl Overlay {
             self.session_timers(now, id);
         }
         self.refresh_readiness(now);
+        self.pressure_seen = false;
         self.update_gauges();
         self.debug_check_balance();
     }
@@ -510,13 +545,14 @@ impl Overlay {
             topic,
         )
         .map_err(|_| PublishError::Topic)?;
-        if self.over_watermark > 0 {
-            self.shed_window.record(now, true);
+        self.plan(None, &header);
+        let busy = self.plan_pressured();
+        self.shed_window.record(now, busy);
+        if busy {
             self.stats.refused[RejectReason::Busy.index()] += 1;
             self.metrics.reject(RejectReason::Busy);
             return Err(PublishError::Busy);
         }
-        self.shed_window.record(now, false);
         self.seen.insert(msg_id, now);
         self.stats.published += 1;
         self.stats.accepted_messages += 1;
@@ -528,7 +564,7 @@ impl Overlay {
             ack_req: false,
             frames: 0,
         };
-        self.fan_out(None, &message);
+        self.deliver_plan(&message);
         if self.local_delivery {
             self.events.push_back(Event::Message {
                 from: None,

@@ -4,17 +4,8 @@ use super::*;
 
 impl Overlay {
     pub(super) fn refresh_readiness(&mut self, now: Time) {
-        let peer = &self.cfg.overlay.peer;
-        let fill = self
-            .sessions
-            .values()
-            .map(|s| {
-                s.egress
-                    .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
-            })
-            .fold(0.0, f64::max);
-        let wm = self.cfg.readiness.queue_high_watermark;
-        self.queues_ok = !self.queues_bad.observe(now, fill >= wm);
+        let pressure = self.over_watermark > 0 || self.pressure_seen;
+        self.queues_ok = !self.queues_bad.observe(now, pressure);
         let (busy, total) = self.shed_window.totals(now);
         let shedding = busy > 0 && busy as f64 > self.cfg.readiness.shed_rate_max * total as f64;
         self.shed_rate_ok = !self.shed_bad.observe(now, shedding);

@@ -42,8 +42,8 @@ impl Overlay {
             dropped = s.egress.gossip_frames();
             while s.egress.pop_gossip().is_some() {}
         }
-        let partial = s.reasm.clear();
         s.egress.mark_close();
+        let partial = self.clear_partials(id);
         self.egress_drop(DropReason::Shed, dropped as u64);
         if was_established {
             self.peers.retain(|p| *p != id);
@@ -53,6 +53,16 @@ impl Overlay {
         self.rx_dropped(RxDrop::Closed, partial);
         self.mark_ctrl_ready(id);
         self.recheck_watermark(id);
+    }
+
+    /// Drops a session's partial streams, keeping the node's running total in step;
+    /// returns the frames they held.
+    pub(super) fn clear_partials(&mut self, id: ConnId) -> u64 {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return 0;
+        };
+        self.partial_bytes -= s.reasm.buffered_bytes();
+        s.reasm.clear()
     }
 
     pub(super) fn unlist(&mut self, s: &Session) {

@@ -12,13 +12,13 @@ impl Overlay {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        if s.in_flight == 0 {
+        if s.in_flight() == 0 {
             s.last_write = now;
         }
         match s.phase {
             Phase::Closing => {
                 // A closing session whose writer is stuck is aborted rather than waited on.
-                if s.in_flight > 0 && now.saturating_since(s.last_write) >= t.write {
+                if s.in_flight() > 0 && now.saturating_since(s.last_write) >= t.write {
                     self.events.push_back(Event::Abort { conn: id });
                 }
                 return;
@@ -40,7 +40,7 @@ impl Overlay {
             }
             Phase::Established => {}
         }
-        if s.in_flight > 0 && now.saturating_since(s.last_write) >= t.write {
+        if s.in_flight() > 0 && now.saturating_since(s.last_write) >= t.write {
             let (c, g) = s.egress.clear();
             self.egress_drop(DropReason::Timeout, (c + g) as u64);
             self.events.push_back(Event::Abort { conn: id });
@@ -57,7 +57,7 @@ impl Overlay {
             );
         }
         if s.reasm.partial_streams() > 0 && now.saturating_since(s.stream_progress) >= t.read {
-            let n = s.reasm.clear();
+            let n = self.clear_partials(id);
             self.metrics
                 .queue_drop(Queue::GossipIngress, DropReason::Timeout, n);
             self.rx_dropped(RxDrop::Timeout, n);
@@ -80,7 +80,7 @@ impl Overlay {
             );
             self.send_ctrl(id, &ping);
         }
-        let idle = |s: &Session| s.egress.is_empty() && s.in_flight == 0;
+        let idle = |s: &Session| s.egress.is_empty() && s.in_flight() == 0;
         if self.draining && self.sessions.get(&id).is_some_and(idle) {
             self.close(now, id, CloseReason::Drained, false);
         }

@@ -53,6 +53,7 @@ impl Overlay {
     }
 
     pub(super) fn next_ctrl(&mut self) -> Option<Transmit> {
+        let window = self.cfg.overlay.peer.send_window_frames;
         let mut tries = self.ctrl_ready.len();
         while tries > 0 {
             tries -= 1;
@@ -62,6 +63,14 @@ impl Overlay {
             };
             s.ctrl_queued = false;
             if s.egress.ctrl_frames() > 0 {
+                let share = self
+                    .permits
+                    .share(window, self.holders - (s.in_flight() > 0) as usize);
+                if s.in_flight() >= share {
+                    // Over its share: handle_written puts it back in the round once its
+                    // writer catches up. Its answers wait in its own bounded queue.
+                    continue;
+                }
                 if !self.permits.can_ctrl() {
                     s.ctrl_queued = true;
                     self.ctrl_ready.push_front(id);
@@ -99,7 +108,10 @@ impl Overlay {
                 self.drr.deactivate_front(Some(&mut s.drr), false);
                 continue;
             };
-            if s.in_flight >= window {
+            let share = self
+                .permits
+                .share(window, self.holders - (s.in_flight() > 0) as usize);
+            if s.in_flight() >= share {
                 // Re-activated by handle_written when the writer catches up.
                 self.drr.deactivate_front(Some(&mut s.drr), true);
                 continue;
@@ -122,17 +134,15 @@ impl Overlay {
 
     pub(super) fn hand_out(&mut self, id: ConnId, f: OutFrame) -> Transmit {
         self.permits.acquire();
-        let len = f.len();
-        let m = &self.metrics;
-        m.frames[Dir::Tx.index()][f.class.index()].increment(1);
-        m.bytes[Dir::Tx.index()].increment(len as u64);
-        m.frame_size[Dir::Tx.index()].record(len as f64);
-        if let Some(c) = f.chunk {
-            m.chunk_size[Dir::Tx.index()].record(c as f64);
-        }
         if let Some(s) = self.sessions.get_mut(&id) {
-            s.in_flight += 1;
-            s.tx_bytes += len as u64;
+            if s.unwritten.is_empty() {
+                self.holders += 1;
+            }
+            s.unwritten.push_back(Unwritten {
+                class: f.class,
+                len: f.len(),
+                chunk: f.chunk,
+            });
         }
         Transmit {
             conn: id,
@@ -140,5 +150,28 @@ impl Overlay {
             body: f.body,
             close: false,
         }
+    }
+
+    /// The writer reported `n` more frames written: only now do they count as transmitted.
+    pub(super) fn count_written(&mut self, id: ConnId, n: usize) -> usize {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return 0;
+        };
+        let n = n.min(s.unwritten.len());
+        let m = &self.metrics;
+        for w in s.unwritten.drain(..n) {
+            m.frames[Dir::Tx.index()][w.class.index()].increment(1);
+            m.bytes[Dir::Tx.index()].increment(w.len as u64);
+            m.frame_size[Dir::Tx.index()].record(w.len as f64);
+            if let Some(c) = w.chunk {
+                m.chunk_size[Dir::Tx.index()].record(c as f64);
+            }
+            s.tx_bytes += w.len as u64;
+        }
+        if n > 0 && s.unwritten.is_empty() {
+            self.holders -= 1;
+        }
+        self.permits.release(n);
+        n
     }
 }

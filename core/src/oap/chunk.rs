@@ -174,8 +174,11 @@ pub struct StreamReject {
 struct Partial {
     corr_id: u64,
     tenant_id: u128,
+    /// Owns its topic: a slice of the START frame would keep that frame's whole read
+    /// allocation alive for as long as the stream stays open.
     header: GossipHeader,
-    data: BytesMut,
+    /// Owned, grown exactly (capacity == len): what the bounds count is what it holds.
+    data: Vec<u8>,
     frames: u32,
 }
 
@@ -283,12 +286,13 @@ impl Reassembler {
                     1,
                 ));
             }
+            let data = data.to_vec();
             self.buffered += data.len();
             self.streams.push(Partial {
                 corr_id,
                 tenant_id: frame.tenant_id,
-                header,
-                data: BytesMut::from(&data[..]),
+                header: header.to_owned_topic(),
+                data,
                 frames: 1,
             });
             return Ok(None);
@@ -320,6 +324,9 @@ impl Reassembler {
         }
         self.buffered += add;
         let s = &mut self.streams[i];
+        // Exact growth: what the bounds count is what the stream really holds (amortized
+        // doubling could hold twice the data). realloc usually grows in place or remaps.
+        s.data.reserve_exact(add);
         s.data.extend_from_slice(&frame.payload);
         s.frames += 1;
         if !end {
@@ -331,7 +338,7 @@ impl Reassembler {
             corr_id,
             tenant_id: s.tenant_id,
             header: s.header,
-            data: s.data.freeze(),
+            data: Bytes::from(s.data),
             ack_req,
             frames: s.frames,
         }))

@@ -58,6 +58,14 @@ impl GossipHeader {
     }
 
     /// Splits a first-frame payload into its header and the data that follows.
+    /// The same header with a topic of its own, for keeping past the frame it came in.
+    pub fn to_owned_topic(&self) -> GossipHeader {
+        GossipHeader {
+            topic: Bytes::copy_from_slice(&self.topic),
+            ..self.clone()
+        }
+    }
+
     pub fn parse(payload: &Bytes) -> Result<(GossipHeader, Bytes), StreamError> {
         if payload.len() < 18 {
             return Err(StreamError::Header("shorter than 18 bytes"));

@@ -70,6 +70,8 @@ pub struct Net {
     pub model: LinkModel,
     rng: ChaCha8Rng,
     pub seed: u64,
+    /// Every transmit with bytes, in the order nodes handed them out: (node, conn).
+    pub tx_log: Vec<(usize, ConnId)>,
 }
 
 pub fn test_config() -> Config {
@@ -110,6 +112,7 @@ impl Net {
             model: LinkModel::default(),
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed),
             seed,
+            tx_log: Vec::new(),
         }
     }
 
@@ -207,6 +210,7 @@ impl Net {
                 moved = true;
                 let from = End::Node(i, t.conn);
                 if !t.is_empty() {
+                    self.tx_log.push((i, t.conn));
                     let mut b = BytesMut::with_capacity(t.len());
                     b.extend_from_slice(&t.head);
                     b.extend_from_slice(&t.body);
