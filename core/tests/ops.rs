@@ -73,10 +73,9 @@ fn check_bounds(net: &Net) {
                 assert!(s.egress.gossip_bytes() <= cfg.overlay.peer.egress_queue_bytes);
                 assert!(s.reasm.partial_streams() <= cfg.overlay.gossip.max_partial_streams);
                 assert!(s.reasm.buffered_bytes() <= cfg.overlay.gossip.max_partial_bytes);
-                assert!(
-                    s.in_flight()
-                        <= cfg.overlay.peer.send_window_frames + s.egress.ctrl_frames() + 64
-                );
+                // Every frame kind counts against the session's share: no fudge for control.
+                assert!(s.in_flight() <= cfg.overlay.peer.send_window_frames);
+                assert!(s.egress.ctrl_frames() <= cfg.overlay.peer.egress_queue_frames);
             }
         }
     }
