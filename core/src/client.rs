@@ -70,6 +70,7 @@ impl Client {
                 topics,
                 pq: None,
                 comp: false,
+                features: Vec::new(),
             },
             cap: cap.unwrap_or_default(),
             decoder: Decoder::new(Limits::default()),

@@ -113,6 +113,25 @@ pub struct GossipConfig {
     pub default_ttl: u8,
     /// Frames the whole node may have handed to writers at once.
     pub egress_permits: usize,
+    /// The message store (one copy of each recent payload, serving pulls and repair):
+    /// bytes it may hold...
+    pub store_bytes: usize,
+    /// ...and how long it keeps a message.
+    #[serde(with = "humantime_serde")]
+    pub store_ttl: Duration,
+    /// How long an announced message may take to arrive before it is pulled (GRAFT).
+    #[serde(with = "humantime_serde")]
+    pub graft_timeout: Duration,
+    /// How often each tree peer is sent a DIGEST of the store, to repair what was lost
+    /// (partitions, restarts).
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Message ids waiting to be announced to one lazy peer; past it the oldest are
+    /// dropped (counted), reconciliation repairs them.
+    pub announce_queue: usize,
+    /// Offer the broadcast tree (the `tree` HELLO feature) to peers. Off: every peer link
+    /// uses the spec's eager push with a ttl and `relay_fanout`.
+    pub tree: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -286,6 +305,12 @@ impl Default for GossipConfig {
             seen_ttl: Duration::from_secs(120),
             default_ttl: 6,
             egress_permits: 4096,
+            store_bytes: 32 << 20,
+            store_ttl: Duration::from_secs(30),
+            graft_timeout: Duration::from_millis(300),
+            reconcile_interval: Duration::from_secs(5),
+            announce_queue: 8192,
+            tree: true,
         }
     }
 }
@@ -413,6 +438,27 @@ impl Config {
             "must be >= 1",
         )?;
         check(p.max_rps >= 1, "overlay.peer.max_rps", "must be >= 1")?;
+        check(
+            g.store_bytes >= 1 << 20,
+            "overlay.gossip.store_bytes",
+            "must be >= 1 MiB",
+        )?;
+        for (d, key) in [
+            (g.store_ttl, "overlay.gossip.store_ttl"),
+            (g.graft_timeout, "overlay.gossip.graft_timeout"),
+            (g.reconcile_interval, "overlay.gossip.reconcile_interval"),
+        ] {
+            check(
+                !d.is_zero() && d <= Duration::from_secs(24 * 3600),
+                key,
+                "must be > 0 and at most 24h",
+            )?;
+        }
+        check(
+            g.announce_queue >= crate::oap::MAX_IDS,
+            "overlay.gossip.announce_queue",
+            format!("must be >= {}", crate::oap::MAX_IDS),
+        )?;
         check(
             p.send_window_frames >= 1,
             "overlay.peer.send_window_frames",

@@ -19,6 +19,7 @@ pub mod reason;
 pub mod seen;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod sync;
 pub mod time;
 

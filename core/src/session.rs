@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::egress::{DrrSlot, EgressQueue};
 use crate::limiter::TokenBucket;
-use crate::oap::{Decoder, Reassembler, Role};
+use crate::oap::{Decoder, MsgId, Reassembler, Role};
 use crate::observe::{FrameClass, PeerBucket};
 use crate::time::Time;
 
@@ -61,6 +61,17 @@ impl CloseReason {
     }
 }
 
+/// A session's place in the broadcast tree, when both HELLOs listed the `tree` feature.
+#[derive(Debug)]
+pub struct TreeLink {
+    /// New messages go to this peer whole; otherwise they are announced (IHAVE).
+    pub eager: bool,
+    /// Ids waiting to be announced, bounded by `overlay.gossip.announce_queue`.
+    pub announce: VecDeque<MsgId>,
+    /// When this peer is next sent a DIGEST of the store.
+    pub next_digest: Time,
+}
+
 /// A frame the writer has and has not yet reported written.
 #[derive(Clone, Copy, Debug)]
 pub struct Unwritten {
@@ -109,6 +120,8 @@ pub struct Session {
     /// In the node's control round robin.
     pub ctrl_queued: bool,
     pub close_reason: Option<CloseReason>,
+    /// Set once established with a peer that speaks the broadcast tree.
+    pub tree: Option<TreeLink>,
 }
 
 impl Session {
@@ -150,6 +163,7 @@ impl Session {
             over_watermark: false,
             ctrl_queued: false,
             close_reason: None,
+            tree: None,
         }
     }
 

@@ -116,7 +116,10 @@ fn chunked_messages_cross_the_mesh_intact() {
     let got = net.messages(sub);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].data, data);
-    assert_eq!(got[0].header.ttl, 2, "two relays took a hop each");
+    assert_eq!(
+        got[0].header.ttl, 4,
+        "tree links do not spend the ttl (reachability does not depend on it)"
+    );
     assert_eq!(net.acks(publisher), vec![202]);
     assert!(net.counter(1, CHUNK_BYTES, &[("dir", "rx")]) >= 14);
     net.assert_balance();
@@ -166,7 +169,9 @@ fn ttl_zero_is_delivered_locally_but_not_relayed() {
 
 #[test]
 fn relay_fanout_is_bounded_and_reported() {
+    // The spec's eager push (what a peer without the tree feature gets).
     let mut cfg = test_config();
+    cfg.overlay.gossip.tree = false;
     cfg.overlay.gossip.relay_fanout = 3;
     let mut net = Net::new(6, 8, move |_| cfg.clone());
     for i in 1..8 {

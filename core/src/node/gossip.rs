@@ -80,7 +80,9 @@ impl Overlay {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if !s.rate.try_take(now) {
+        // Clients are rate limited; peer links are flow controlled by their read credit
+        // and TCP instead: a relayed copy dropped by a limit would be lost untold.
+        if s.role == Some(Role::Client) && !s.rate.try_take(now) {
             let retry = s.rate.retry_after_secs();
             return self.refuse_message(
                 conn,
@@ -92,6 +94,7 @@ impl Overlay {
         }
         if self.seen.contains(&m.header.msg_id, now) {
             self.outcome(Outcome::Duplicate, frames);
+            self.tree_duplicate(conn);
             if m.ack_req {
                 self.ack(conn, m.corr_id, 202, None);
             }
@@ -125,6 +128,7 @@ impl Overlay {
             // exact already.
             m.data = Bytes::copy_from_slice(&m.data);
         }
+        self.tree_accept(now, &m);
         let (relayed, delivered, refusal) = self.deliver_plan(&m);
         match (relayed, delivered, refusal) {
             (true, _, _) => self.outcome(Outcome::Relayed, frames),
@@ -183,11 +187,26 @@ impl Overlay {
             Some(*c) != from && self.sessions.get(c).is_some_and(|s| s.wants(&header.topic))
         }));
         self.plan_clients = clients;
+        let (mut eager, mut lazy) = (
+            std::mem::take(&mut self.plan_eager),
+            std::mem::take(&mut self.plan_lazy),
+        );
+        eager.clear();
+        lazy.clear();
         let mut candidates = std::mem::take(&mut self.fanout_buf);
         candidates.clear();
         let mut k = 0;
         if header.ttl > 0 {
-            candidates.extend(self.peers.iter().copied().filter(|p| Some(*p) != from));
+            for &p in &self.peers {
+                if Some(p) == from {
+                    continue;
+                }
+                match self.sessions.get(&p).and_then(|s| s.tree.as_ref()) {
+                    Some(t) if t.eager => eager.push(p),
+                    Some(_) => lazy.push(p),
+                    None => candidates.push(p),
+                }
+            }
             k = self.cfg.overlay.gossip.relay_fanout.min(candidates.len());
             // Partial Fisher-Yates: the first k are a uniform sample.
             for i in 0..k {
@@ -197,6 +216,8 @@ impl Overlay {
         }
         candidates.truncate(k);
         self.fanout_buf = candidates;
+        self.plan_eager = eager;
+        self.plan_lazy = lazy;
     }
 
     /// Whether a session the planned message would go to is over its high watermark:
@@ -236,6 +257,40 @@ impl Overlay {
                 }
             }
             self.fanout_buf = peers;
+            // Tree links: the payload whole to eager peers, unless one is over its
+            // watermark (it is told the id instead and pulls when it has room); the id to
+            // lazy ones. The ttl is not spent on tree links: reachability does not depend
+            // on which copy arrived first.
+            let id = m.header.msg_id;
+            let wm = self.cfg.readiness.queue_high_watermark;
+            let (lim_f, lim_b) = (
+                self.cfg.overlay.peer.egress_queue_frames,
+                self.cfg.overlay.peer.egress_queue_bytes,
+            );
+            let eager = std::mem::take(&mut self.plan_eager);
+            for &p in &eager {
+                let room = self
+                    .sessions
+                    .get(&p)
+                    .is_some_and(|s| s.egress.fill(lim_f, lim_b) < wm);
+                let pushed = room
+                    && self
+                        .enqueue_message(p, &m.header, m.tenant_id, &m.data, true)
+                        .is_ok();
+                if pushed {
+                    self.metrics.tree_pushes[crate::observe::PushMode::Eager.index()].increment(1);
+                } else {
+                    self.announce(p, id);
+                }
+                relayed = true;
+            }
+            self.plan_eager = eager;
+            let lazy = std::mem::take(&mut self.plan_lazy);
+            for &p in &lazy {
+                self.announce(p, id);
+                relayed = true;
+            }
+            self.plan_lazy = lazy;
         }
         (relayed, delivered, refusal)
     }

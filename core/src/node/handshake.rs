@@ -1,6 +1,7 @@
 //! The HELLO exchange, from either side.
 
 use super::*;
+use crate::oap::FEATURE_TREE;
 
 impl Overlay {
     pub(super) fn on_hello(&mut self, now: Time, conn: ConnId, frame: Frame) {
@@ -17,11 +18,14 @@ impl Overlay {
         let ours = self.cfg.overlay.gossip.max_frame_bytes;
         let max_frame = hello.max_frame.min(ours);
         let chunk = self.chunk_for(max_frame, None);
+        // The additions both sides speak; the broadcast tree is between peers only.
+        let tree = hello.role == Role::Peer && hello.features.iter().any(|f| f == FEATURE_TREE);
         let ok = HelloOk {
             version: VERSION,
             node: self.node_id.clone(),
             max_frame: ours,
             chunk: chunk as u32,
+            features: if tree { self.features() } else { Vec::new() },
         };
         let mut resp = Frame::resp(AppProto::HELLO, corr, 200, ok.to_json().into());
         resp.flags = resp.flags | Flags::START;
@@ -37,6 +41,9 @@ impl Overlay {
         }
         self.outcome(Outcome::Delivered, 1);
         self.establish(now, conn, corr, hello.role, hello.node);
+        if tree {
+            self.join_tree(now, conn);
+        }
     }
 
     /// Every check a HELLO must pass, in the order that refuses floods cheapest first.
@@ -232,7 +239,11 @@ impl Overlay {
             s.max_frame = max_frame;
             s.chunk = chunk;
         }
+        let tree = ok.features.iter().any(|f| f == FEATURE_TREE);
         self.establish(now, conn, corr_id, Role::Peer, ok.node);
+        if tree {
+            self.join_tree(now, conn);
+        }
     }
 
     pub(super) fn chunk_for(&self, max_frame: u32, theirs: Option<usize>) -> usize {

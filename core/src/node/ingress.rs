@@ -30,6 +30,7 @@ impl Overlay {
                     1,
                     "HELLO on an established session",
                 ),
+                AppProto::Other(AppProto::TREE) => self.on_tree(now, conn, frame),
                 AppProto::Other(_) => self.on_other(conn, frame),
             },
             Phase::Closing => {}

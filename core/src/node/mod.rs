@@ -15,8 +15,9 @@ mod readiness;
 mod sessions;
 mod timers;
 mod transmit;
+mod tree;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -41,6 +42,7 @@ use crate::reason::RejectReason;
 use crate::seen::{KeyedHasher, SeenCache};
 use crate::session::{CloseReason, ConnId, Phase, Session, Unwritten};
 use crate::stats::{Balance, Stats};
+use crate::store::Store;
 use crate::time::Time;
 
 /// Housekeeping period: timeouts, keepalives, readiness sampling and gauges. Deadlines are
@@ -149,6 +151,16 @@ pub struct Overlay {
     /// The planned destinations of the message being handled (see `gossip::plan`).
     fanout_buf: Vec<ConnId>,
     plan_clients: Vec<ConnId>,
+    /// Tree peers the planned message goes to whole, and those it is announced to.
+    plan_eager: Vec<ConnId>,
+    plan_lazy: Vec<ConnId>,
+    /// One copy of each recent message, for pulls and repair.
+    store: Store,
+    /// Announced messages not yet arrived, and their pull deadlines in order.
+    missing: HashMap<MsgId, tree::Missing, KeyedHasher>,
+    missing_order: VecDeque<(Time, MsgId)>,
+    /// Established tree sessions.
+    tree_links: usize,
 }
 
 impl Overlay {
@@ -176,7 +188,7 @@ impl Overlay {
             permits: Permits::new(g.egress_permits),
             holders: 0,
             partial_bytes: 0,
-            seen: SeenCache::new(g.seen_cache_size, g.seen_ttl, hasher),
+            seen: SeenCache::new(g.seen_cache_size, g.seen_ttl, hasher.clone()),
             handshakes: TokenBucket::new(
                 cfg.overlay.handshake_rate,
                 cfg.overlay.handshake_burst,
@@ -200,6 +212,12 @@ impl Overlay {
             over_watermark: 0,
             fanout_buf: Vec::new(),
             plan_clients: Vec::new(),
+            plan_eager: Vec::new(),
+            plan_lazy: Vec::new(),
+            store: Store::new(g.store_bytes, g.store_ttl, hasher.clone()),
+            missing: HashMap::with_hasher(hasher.clone()),
+            missing_order: VecDeque::new(),
+            tree_links: 0,
             cfg,
         };
         node.update_gauges();
@@ -349,6 +367,7 @@ impl Overlay {
             d
         };
         self.permits.set_capacity(g.egress_permits);
+        self.store.set_bounds(g.store_bytes, g.store_ttl);
         self.handshakes
             .reconfigure(cfg.overlay.handshake_rate, cfg.overlay.handshake_burst);
         self.queues_bad.set_sustain(cfg.readiness.sustain);
@@ -394,6 +413,7 @@ impl Overlay {
             topics: vec![],
             pq: (self.cfg.overlay.pq_mode == PqModeConfig::Hybrid).then(|| "hybrid".to_string()),
             comp: false,
+            features: self.features(),
         };
         let mut f = Frame::new(
             AppProto::HELLO,
@@ -500,6 +520,9 @@ impl Overlay {
         }
         let reason = s.close_reason.unwrap_or(CloseReason::PeerClosed);
         self.events.push_back(Event::Closed { conn, reason });
+        if s.tree.is_some() {
+            self.update_tree_gauges();
+        }
         self.update_gauges();
     }
 
@@ -514,6 +537,7 @@ impl Overlay {
         for id in ids {
             self.session_timers(now, id);
         }
+        self.tree_tick(now);
         self.refresh_readiness(now);
         self.pressure_seen = false;
         self.update_gauges();
@@ -639,6 +663,7 @@ fn decoder_limits(cfg: &Config) -> oap::Limits {
 fn frame_class(app_proto: u16) -> FrameClass {
     match AppProto::from_u16(app_proto) {
         AppProto::Hello | AppProto::Ctrl => FrameClass::Ctrl,
+        AppProto::Other(AppProto::TREE) => FrameClass::Ctrl,
         AppProto::Gossip => FrameClass::Gossip,
         AppProto::Other(_) => FrameClass::Other,
     }

@@ -49,6 +49,7 @@ impl Overlay {
             self.peers.retain(|p| *p != id);
             self.clients.retain(|c| *c != id);
             self.metrics.sessions_active.set(self.established() as f64);
+            self.update_tree_gauges();
         }
         self.rx_dropped(RxDrop::Closed, partial);
         self.mark_ctrl_ready(id);

@@ -118,6 +118,8 @@ impl AppProto {
     pub const HELLO: u16 = 0;
     pub const GOSSIP: u16 = 1;
     pub const CTRL: u16 = 2;
+    /// The broadcast tree's control frames (an addition, negotiated in HELLO).
+    pub const TREE: u16 = 3;
 
     pub fn from_u16(v: u16) -> AppProto {
         match v {

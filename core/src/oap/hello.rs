@@ -38,7 +38,13 @@ pub struct Hello {
     /// The dialer accepts COMP frames.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub comp: bool,
+    /// Additions the dialer speaks beyond spec sections 1–6 (`"tree"`); absent = none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
+
+/// The broadcast tree (TREE frames, app_proto 3): see `docs/OAP1.md`.
+pub const FEATURE_TREE: &str = "tree";
 
 fn default_max_frame() -> u32 {
     super::DEFAULT_MAX_FRAME
@@ -55,6 +61,9 @@ pub struct HelloOk {
     pub max_frame: u32,
     #[serde(default = "default_chunk")]
     pub chunk: u32,
+    /// The additions both sides will use: those of the HELLO the acceptor also speaks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 fn default_chunk() -> u32 {

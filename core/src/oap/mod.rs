@@ -10,6 +10,7 @@ mod frame;
 mod gossip;
 mod header;
 mod hello;
+mod tree;
 
 pub use chunk::{split, Chunk, Chunks, Message, Reassembler, StreamLimits, StreamReject};
 pub use ctrl::Ctrl;
@@ -18,7 +19,8 @@ pub use error::{EncodeError, FrameError, FrameErrorKind, StreamError};
 pub use frame::{put_header, Frame};
 pub use gossip::{GossipHeader, MsgId};
 pub use header::{AppProto, Flags, FrameKind, Header, DEFAULT_MAX_FRAME, HEADER_LEN, VERSION};
-pub use hello::{Hello, HelloError, HelloOk, Role};
+pub use hello::{Hello, HelloError, HelloOk, Role, FEATURE_TREE};
+pub use tree::{bucket_of, fingerprint, TreeFrame, DIGEST_BUCKETS, MAX_IDS};
 
 #[cfg(test)]
 mod tests;

@@ -45,6 +45,7 @@ fn vector_hello_both_directions() {
         topics: vec![],
         pq: None,
         comp: false,
+        features: vec![],
     };
     let frame = Frame::new(
         AppProto::HELLO,
@@ -66,6 +67,7 @@ fn vector_hello_ok_both_directions() {
         node: "n2".into(),
         max_frame: 1_048_576,
         chunk: 65_536,
+        features: vec![],
     };
     assert_eq!(serde_json::from_slice::<HelloOk>(&f.payload).unwrap(), ok);
     let mut frame = Frame::resp(AppProto::HELLO, 1, 200, ok.to_json().into());

@@ -37,6 +37,16 @@ pub struct Metrics {
     pub rx_dropped: [Counter; 5],
     pub egress_fill: Gauge,
     pub dial_failures: Counter,
+    /// `[dir][op]`
+    pub tree_frames: [[Counter; 4]; 2],
+    pub tree_pushes: [Counter; 2],
+    pub tree_pulls: [Counter; 3],
+    pub tree_peers: [Gauge; 2],
+    pub announce_dropped: Counter,
+    pub store_bytes: Gauge,
+    pub store_evictions: [Counter; 2],
+    pub reconcile_rounds: Counter,
+    pub reconcile_bytes: [Counter; 2],
     pub tor_bootstrap: Option<Histogram>,
     pub quic_path_events: Option<[Counter; 3]>,
 }
@@ -120,6 +130,27 @@ impl Metrics {
             }),
             egress_fill: metrics::gauge!(EGRESS_FILL_RATIO),
             dial_failures: metrics::counter!(DIAL_FAILURES_TOTAL),
+            tree_frames: [Dir::Rx, Dir::Tx].map(|d| {
+                std::array::from_fn(|k| {
+                    metrics::counter!(TREE_FRAMES_TOTAL, "dir" => d.as_str(), "op" => TreeOp::ALL[k].as_str())
+                })
+            }),
+            tree_pushes: std::array::from_fn(|i| {
+                metrics::counter!(TREE_PUSHES_TOTAL, "mode" => PushMode::ALL[i].as_str())
+            }),
+            tree_pulls: std::array::from_fn(|i| {
+                metrics::counter!(TREE_PULLS_TOTAL, "outcome" => PullOutcome::ALL[i].as_str())
+            }),
+            tree_peers: std::array::from_fn(|i| {
+                metrics::gauge!(TREE_PEERS, "mode" => PushMode::ALL[i].as_str())
+            }),
+            announce_dropped: metrics::counter!(ANNOUNCE_DROPPED_TOTAL),
+            store_bytes: metrics::gauge!(STORE_BYTES),
+            store_evictions: std::array::from_fn(|i| {
+                metrics::counter!(STORE_EVICTIONS_TOTAL, "reason" => StoreEviction::ALL[i].as_str())
+            }),
+            reconcile_rounds: metrics::counter!(RECONCILE_ROUNDS_TOTAL),
+            reconcile_bytes: dirs(&|d| metrics::counter!(RECONCILE_BYTES_TOTAL, "dir" => d.as_str())),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
             quic_path_events: cfg!(feature = "quic").then(|| {
                 std::array::from_fn(|i| {

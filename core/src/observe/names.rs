@@ -122,6 +122,28 @@ label_enum!(
 );
 
 label_enum!(
+    /// `op` of `overlay_tree_frames_total`: the broadcast tree's control frames.
+    TreeOp { IHave => "ihave", Graft => "graft", Prune => "prune", Digest => "digest" }
+);
+
+label_enum!(
+    /// `mode` of `overlay_tree_pushes_total` and `overlay_tree_peers`: a message pushed
+    /// whole (eager) or announced by id (lazy).
+    PushMode { Eager => "eager", Lazy => "lazy" }
+);
+
+label_enum!(
+    /// `outcome` of `overlay_tree_pulls_total`: ids this node asked for (`requested`), ids
+    /// it sent when asked (`served`), ids asked for that its store no longer had (`miss`).
+    PullOutcome { Requested => "requested", Served => "served", Miss => "miss" }
+);
+
+label_enum!(
+    /// `reason` of `overlay_store_evictions_total`.
+    StoreEviction { Bytes => "bytes", Age => "age" }
+);
+
+label_enum!(
     /// `outcome` of `overlay_rx_outcomes_total`: what became of each frame received.
     Outcome {
         Delivered => "delivered",
@@ -208,6 +230,15 @@ pub const RX_DROPPED_TOTAL: &str = "overlay_rx_dropped_total";
 pub const EGRESS_FILL_RATIO: &str = "overlay_egress_fill_ratio";
 pub const DIAL_FAILURES_TOTAL: &str = "overlay_dial_failures_total";
 pub const ADMIN_CONNECTIONS_ACTIVE: &str = "admin_connections_active";
+pub const TREE_FRAMES_TOTAL: &str = "overlay_tree_frames_total";
+pub const TREE_PUSHES_TOTAL: &str = "overlay_tree_pushes_total";
+pub const TREE_PULLS_TOTAL: &str = "overlay_tree_pulls_total";
+pub const TREE_PEERS: &str = "overlay_tree_peers";
+pub const ANNOUNCE_DROPPED_TOTAL: &str = "overlay_announce_dropped_total";
+pub const STORE_BYTES: &str = "overlay_store_bytes";
+pub const STORE_EVICTIONS_TOTAL: &str = "overlay_store_evictions_total";
+pub const RECONCILE_ROUNDS_TOTAL: &str = "overlay_reconcile_rounds_total";
+pub const RECONCILE_BYTES_TOTAL: &str = "overlay_reconcile_bytes_total";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -400,6 +431,60 @@ pub const INVENTORY: &[MetricSpec] = &[
         Kind::Counter,
         "Received frames dropped, by reason.",
         &[("reason", RxDrop::VALUES)],
+    ),
+    spec(
+        TREE_FRAMES_TOTAL,
+        Kind::Counter,
+        "Broadcast-tree control frames (IHAVE, GRAFT, PRUNE, DIGEST) by direction.",
+        &[("dir", Dir::VALUES), ("op", TreeOp::VALUES)],
+    ),
+    spec(
+        TREE_PUSHES_TOTAL,
+        Kind::Counter,
+        "Messages sent to a tree peer whole (eager) or announced by id (lazy).",
+        &[("mode", PushMode::VALUES)],
+    ),
+    spec(
+        TREE_PULLS_TOTAL,
+        Kind::Counter,
+        "Message ids pulled with GRAFT: requested by this node, served to a peer, or missing from the store.",
+        &[("outcome", PullOutcome::VALUES)],
+    ),
+    spec(
+        TREE_PEERS,
+        Kind::Gauge,
+        "Tree peers this node pushes to eagerly or announces to lazily.",
+        &[("mode", PushMode::VALUES)],
+    ),
+    spec(
+        ANNOUNCE_DROPPED_TOTAL,
+        Kind::Counter,
+        "Announcements dropped because a lazy peer's announce queue was full (reconciliation repairs them).",
+        &[],
+    ),
+    spec(
+        STORE_BYTES,
+        Kind::Gauge,
+        "Bytes held by the message store (payloads, topics and bookkeeping).",
+        &[],
+    ),
+    spec(
+        STORE_EVICTIONS_TOTAL,
+        Kind::Counter,
+        "Messages the store let go, by bound.",
+        &[("reason", StoreEviction::VALUES)],
+    ),
+    spec(
+        RECONCILE_ROUNDS_TOTAL,
+        Kind::Counter,
+        "Store digests sent to tree peers.",
+        &[],
+    ),
+    spec(
+        RECONCILE_BYTES_TOTAL,
+        Kind::Counter,
+        "Bytes of reconciliation (DIGEST frames and the IHAVEs that answer them) by direction.",
+        &[("dir", Dir::VALUES)],
     ),
     spec(
         EGRESS_FILL_RATIO,

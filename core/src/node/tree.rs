@@ -1,0 +1,330 @@
+//! The epidemic broadcast tree (Plumtree) over the sessions of peers that speak it: eager
+//! push along the tree, announcements (IHAVE) on the other links, a pull (GRAFT) when an
+//! announced message does not arrive in time, a PRUNE on duplicates, and a periodic DIGEST
+//! of the store that repairs what a partition or a restart lost. Peers that speak only spec
+//! sections 1–6 keep today's eager push with a ttl (`gossip.rs`).
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::oap::{TreeFrame, FEATURE_TREE, MAX_IDS};
+use crate::observe::{PullOutcome, PushMode, StoreEviction, TreeOp};
+use crate::session::TreeLink;
+use crate::store::Stored;
+
+/// Store entries younger than this are left out of digests: still in flight somewhere.
+const DIGEST_SETTLE: Duration = Duration::from_secs(2);
+/// Announcers remembered per missing message (who to pull from, in order).
+const MAX_ANNOUNCERS: usize = 4;
+
+/// A message announced to this node that has not arrived yet.
+#[derive(Debug)]
+pub(super) struct Missing {
+    announcers: VecDeque<ConnId>,
+    deadline: Time,
+}
+
+fn op_of(f: &TreeFrame) -> TreeOp {
+    match f {
+        TreeFrame::IHave(_) => TreeOp::IHave,
+        TreeFrame::Graft(_) => TreeOp::Graft,
+        TreeFrame::Prune => TreeOp::Prune,
+        TreeFrame::Digest(_) => TreeOp::Digest,
+    }
+}
+
+impl Overlay {
+    /// The features this node offers in HELLO.
+    pub(super) fn features(&self) -> Vec<String> {
+        if self.cfg.overlay.gossip.tree {
+            vec![FEATURE_TREE.to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Makes an established peer session a tree link (both sides listed the feature).
+    pub(super) fn join_tree(&mut self, now: Time, conn: ConnId) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.tree = Some(TreeLink {
+                eager: true,
+                announce: VecDeque::new(),
+                // A first digest at once: a link that comes back after a partition or a
+                // restart starts its repair immediately.
+                next_digest: now,
+            });
+        }
+        self.update_tree_gauges();
+    }
+
+    pub(super) fn is_tree(&self, conn: ConnId) -> bool {
+        self.sessions.get(&conn).is_some_and(|s| s.tree.is_some())
+    }
+
+    pub(super) fn send_tree(&mut self, conn: ConnId, f: &TreeFrame) {
+        let payload = f.to_payload();
+        let len = payload.len() as u64;
+        let frame = Frame::new(AppProto::TREE, Flags::EVENT, 0, payload);
+        self.metrics.tree_frames[Dir::Tx.index()][op_of(f).index()].increment(1);
+        if matches!(f, TreeFrame::Digest(_)) {
+            self.metrics.reconcile_bytes[Dir::Tx.index()].increment(len);
+        }
+        self.send_ctrl(conn, &frame);
+    }
+
+    /// A TREE frame from `conn`. On a session that did not negotiate the tree it is an
+    /// app_proto no one serves here.
+    pub(super) fn on_tree(&mut self, now: Time, conn: ConnId, frame: Frame) {
+        if !self.is_tree(conn) {
+            return self.on_other(conn, frame);
+        }
+        let parsed = (frame.flags.kind() == Some(FrameKind::Event))
+            .then(|| TreeFrame::parse(&frame.payload))
+            .flatten();
+        let Some(f) = parsed else {
+            return self.reject_frame(
+                now,
+                conn,
+                &frame,
+                RejectReason::Proto,
+                1,
+                "TREE frame is not a known EVENT op",
+            );
+        };
+        self.metrics.tree_frames[Dir::Rx.index()][op_of(&f).index()].increment(1);
+        self.outcome(Outcome::Delivered, 1);
+        match f {
+            TreeFrame::IHave(ids) => self.on_ihave(now, conn, ids),
+            TreeFrame::Graft(ids) => self.on_graft(conn, ids),
+            TreeFrame::Prune => self.set_eager(conn, false),
+            TreeFrame::Digest(theirs) => {
+                self.metrics.reconcile_bytes[Dir::Rx.index()].increment(frame.payload.len() as u64);
+                let ids = self.store.differing(now, DIGEST_SETTLE, &theirs, MAX_IDS);
+                if !ids.is_empty() {
+                    let f = TreeFrame::IHave(ids);
+                    self.metrics.reconcile_bytes[Dir::Tx.index()]
+                        .increment(f.to_payload().len() as u64);
+                    self.send_tree(conn, &f);
+                }
+            }
+        }
+    }
+
+    fn set_eager(&mut self, conn: ConnId, eager: bool) {
+        if let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) {
+            t.eager = eager;
+        }
+        self.update_tree_gauges();
+    }
+
+    fn on_ihave(&mut self, now: Time, conn: ConnId, ids: Vec<MsgId>) {
+        let deadline = now + self.cfg.overlay.gossip.graft_timeout;
+        let cap = self.cfg.overlay.gossip.announce_queue.saturating_mul(4);
+        for id in ids {
+            if self.seen.contains(&id, now) {
+                continue;
+            }
+            let room = self.missing.len() < cap;
+            match self.missing.get_mut(&id) {
+                Some(m) => {
+                    if m.announcers.len() < MAX_ANNOUNCERS && !m.announcers.contains(&conn) {
+                        m.announcers.push_back(conn);
+                    }
+                }
+                // Bounded: past the cap, new announcements wait for the next digest.
+                None if room => {
+                    self.missing.insert(
+                        id,
+                        Missing {
+                            announcers: VecDeque::from([conn]),
+                            deadline,
+                        },
+                    );
+                    self.missing_order.push_back((deadline, id));
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn on_graft(&mut self, conn: ConnId, ids: Vec<MsgId>) {
+        self.set_eager(conn, true);
+        for id in ids {
+            let Some(s) = self.store.get(&id) else {
+                self.metrics.tree_pulls[PullOutcome::Miss.index()].increment(1);
+                continue;
+            };
+            let (header, tenant, data) = (s.header.clone(), s.tenant_id, s.data.clone());
+            // A pull is what the peer has room for: only the hard bound applies.
+            if self
+                .enqueue_message(conn, &header, tenant, &data, false)
+                .is_ok()
+            {
+                self.metrics.tree_pulls[PullOutcome::Served.index()].increment(1);
+            }
+        }
+    }
+
+    /// A message arrived again from `conn`: the tree has a redundant edge there.
+    pub(super) fn tree_duplicate(&mut self, conn: ConnId) {
+        let eager = self
+            .sessions
+            .get(&conn)
+            .and_then(|s| s.tree.as_ref())
+            .is_some_and(|t| t.eager);
+        if eager {
+            self.set_eager(conn, false);
+            self.send_tree(conn, &TreeFrame::Prune);
+        }
+    }
+
+    /// A new message: no longer missing; kept in the store for pulls and repair.
+    pub(super) fn tree_accept(&mut self, now: Time, m: &Message) {
+        self.missing.remove(&m.header.msg_id);
+        if self.tree_links == 0 {
+            return;
+        }
+        let evicted = self.store.insert(
+            m.header.msg_id,
+            Stored {
+                header: m.header.clone(),
+                tenant_id: m.tenant_id,
+                data: m.data.clone(),
+                at: now,
+            },
+        );
+        self.metrics.store_evictions[StoreEviction::Bytes.index()].increment(evicted as u64);
+    }
+
+    /// Queues an announcement of `id` to a lazy peer; a full queue drops its oldest.
+    pub(super) fn announce(&mut self, conn: ConnId, id: MsgId) {
+        let max = self.cfg.overlay.gossip.announce_queue;
+        let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) else {
+            return;
+        };
+        if t.announce.len() >= max {
+            t.announce.pop_front();
+            self.metrics.announce_dropped.increment(1);
+        }
+        t.announce.push_back(id);
+        self.metrics.tree_pushes[PushMode::Lazy.index()].increment(1);
+        if t.announce.len() >= MAX_IDS {
+            self.flush_announcements(conn);
+        }
+    }
+
+    fn flush_announcements(&mut self, conn: ConnId) {
+        loop {
+            let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) else {
+                return;
+            };
+            if t.announce.is_empty() {
+                return;
+            }
+            let n = t.announce.len().min(MAX_IDS);
+            let ids: Vec<MsgId> = t.announce.drain(..n).collect();
+            self.send_tree(conn, &TreeFrame::IHave(ids));
+        }
+    }
+
+    /// Tick work: announcements out, pulls for what did not arrive, digests, the store's
+    /// age bound.
+    pub(super) fn tree_tick(&mut self, now: Time) {
+        if self.tree_links == 0 && self.missing.is_empty() {
+            return;
+        }
+        let aged = self.store.expire(now);
+        self.metrics.store_evictions[StoreEviction::Age.index()].increment(aged as u64);
+        let links: Vec<ConnId> = self
+            .peers
+            .iter()
+            .copied()
+            .filter(|c| self.is_tree(*c))
+            .collect();
+        for &c in &links {
+            self.flush_announcements(c);
+        }
+        self.pull_missing(now);
+        let every = self.cfg.overlay.gossip.reconcile_interval;
+        for c in links {
+            let due = self
+                .sessions
+                .get(&c)
+                .and_then(|s| s.tree.as_ref())
+                .is_some_and(|t| now >= t.next_digest);
+            if due {
+                if let Some(t) = self.sessions.get_mut(&c).and_then(|s| s.tree.as_mut()) {
+                    t.next_digest = now + every;
+                }
+                let d = self.store.digest(now, DIGEST_SETTLE);
+                self.metrics.reconcile_rounds.increment(1);
+                self.send_tree(c, &TreeFrame::Digest(d));
+            }
+        }
+        self.metrics.store_bytes.set(self.store.bytes() as f64);
+    }
+
+    /// GRAFTs for announced messages past their deadline, grouped per announcer; each goes
+    /// to the next announcer in line, and the announcer becomes an eager link.
+    fn pull_missing(&mut self, now: Time) {
+        let mut grafts: BTreeMap<ConnId, Vec<MsgId>> = BTreeMap::new();
+        let timeout = self.cfg.overlay.gossip.graft_timeout;
+        while let Some(&(deadline, id)) = self.missing_order.front() {
+            if deadline > now {
+                break;
+            }
+            self.missing_order.pop_front();
+            let Some(m) = self.missing.get_mut(&id) else {
+                continue;
+            };
+            if m.deadline != deadline {
+                continue;
+            }
+            let next = loop {
+                match m.announcers.pop_front() {
+                    Some(c) if self.sessions.get(&c).is_some_and(|s| s.tree.is_some()) => {
+                        break Some(c)
+                    }
+                    Some(_) => continue,
+                    None => break None,
+                }
+            };
+            match next {
+                Some(c) => {
+                    // Asked again after another timeout if it still has not come; the
+                    // announcer goes to the back of the line.
+                    m.announcers.push_back(c);
+                    m.deadline = now + timeout;
+                    self.missing_order.push_back((m.deadline, id));
+                    grafts.entry(c).or_default().push(id);
+                }
+                None => {
+                    self.missing.remove(&id);
+                }
+            }
+        }
+        for (c, ids) in grafts {
+            self.metrics.tree_pulls[PullOutcome::Requested.index()].increment(ids.len() as u64);
+            for part in ids.chunks(MAX_IDS) {
+                self.send_tree(c, &TreeFrame::Graft(part.to_vec()));
+            }
+            self.set_eager(c, true);
+        }
+    }
+
+    pub(super) fn update_tree_gauges(&mut self) {
+        let (mut eager, mut lazy) = (0usize, 0usize);
+        for s in self.sessions.values() {
+            if let Some(t) = s.tree.as_ref().filter(|_| s.is_established()) {
+                if t.eager {
+                    eager += 1;
+                } else {
+                    lazy += 1;
+                }
+            }
+        }
+        self.tree_links = eager + lazy;
+        self.metrics.tree_peers[PushMode::Eager.index()].set(eager as f64);
+        self.metrics.tree_peers[PushMode::Lazy.index()].set(lazy as f64);
+    }
+}
