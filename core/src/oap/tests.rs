@@ -596,3 +596,57 @@ fn hello_payloads_are_read_leniently_and_written_in_full() {
     assert_eq!(h.versions, vec![1, 2]);
     assert!(serde_json::from_str::<Hello>(r#"{"versions":[1],"role":"admin"}"#).is_err());
 }
+
+/// The vectors of docs/OAP1.md's tree section, in its order, are what the codec writes.
+#[test]
+fn tree_vectors_in_the_docs_are_what_the_codec_writes() {
+    let doc = include_str!("../../../docs/OAP1.md");
+    let section = &doc[doc
+        .find("## Additions: the broadcast tree")
+        .expect("tree section")..];
+    let vectors: Vec<Vec<u8>> = section
+        .lines()
+        .filter(|l| l.len() >= 76 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(hex)
+        .collect();
+    assert_eq!(vectors.len(), 6, "two HELLOs and four TREE frames");
+    let hello = Hello {
+        versions: vec![1],
+        node: "n1".into(),
+        role: Role::Peer,
+        max_frame: 1_048_576,
+        topics: vec![],
+        pq: None,
+        comp: false,
+        features: vec!["tree".into()],
+    };
+    let f = Frame::new(
+        AppProto::HELLO,
+        Flags::REQ | Flags::START,
+        1,
+        hello.to_json().into(),
+    );
+    assert_eq!(&f.to_bytes(DEFAULT_MAX_FRAME).unwrap()[..], &vectors[0][..]);
+    let ok = HelloOk {
+        version: 1,
+        node: "n2".into(),
+        max_frame: 1_048_576,
+        chunk: 65_536,
+        features: vec!["tree".into()],
+    };
+    let mut f = Frame::resp(AppProto::HELLO, 1, 200, ok.to_json().into());
+    f.flags = f.flags | Flags::START;
+    assert_eq!(&f.to_bytes(DEFAULT_MAX_FRAME).unwrap()[..], &vectors[1][..]);
+    let frames = [
+        TreeFrame::Prune,
+        TreeFrame::IHave(vec![[0xab; 16]]),
+        TreeFrame::Graft(vec![[0xab; 16]]),
+        TreeFrame::Digest(vec![(0x0102_0304_0506_0708, 3)]),
+    ];
+    for (t, wire) in frames.iter().zip(&vectors[2..]) {
+        let f = Frame::new(AppProto::TREE, Flags::EVENT, 0, t.to_payload());
+        assert_eq!(&f.to_bytes(DEFAULT_MAX_FRAME).unwrap()[..], &wire[..]);
+        let back = decode_one(wire).unwrap().unwrap();
+        assert_eq!(TreeFrame::parse(&back.payload).as_ref(), Some(t));
+    }
+}
