@@ -2,7 +2,6 @@
 //! and `X-Corr-ID` on every request.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -13,15 +12,16 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use overlay_core::observe::{HttpMetrics, Method, Route, Status};
 use overlay_core::sync::Snapshot;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::bounds::{ACCEPT_ERROR_PAUSE, HEALTH_STALE};
+use crate::bounds::HEALTH_STALE;
 use crate::corr::{self, CorrIds};
 use crate::driver::{Heartbeat, ReadySnapshot};
-use crate::net::Listener;
+
+mod serve;
+pub(crate) use serve::serve;
+pub use serve::AdminLimits;
 
 pub const CORR_HEADER: &str = "x-corr-id";
 const PROM_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -170,56 +170,6 @@ async fn observe(State(s): State<AdminState>, req: Request, next: Next) -> Respo
         )
     });
     resp
-}
-
-/// Serves the router on any listener (tokio TCP in production, simulated TCP in `sim`),
-/// at most `max_conns` (`admin.max_conns`) connections at once, each with a header-read
-/// deadline so a slow client cannot hold a slot.
-pub(crate) async fn serve<L: Listener>(
-    mut listener: L,
-    app: Router,
-    header_timeout: Duration,
-    max_conns: usize,
-    active: metrics::Gauge,
-) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-
-    let slots = Arc::new(Semaphore::new(max_conns));
-    // Dropping the set (when this task is aborted) aborts every connection with it.
-    let mut conns = JoinSet::new();
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        tokio::select! {
-            // Fixed polling order: an unbiased select draws from tokio's per-thread RNG,
-            // which is seeded from the OS and would make simulated runs unrepeatable.
-            biased;
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let svc = TowerToHyperService::new(app.clone());
-                    active.set((max_conns - slots.available_permits()) as f64);
-                    let (active, slots) = (active.clone(), slots.clone());
-                    conns.spawn(async move {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(header_timeout)
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                        drop(slot);
-                        active.set((max_conns - slots.available_permits()) as f64);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(event = "accept_error", reason = "io", error = %e,
-                        "admin accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub rx_dropped: [Counter; 5],
     pub egress_fill: Gauge,
     pub dial_failures: Counter,
+    pub accept_paused: [Counter; 2],
     pub tor_bootstrap: Option<Histogram>,
     pub quic_path_events: Option<[Counter; 3]>,
 }
@@ -120,6 +121,9 @@ impl Metrics {
             }),
             egress_fill: metrics::gauge!(EGRESS_FILL_RATIO),
             dial_failures: metrics::counter!(DIAL_FAILURES_TOTAL),
+            accept_paused: std::array::from_fn(|i| {
+                metrics::counter!(ACCEPT_PAUSED_TOTAL, "reason" => AcceptPause::ALL[i].as_str())
+            }),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
             quic_path_events: cfg!(feature = "quic").then(|| {
                 std::array::from_fn(|i| {
@@ -144,6 +148,9 @@ impl Metrics {
     pub fn queue_drop(&self, q: Queue, r: DropReason, frames: u64) {
         self.queue_dropped[q.index()][r.index()].increment(frames);
     }
+    pub fn accept_paused(&self, r: AcceptPause) {
+        self.accept_paused[r.index()].increment(1);
+    }
     pub fn outcome(&self, o: Outcome, frames: u64) {
         self.rx_outcomes[o.index()].increment(frames);
     }
@@ -165,6 +172,7 @@ pub struct HttpMetrics {
     pub latency: Vec<Histogram>,
     pub inflight: Vec<Gauge>,
     pub connections: Gauge,
+    pub refusals: [Counter; 6],
 }
 
 impl HttpMetrics {
@@ -190,6 +198,9 @@ impl HttpMetrics {
             latency,
             inflight,
             connections: metrics::gauge!(ADMIN_CONNECTIONS_ACTIVE),
+            refusals: std::array::from_fn(|i| {
+                metrics::counter!(ADMIN_REFUSALS_TOTAL, "reason" => AdminRefusal::ALL[i].as_str())
+            }),
         }
     }
 
@@ -201,6 +212,9 @@ impl HttpMetrics {
     }
     pub fn inflight(&self, r: Route) -> &Gauge {
         &self.inflight[r.index()]
+    }
+    pub fn refuse(&self, r: AdminRefusal) {
+        self.refusals[r.index()].increment(1);
     }
 }
 
