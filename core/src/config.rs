@@ -655,7 +655,10 @@ mod tests {
     #[test]
     fn admin_bounds_are_checked() {
         let bad: [(fn(&mut AdminConfig), &str); 4] = [
-            (|a| a.header_timeout = Duration::ZERO, "admin.header_timeout"),
+            (
+                |a| a.header_timeout = Duration::ZERO,
+                "admin.header_timeout",
+            ),
             (|a| a.write_timeout = Duration::ZERO, "admin.write_timeout"),
             (|a| a.max_pipelined = 0, "admin.max_pipelined"),
             (|a| a.max_header_bytes = 4096, "admin.max_header_bytes"),

@@ -56,9 +56,45 @@ impl VersionInfo {
     }
 }
 
+/// `/metrics` renders, one at a time, shared by every request that arrived before the render
+/// began: a render costs milliseconds of CPU, and clients pipelining scrapes must not be
+/// able to spend every core on them while probes wait. No request is answered with a
+/// render older than itself.
+pub struct Scrapes {
+    prom: PrometheusHandle,
+    last: tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>,
+}
+
+impl Scrapes {
+    pub fn new(prom: PrometheusHandle) -> Scrapes {
+        Scrapes {
+            prom,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn handle(&self) -> &PrometheusHandle {
+        &self.prom
+    }
+
+    async fn render(&self) -> bytes::Bytes {
+        let arrived = Instant::now();
+        let mut last = self.last.lock().await;
+        if let Some((began, text)) = &*last {
+            if *began >= arrived {
+                return text.clone();
+            }
+        }
+        let began = Instant::now();
+        let text = bytes::Bytes::from(self.prom.render());
+        *last = Some((began, text.clone()));
+        text
+    }
+}
+
 #[derive(Clone)]
 pub struct AdminState {
-    pub prom: PrometheusHandle,
+    pub scrapes: Arc<Scrapes>,
     pub http: HttpMetrics,
     pub ready: Arc<Snapshot<ReadySnapshot>>,
     pub heartbeat: Arc<Heartbeat>,
@@ -78,7 +114,8 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    ([(header::CONTENT_TYPE, PROM_CONTENT_TYPE)], s.prom.render()).into_response()
+    let text = s.scrapes.render().await;
+    ([(header::CONTENT_TYPE, PROM_CONTENT_TYPE)], text).into_response()
 }
 
 async fn healthz(State(s): State<AdminState>) -> Response {
@@ -188,7 +225,7 @@ mod tests {
         hb.beat();
         (
             AdminState {
-                prom: rec.handle,
+                scrapes: Arc::new(Scrapes::new(rec.handle)),
                 http: rec.http,
                 ready: rx,
                 heartbeat: hb,
@@ -301,7 +338,7 @@ mod tests {
     #[tokio::test]
     async fn requests_are_counted_by_route_method_status() {
         let (s, _tx) = state(snapshot(ready_view(false)));
-        let prom = s.prom.clone();
+        let prom = s.scrapes.handle().clone();
         let app = router(s);
         get(&app, "/readyz", None).await;
         get(&app, "/nope", None).await;
@@ -335,7 +372,7 @@ mod tests {
     #[tokio::test]
     async fn wrong_method_is_405_and_counted() {
         let (s, _tx) = state(snapshot(ready_view(true)));
-        let prom = s.prom.clone();
+        let prom = s.scrapes.handle().clone();
         let app = router(s);
         let req = axum::http::Request::builder()
             .method("POST")

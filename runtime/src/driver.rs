@@ -324,18 +324,26 @@ impl<N: Net> Driver<N> {
     pub(crate) fn spawn_acceptor(&mut self, mut listener: N::Listener, fds: Option<Arc<FdBudget>>) {
         let ctl = self.ctl_tx.clone();
         let metrics = self.overlay.metrics().clone();
-        self.spawn_singleton("acceptor", Some(Probe::ListenersBound), move |mut sup| async move {
-            while sup
-                .run(accept_loop(&mut listener, &ctl, fds.as_deref(), &metrics))
-                .await
-            {}
-        });
+        self.spawn_singleton(
+            "acceptor",
+            Some(Probe::ListenersBound),
+            move |mut sup| async move {
+                while sup
+                    .run(accept_loop(&mut listener, &ctl, fds.as_deref(), &metrics))
+                    .await
+                {}
+            },
+        );
     }
 
     /// Runs a singleton task under its `Supervisor` (which restarts it); `body` takes the
     /// supervisor and loops `while sup.run(..).await {}` around the task's resources.
-    pub(crate) fn spawn_singleton<B, F>(&mut self, task: &'static str, probe: Option<Probe>, body: B)
-    where
+    pub(crate) fn spawn_singleton<B, F>(
+        &mut self,
+        task: &'static str,
+        probe: Option<Probe>,
+        body: B,
+    ) where
         B: FnOnce(Supervisor<N::Stream>) -> F,
         F: Future<Output = ()> + Send + 'static,
     {

@@ -29,7 +29,8 @@ pub fn sample() -> Result<(u64, u64), Unknown> {
         }
         Err(e) => return Err(Unknown::Unavailable(e)),
     };
-    let (soft, _hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).map_err(Unknown::Unavailable)?;
+    let (soft, _hard) =
+        rlimit::getrlimit(rlimit::Resource::NOFILE).map_err(Unknown::Unavailable)?;
     Ok((open, soft))
 }
 
@@ -130,7 +131,10 @@ mod tests {
         b.took_one();
         assert!(b.headroom());
         b.took_one();
-        assert!(!b.headroom(), "the third accepted descriptor reaches the reserve");
+        assert!(
+            !b.headroom(),
+            "the third accepted descriptor reaches the reserve"
+        );
         // A new count replaces the estimate (closes are seen again).
         assert!(b.record(Ok((100, 200))).unwrap());
         assert!(b.headroom());

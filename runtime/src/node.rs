@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::admin::{self, AdminState, VersionInfo};
+use crate::admin::{self, AdminState, Scrapes, VersionInfo};
 use crate::bounds::{self, Bounds};
 use crate::bus::{BusEvent, Subscription};
 use crate::corr::{os_seed, CorrIds, WallClock};
@@ -177,7 +177,7 @@ impl Node {
         driver.spawn_acceptor(listener, fds.clone());
         if let Some(mut l) = admin_listener {
             let app = admin::router(AdminState {
-                prom: rec.handle.clone(),
+                scrapes: Arc::new(Scrapes::new(rec.handle.clone())),
                 http: rec.http.clone(),
                 ready: ready_rx.clone(),
                 heartbeat,
@@ -186,7 +186,10 @@ impl Node {
             });
             let (limits, http) = (b.admin.clone(), rec.http.clone());
             driver.spawn_singleton("admin", Some(Probe::MetricsBound), |mut sup| async move {
-                while sup.run(admin::serve(&mut l, app.clone(), &limits, &http)).await {}
+                while sup
+                    .run(admin::serve(&mut l, app.clone(), &limits, &http))
+                    .await
+                {}
             });
         }
         let prom = rec.handle.clone();
@@ -195,9 +198,11 @@ impl Node {
         });
         if let Some(fds) = fds {
             let ctl = driver.control();
-            driver.spawn_singleton("fd_sampler", Some(Probe::FdHeadroom), |mut sup| async move {
-                while sup.run(fd_sampler(&ctl, &fds)).await {}
-            });
+            driver.spawn_singleton(
+                "fd_sampler",
+                Some(Probe::FdHeadroom),
+                |mut sup| async move { while sup.run(fd_sampler(&ctl, &fds)).await {} },
+            );
         }
         if opts.log_events {
             let (bus, lagged) = (bus.clone(), rec.metrics.bus_lagged.clone());

@@ -198,9 +198,9 @@ impl HttpMetrics {
             latency,
             inflight,
             connections: metrics::gauge!(ADMIN_CONNECTIONS_ACTIVE),
-            refusals: std::array::from_fn(|i| {
-                metrics::counter!(ADMIN_REFUSALS_TOTAL, "reason" => AdminRefusal::ALL[i].as_str())
-            }),
+            refusals: std::array::from_fn(
+                |i| metrics::counter!(ADMIN_REFUSALS_TOTAL, "reason" => AdminRefusal::ALL[i].as_str()),
+            ),
         }
     }
 

@@ -7,8 +7,10 @@
 //!   `admin.max_header_bytes` (hyper answers 431);
 //! - a client may be at most `admin.max_pipelined` requests ahead of reading its answers;
 //! - at `admin.max_conns` a new connection is not left in the backlog behind stalled
-//!   ones: the connection that has gone longest without finishing a response is evicted,
-//!   which is never a probe that has just connected.
+//!   ones: the oldest connection that has no request being answered is evicted. A probe
+//!   is the newest connection until its request arrives and is then being answered, so an
+//!   attacker would have to open `admin.max_conns` connections within the milliseconds of
+//!   a probe's life to crowd it out.
 //!
 //! Each refusal is counted in `admin_refusals_total{reason}`.
 
@@ -31,7 +33,7 @@ use overlay_core::config::AdminConfig;
 use overlay_core::observe::{AdminRefusal, HttpMetrics};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::{AbortHandle, Id, JoinSet};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use crate::bounds::ACCEPT_ERROR_PAUSE;
 use crate::net::Listener;
@@ -61,9 +63,8 @@ impl AdminLimits {
 
 /// What the accept loop and a connection's IO and service share.
 struct ConnState {
-    /// When the connection last finished a response (or was accepted), in ms since the
-    /// plane started: the eviction order.
-    progress_ms: AtomicU64,
+    /// A request is with the router: the connection is being served, not stalled.
+    in_flight: AtomicBool,
     /// Requests answered since the client was last seen waiting for us (a read that found
     /// nothing): how far ahead of its answers it is.
     ahead: AtomicU32,
@@ -76,9 +77,9 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn new(now_ms: u64) -> ConnState {
+    fn new() -> ConnState {
         ConnState {
-            progress_ms: AtomicU64::new(now_ms),
+            in_flight: AtomicBool::new(false),
             ahead: AtomicU32::new(0),
             answered: AtomicU64::new(0),
             read_since_answer: AtomicBool::new(false),
@@ -97,7 +98,8 @@ impl ConnState {
 
     fn refusal(&self) -> Option<AdminRefusal> {
         let v = self.refusal.load(Ordering::Relaxed) as usize;
-        v.checked_sub(1).and_then(|i| AdminRefusal::ALL.get(i).copied())
+        v.checked_sub(1)
+            .and_then(|i| AdminRefusal::ALL.get(i).copied())
     }
 
     /// Why hyper's connection ended, as a refusal, if it was one.
@@ -114,16 +116,6 @@ impl ConnState {
             return Some(AdminRefusal::HeadersTooLarge);
         }
         e.is_parse().then_some(AdminRefusal::Malformed)
-    }
-}
-
-/// The plane's clock for eviction order.
-#[derive(Clone, Copy)]
-struct Epoch(Instant);
-
-impl Epoch {
-    fn ms(self) -> u64 {
-        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -208,13 +200,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 #[error("more than admin.max_pipelined requests ahead of their answers")]
 struct PipelineBound;
 
-/// The router, refusing a request that is too far ahead of the client's reading and
-/// stamping progress on every answer.
+/// The router, refusing a request that is too far ahead of the client's reading.
 struct Bounded {
     app: TowerToHyperService<Router>,
     state: Arc<ConnState>,
     max_pipelined: u32,
-    epoch: Epoch,
 }
 
 type Answer = Result<axum::response::Response, PipelineBound>;
@@ -229,11 +219,12 @@ impl Service<hyper::Request<Incoming>> for Bounded {
             self.state.refuse(AdminRefusal::Pipeline);
             return Box::pin(std::future::ready(Err(PipelineBound)));
         }
-        let (state, epoch) = (self.state.clone(), self.epoch);
+        let state = self.state.clone();
+        state.in_flight.store(true, Ordering::Relaxed);
         Box::pin(self.app.call(req).map(move |r| {
             state.answered.fetch_add(1, Ordering::Relaxed);
             state.read_since_answer.store(false, Ordering::Relaxed);
-            state.progress_ms.store(epoch.ms(), Ordering::Relaxed);
+            state.in_flight.store(false, Ordering::Relaxed);
             r.map_err(|e| match e {})
         }))
     }
@@ -252,10 +243,8 @@ pub(crate) async fn serve<L: Listener>(
     limits: &AdminLimits,
     http: &HttpMetrics,
 ) {
-    let epoch = Epoch(Instant::now());
     let mut conns: JoinSet<()> = JoinSet::new();
-    // Ordered by task id (spawn order), so ties in eviction are decided the same way in
-    // every (simulated) run.
+    // Ordered by task id, which is spawn order: oldest connection first.
     let mut table: BTreeMap<Id, Entry> = BTreeMap::new();
     let mut errors = LogThrottle::new(ACCEPT_ERROR_LOG_EVERY);
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -281,7 +270,7 @@ pub(crate) async fn serve<L: Listener>(
                     if table.len() >= limits.max_conns {
                         evict(&mut table, http);
                     }
-                    let state = Arc::new(ConnState::new(epoch.ms()));
+                    let state = Arc::new(ConnState::new());
                     let io = Guarded {
                         inner: stream,
                         state: state.clone(),
@@ -292,7 +281,6 @@ pub(crate) async fn serve<L: Listener>(
                         app: TowerToHyperService::new(app.clone()),
                         state: state.clone(),
                         max_pipelined: limits.max_pipelined,
-                        epoch,
                     };
                     let conn = builder.serve_connection(TokioIo::new(io), svc);
                     let (st, http2) = (state.clone(), http.clone());
@@ -318,11 +306,13 @@ pub(crate) async fn serve<L: Listener>(
     }
 }
 
-/// Closes the connection that has gone longest without finishing a response.
+/// Closes the oldest connection that has no request being answered (slow heads, idle
+/// keep-alives, stalled writes), or the oldest of all if every one is being answered.
 fn evict(table: &mut BTreeMap<Id, Entry>, http: &HttpMetrics) {
     let victim = table
         .iter()
-        .min_by_key(|(id, e)| (e.state.progress_ms.load(Ordering::Relaxed), **id))
+        .find(|(_, e)| !e.state.in_flight.load(Ordering::Relaxed))
+        .or_else(|| table.iter().next())
         .map(|(id, _)| *id);
     if let Some(e) = victim.and_then(|id| table.remove(&id)) {
         e.abort.abort();
