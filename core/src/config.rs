@@ -654,7 +654,8 @@ mod tests {
 
     #[test]
     fn admin_bounds_are_checked() {
-        let bad: [(fn(&mut AdminConfig), &str); 4] = [
+        type Breaks = fn(&mut AdminConfig);
+        let bad: [(Breaks, &str); 4] = [
             (
                 |a| a.header_timeout = Duration::ZERO,
                 "admin.header_timeout",

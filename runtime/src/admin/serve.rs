@@ -7,10 +7,12 @@
 //!   `admin.max_header_bytes` (hyper answers 431);
 //! - a client may be at most `admin.max_pipelined` requests ahead of reading its answers;
 //! - at `admin.max_conns` a new connection is not left in the backlog behind stalled
-//!   ones: the oldest connection that has no request being answered is evicted. A probe
-//!   is the newest connection until its request arrives and is then being answered, so an
-//!   attacker would have to open `admin.max_conns` connections within the milliseconds of
-//!   a probe's life to crowd it out.
+//!   ones: the oldest connection that has been open for `EVICT_GRACE` and has no request
+//!   being answered is evicted. A probe sends its request at once, so within the grace it
+//!   is being answered and safe; and because only connections past the grace can be
+//!   evicted, an attacker reconnecting what was evicted churns at most `admin.max_conns`
+//!   connections per grace, which lets a probe waiting behind them in the backlog through
+//!   in a few graces. With no connection past its grace, the next accept waits for one.
 //!
 //! Each refusal is counted in `admin_refusals_total{reason}`.
 
@@ -33,7 +35,7 @@ use overlay_core::config::AdminConfig;
 use overlay_core::observe::{AdminRefusal, HttpMetrics};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::{AbortHandle, Id, JoinSet};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::bounds::ACCEPT_ERROR_PAUSE;
 use crate::net::Listener;
@@ -230,9 +232,15 @@ impl Service<hyper::Request<Incoming>> for Bounded {
     }
 }
 
+/// How long a new connection is safe from eviction: ample for a client that sends its
+/// request at once to have it read and be answered, and short enough that a probe queued
+/// behind a few hundred hostile connections in the backlog gets in well within 1 s.
+pub const EVICT_GRACE: Duration = Duration::from_millis(100);
+
 struct Entry {
     state: Arc<ConnState>,
     abort: AbortHandle,
+    accepted: Instant,
 }
 
 /// Serves `app` on `listener` until the task is dropped. Dropping it drops every
@@ -254,6 +262,12 @@ pub(crate) async fn serve<L: Listener>(
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192));
     loop {
+        // Full, with no connection past its grace: accept again when the oldest gets there.
+        let wait = (table.len() >= limits.max_conns)
+            .then(|| table.values().map(|e| e.accepted).min())
+            .flatten()
+            .map(|t| t + EVICT_GRACE)
+            .filter(|t| *t > Instant::now());
         tokio::select! {
             // Fixed polling order: an unbiased select draws from tokio's per-thread RNG,
             // which is seeded from the OS and would make simulated runs unrepeatable.
@@ -265,7 +279,8 @@ pub(crate) async fn serve<L: Listener>(
                 };
                 table.remove(&id);
             }
-            r = listener.accept() => match r {
+            _ = tokio::time::sleep_until(wait.unwrap_or_else(Instant::now)), if wait.is_some() => {}
+            r = listener.accept(), if wait.is_none() => match r {
                 Ok((stream, _)) => {
                     if table.len() >= limits.max_conns {
                         evict(&mut table, http);
@@ -291,7 +306,8 @@ pub(crate) async fn serve<L: Listener>(
                             }
                         }
                     });
-                    table.insert(abort.id(), Entry { state, abort });
+                    let accepted = Instant::now();
+                    table.insert(abort.id(), Entry { state, abort, accepted });
                 }
                 Err(e) => {
                     if let Some(suppressed) = errors.admit() {
@@ -306,13 +322,16 @@ pub(crate) async fn serve<L: Listener>(
     }
 }
 
-/// Closes the oldest connection that has no request being answered (slow heads, idle
-/// keep-alives, stalled writes), or the oldest of all if every one is being answered.
+/// Closes the oldest connection past its grace that has no request being answered (slow
+/// heads, idle keep-alives, stalled writes), or the oldest past its grace if every one is
+/// being answered. The caller only accepts when the oldest of all is past its grace.
 fn evict(table: &mut BTreeMap<Id, Entry>, http: &HttpMetrics) {
+    let now = Instant::now();
+    let ripe = |e: &Entry| now.saturating_duration_since(e.accepted) >= EVICT_GRACE;
     let victim = table
         .iter()
-        .find(|(_, e)| !e.state.in_flight.load(Ordering::Relaxed))
-        .or_else(|| table.iter().next())
+        .find(|(_, e)| ripe(e) && !e.state.in_flight.load(Ordering::Relaxed))
+        .or_else(|| table.iter().find(|(_, e)| ripe(e)))
         .map(|(id, _)| *id);
     if let Some(e) = victim.and_then(|id| table.remove(&id)) {
         e.abort.abort();
