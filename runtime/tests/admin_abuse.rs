@@ -296,3 +296,22 @@ async fn a_client_that_never_reads_is_cut_off_at_the_write_timeout() {
     client.join().unwrap();
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_http_is_answered_400_and_counted() {
+    let node = started(cfg()).await;
+    let admin = node.admin_addr().unwrap();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.write_all(b"\x16\x03\x01 not http\r\n\r\n").unwrap();
+        read_to_close(&mut s)
+    })
+    .await
+    .unwrap();
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    until("the malformed request to be counted", || async {
+        refusals(&node, "malformed") == 1.0
+    })
+    .await;
+    node.shutdown().await.unwrap();
+}
