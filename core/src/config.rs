@@ -139,8 +139,19 @@ pub struct GossipConfig {
 pub struct AdminConfig {
     /// Address of `/metrics /healthz /readyz /version` (needs a restart to change).
     pub listen: String,
-    /// Admin connections served at once; more wait in the listen backlog.
+    /// Admin connections served at once; one more evicts the connection that has gone
+    /// longest without finishing a response, so a probe is never queued behind stalled ones.
     pub max_conns: usize,
+    /// A request's headers (and, between requests, the next request) must arrive within this.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A response write that makes no progress for this long closes the connection.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Requests one connection may send ahead of reading the answers; one more closes it.
+    pub max_pipelined: u32,
+    /// Largest request head (request line and headers); more is answered 431.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -226,6 +237,10 @@ impl Default for Config {
             admin: AdminConfig {
                 listen: "127.0.0.1:9600".into(),
                 max_conns: 64,
+                header_timeout: Duration::from_secs(2),
+                write_timeout: Duration::from_secs(2),
+                max_pipelined: 16,
+                max_header_bytes: 16 << 10,
             },
             timeouts: Timeouts {
                 read: Duration::from_secs(5),
@@ -426,7 +441,25 @@ impl Config {
             "overlay.peer.read_credit_chunks",
             "must be >= 1",
         )?;
-        check(self.admin.max_conns >= 1, "admin.max_conns", "must be >= 1")?;
+        let a = &self.admin;
+        check(a.max_conns >= 1, "admin.max_conns", "must be >= 1")?;
+        check(
+            !a.header_timeout.is_zero(),
+            "admin.header_timeout",
+            "must be > 0",
+        )?;
+        check(
+            !a.write_timeout.is_zero(),
+            "admin.write_timeout",
+            "must be > 0",
+        )?;
+        check(a.max_pipelined >= 1, "admin.max_pipelined", "must be >= 1")?;
+        // hyper's smallest read buffer; a head must fit in it.
+        check(
+            (8192..=1 << 20).contains(&a.max_header_bytes),
+            "admin.max_header_bytes",
+            "must be in 8192..=1048576",
+        )?;
         check(
             self.log.bus_capacity >= 16,
             "log.bus_capacity",
@@ -663,6 +696,25 @@ mod tests {
             e.to_string().contains("readiness.queue_high_watermark"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn admin_bounds_are_checked() {
+        type Breaks = fn(&mut AdminConfig);
+        let bad: [(Breaks, &str); 4] = [
+            (
+                |a| a.header_timeout = Duration::ZERO,
+                "admin.header_timeout",
+            ),
+            (|a| a.write_timeout = Duration::ZERO, "admin.write_timeout"),
+            (|a| a.max_pipelined = 0, "admin.max_pipelined"),
+            (|a| a.max_header_bytes = 4096, "admin.max_header_bytes"),
+        ];
+        for (set, key) in bad {
+            let mut c = Config::default();
+            set(&mut c.admin);
+            assert_eq!(c.validate().unwrap_err().key, key);
+        }
     }
 
     #[test]

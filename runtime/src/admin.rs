@@ -2,7 +2,6 @@
 //! and `X-Corr-ID` on every request.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -13,15 +12,16 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use overlay_core::observe::{HttpMetrics, Method, Route, Status};
 use overlay_core::sync::Snapshot;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::bounds::{ACCEPT_ERROR_PAUSE, HEALTH_STALE};
+use crate::bounds::HEALTH_STALE;
 use crate::corr::{self, CorrIds};
 use crate::driver::{Heartbeat, ReadySnapshot};
-use crate::net::Listener;
+
+mod serve;
+pub(crate) use serve::serve;
+pub use serve::AdminLimits;
 
 pub const CORR_HEADER: &str = "x-corr-id";
 const PROM_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -56,9 +56,45 @@ impl VersionInfo {
     }
 }
 
+/// `/metrics` renders, one at a time, shared by every request that arrived before the render
+/// began: a render costs milliseconds of CPU, and clients pipelining scrapes must not be
+/// able to spend every core on them while probes wait. No request is answered with a
+/// render older than itself.
+pub struct Scrapes {
+    prom: PrometheusHandle,
+    last: tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>,
+}
+
+impl Scrapes {
+    pub fn new(prom: PrometheusHandle) -> Scrapes {
+        Scrapes {
+            prom,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn handle(&self) -> &PrometheusHandle {
+        &self.prom
+    }
+
+    async fn render(&self) -> bytes::Bytes {
+        let arrived = Instant::now();
+        let mut last = self.last.lock().await;
+        if let Some((began, text)) = &*last {
+            if *began >= arrived {
+                return text.clone();
+            }
+        }
+        let began = Instant::now();
+        let text = bytes::Bytes::from(self.prom.render());
+        *last = Some((began, text.clone()));
+        text
+    }
+}
+
 #[derive(Clone)]
 pub struct AdminState {
-    pub prom: PrometheusHandle,
+    pub scrapes: Arc<Scrapes>,
     pub http: HttpMetrics,
     pub ready: Arc<Snapshot<ReadySnapshot>>,
     pub heartbeat: Arc<Heartbeat>,
@@ -78,7 +114,8 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    ([(header::CONTENT_TYPE, PROM_CONTENT_TYPE)], s.prom.render()).into_response()
+    let text = s.scrapes.render().await;
+    ([(header::CONTENT_TYPE, PROM_CONTENT_TYPE)], text).into_response()
 }
 
 async fn healthz(State(s): State<AdminState>) -> Response {
@@ -172,56 +209,6 @@ async fn observe(State(s): State<AdminState>, req: Request, next: Next) -> Respo
     resp
 }
 
-/// Serves the router on any listener (tokio TCP in production, simulated TCP in `sim`),
-/// at most `max_conns` (`admin.max_conns`) connections at once, each with a header-read
-/// deadline so a slow client cannot hold a slot.
-pub(crate) async fn serve<L: Listener>(
-    mut listener: L,
-    app: Router,
-    header_timeout: Duration,
-    max_conns: usize,
-    active: metrics::Gauge,
-) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-
-    let slots = Arc::new(Semaphore::new(max_conns));
-    // Dropping the set (when this task is aborted) aborts every connection with it.
-    let mut conns = JoinSet::new();
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        tokio::select! {
-            // Fixed polling order: an unbiased select draws from tokio's per-thread RNG,
-            // which is seeded from the OS and would make simulated runs unrepeatable.
-            biased;
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let svc = TowerToHyperService::new(app.clone());
-                    active.set((max_conns - slots.available_permits()) as f64);
-                    let (active, slots) = (active.clone(), slots.clone());
-                    conns.spawn(async move {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(header_timeout)
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                        drop(slot);
-                        active.set((max_conns - slots.available_permits()) as f64);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(event = "accept_error", reason = "io", error = %e,
-                        "admin accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,7 +225,7 @@ mod tests {
         hb.beat();
         (
             AdminState {
-                prom: rec.handle,
+                scrapes: Arc::new(Scrapes::new(rec.handle)),
                 http: rec.http,
                 ready: rx,
                 heartbeat: hb,
@@ -351,7 +338,7 @@ mod tests {
     #[tokio::test]
     async fn requests_are_counted_by_route_method_status() {
         let (s, _tx) = state(snapshot(ready_view(false)));
-        let prom = s.prom.clone();
+        let prom = s.scrapes.handle().clone();
         let app = router(s);
         get(&app, "/readyz", None).await;
         get(&app, "/nope", None).await;
@@ -385,7 +372,7 @@ mod tests {
     #[tokio::test]
     async fn wrong_method_is_405_and_counted() {
         let (s, _tx) = state(snapshot(ready_view(true)));
-        let prom = s.prom.clone();
+        let prom = s.scrapes.handle().clone();
         let app = router(s);
         let req = axum::http::Request::builder()
             .method("POST")

@@ -8,6 +8,8 @@ use std::time::Duration;
 use overlay_core::oap::HEADER_LEN;
 use overlay_core::Config;
 
+use crate::admin::AdminLimits;
+
 /// Writer wake-ups, accepts, dial results: small messages the driver must see promptly.
 pub const CONTROL_CHANNEL: usize = 1024;
 
@@ -48,8 +50,6 @@ pub struct Bounds {
     pub connect_timeout: Duration,
     /// How long the runtime waits for closes to flush after `shutdown`.
     pub flush_timeout: Duration,
-    /// Admin plane: a request's headers must arrive within this.
-    pub admin_header_timeout: Duration,
     /// Read chunks one connection may have queued toward the driver
     /// (`overlay.peer.read_credit_chunks`). The shared ingress channel is bounded too, but
     /// without a per-connection credit one flooding socket could fill it and starve every
@@ -58,9 +58,10 @@ pub struct Bounds {
     /// Events the bus holds for its slowest subscriber (`log.bus_capacity`); past that the
     /// subscriber loses the oldest and counts them in `bus_lagged_total`.
     pub bus_capacity: usize,
-    /// Admin connections served at once (`admin.max_conns`); more wait in the kernel
-    /// backlog, so a scrape storm cannot take unbounded tasks and sockets.
-    pub admin_max_conns: usize,
+    /// The admin plane's connections, deadlines and request bounds (`admin.*`): a scrape
+    /// storm or a hostile client cannot take unbounded tasks and sockets, nor keep probes
+    /// from being answered.
+    pub admin: AdminLimits,
     /// First redial delay and its ceiling (`overlay.dial_backoff_base` / `_max`).
     pub dial_backoff_base: Duration,
     pub dial_backoff_max: Duration,
@@ -75,10 +76,9 @@ impl Bounds {
             writer_queue: cfg.overlay.peer.send_window_frames + 4,
             connect_timeout: cfg.overlay.handshake_timeout,
             flush_timeout: cfg.timeouts.write.min(Duration::from_secs(1)),
-            admin_header_timeout: cfg.timeouts.read,
             read_credit: cfg.overlay.peer.read_credit_chunks,
             bus_capacity: cfg.log.bus_capacity,
-            admin_max_conns: cfg.admin.max_conns,
+            admin: AdminLimits::from_config(&cfg.admin),
             dial_backoff_base: cfg.overlay.dial_backoff_base,
             dial_backoff_max: cfg.overlay.dial_backoff_max,
         }
@@ -95,20 +95,24 @@ mod tests {
         let d = Bounds::from_config(&cfg);
         assert_eq!(d.read_credit, 4);
         assert_eq!(d.bus_capacity, 4096);
-        assert_eq!(d.admin_max_conns, 64);
+        assert_eq!(d.admin.max_conns, 64);
+        assert_eq!(d.admin.header_timeout, Duration::from_secs(2));
+        assert_eq!(d.admin.max_pipelined, 16);
         assert_eq!(d.dial_backoff_base, Duration::from_millis(200));
         assert_eq!(d.dial_backoff_max, Duration::from_secs(30));
 
         cfg.overlay.peer.read_credit_chunks = 2;
         cfg.log.bus_capacity = 16;
         cfg.admin.max_conns = 3;
+        cfg.admin.write_timeout = Duration::from_millis(300);
         cfg.overlay.dial_backoff_base = Duration::from_millis(10);
         cfg.overlay.dial_backoff_max = Duration::from_millis(40);
         cfg.validate().unwrap();
         let b = Bounds::from_config(&cfg);
         assert_eq!(b.read_credit, 2);
         assert_eq!(b.bus_capacity, 16);
-        assert_eq!(b.admin_max_conns, 3);
+        assert_eq!(b.admin.max_conns, 3);
+        assert_eq!(b.admin.write_timeout, Duration::from_millis(300));
         assert_eq!(b.dial_backoff_base, Duration::from_millis(10));
         assert_eq!(b.dial_backoff_max, Duration::from_millis(40));
     }

@@ -69,7 +69,10 @@ pub async fn run(args: RunArgs, cfg: Config, logging: &Logging) -> anyhow::Resul
                 return Ok(());
             }
             sig = signals.next() => match sig {
-                Sig::Reload => reload(&ctl, &args, &mut current, logging).await,
+                Sig::Reload => {
+                    let ok = reload(&ctl, &args, &mut current, logging).await;
+                    ctl.config_loaded(ok).await;
+                }
                 Sig::Stop(name) if !stopping => {
                     stopping = true;
                     tracing::info!(event = "signal", signal = name, "stopping");
@@ -87,27 +90,33 @@ pub async fn run(args: RunArgs, cfg: Config, logging: &Logging) -> anyhow::Resul
 }
 
 /// SIGHUP: reload the layered config. Live keys go to the node; keys that need a restart
-/// are named; an invalid file leaves everything as it was.
-async fn reload(ctl: &NodeControl, args: &RunArgs, current: &mut Config, logging: &Logging) {
+/// are named; an invalid file leaves everything as it was and returns false, which
+/// readiness reports (`cfg_loaded`) until a reload succeeds.
+async fn reload(
+    ctl: &NodeControl,
+    args: &RunArgs,
+    current: &mut Config,
+    logging: &Logging,
+) -> bool {
     let new = match config::load(args.config.as_deref(), &args.overrides) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(event = "config_reload", reason = "invalid", error = %e,
                 "config reload failed; keeping the running config");
-            return;
+            return false;
         }
     };
     let changes = config::diff(current, &new);
     if changes.is_empty() {
         tracing::info!(event = "config_reload", changes = 0u64, "config unchanged");
-        return;
+        return true;
     }
     let mut restart = match ctl.reconfigure(new.clone()).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(event = "config_reload", reason = "rejected", error = %e,
                 "config reload failed; keeping the running config");
-            return;
+            return false;
         }
     };
     restart.extend(runtime_restart_keys(current, &new));
@@ -130,18 +139,32 @@ async fn reload(ctl: &NodeControl, args: &RunArgs, current: &mut Config, logging
         );
     }
     *current = new;
+    true
 }
 
 /// Keys whose bounds the runtime sized once at start (the bus channel, the admin
-/// plane's connection slots): a reload cannot resize them, so an operator must hear that
+/// plane's limits): a reload cannot resize them, so an operator must hear that
 /// the new value waits for a restart.
 fn runtime_restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
     if old.log.bus_capacity != new.log.bus_capacity {
         keys.push("log.bus_capacity");
     }
-    if old.admin.max_conns != new.admin.max_conns {
+    let (o, n) = (&old.admin, &new.admin);
+    if o.max_conns != n.max_conns {
         keys.push("admin.max_conns");
+    }
+    if o.header_timeout != n.header_timeout {
+        keys.push("admin.header_timeout");
+    }
+    if o.write_timeout != n.write_timeout {
+        keys.push("admin.write_timeout");
+    }
+    if o.max_pipelined != n.max_pipelined {
+        keys.push("admin.max_pipelined");
+    }
+    if o.max_header_bytes != n.max_header_bytes {
+        keys.push("admin.max_header_bytes");
     }
     keys
 }
@@ -157,10 +180,11 @@ mod tests {
         assert!(runtime_restart_keys(&old, &new).is_empty());
         new.log.bus_capacity = 64;
         new.admin.max_conns = 8;
+        new.admin.max_pipelined = 4;
         new.overlay.peer.read_credit_chunks = 2; // live: new connections get it
         assert_eq!(
             runtime_restart_keys(&old, &new),
-            vec!["log.bus_capacity", "admin.max_conns"]
+            vec!["log.bus_capacity", "admin.max_conns", "admin.max_pipelined"]
         );
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use overlay_core::oap::{MsgId, HEADER_LEN};
+use overlay_core::observe::{AcceptPause, Metrics};
 use overlay_core::sync::{QueueAccount, Snapshot};
 use overlay_core::{
     Balance, Config, ConnId, Event, Overlay, Probe, PublishError, ReadyView, RejectReason, Stats,
@@ -30,7 +31,10 @@ use crate::bus::{BusEvent, BusKind, ConnCtx};
 use crate::conn::{self, Ingress, WriterReport};
 use crate::corr::CorrIds;
 use crate::credit::CreditPool;
+use crate::fd::FdBudget;
 use crate::net::{Listener, Net};
+use crate::supervise::Supervisor;
+use crate::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY};
 
 /// Liveness: the driver stamps this every loop turn; `/healthz` reads its age.
 #[derive(Debug)]
@@ -98,11 +102,26 @@ pub(crate) enum Control<S> {
     },
     Probe(Probe, bool),
     Panicked {
-        conn: Option<ConnId>,
-        dial: Option<String>,
         task: &'static str,
         reason: String,
+        after: AfterPanic,
     },
+}
+
+/// What becomes of a task that panicked. Only the first three count in
+/// `service_restarts_total`: something takes its place.
+#[derive(Clone, Debug)]
+pub(crate) enum AfterPanic {
+    /// A connection's reader or writer: the connection is closed; new ones are served.
+    Close(ConnId),
+    /// A dialer: restarted if its peer is still configured.
+    Redial(String),
+    /// A singleton task restarted by its `Supervisor`; the probe it upholds reads false
+    /// until it runs again.
+    Restart(Option<Probe>),
+    /// Nothing restarts it (a supervisor itself failed): logged, never counted as
+    /// restarted.
+    Lost,
 }
 
 /// Counts of the node as it stands, for embedders and tests.
@@ -133,6 +152,8 @@ pub(crate) enum Command {
     },
     Drain,
     Stats(oneshot::Sender<NodeStats>),
+    /// A fact the embedder observes (the daemon: whether the last reload succeeded).
+    Probe(Probe, bool),
 }
 
 /// How the node ended.
@@ -276,8 +297,7 @@ impl<N: Net> Driver<N> {
     /// and counted, and the node goes on.
     pub(crate) fn spawn_supervised<F>(
         &mut self,
-        conn: Option<ConnId>,
-        dial: Option<String>,
+        after: AfterPanic,
         task: &'static str,
         fut: F,
     ) -> AbortHandle
@@ -290,19 +310,45 @@ impl<N: Net> Driver<N> {
                 let reason = panic_message(&p);
                 let _ = ctl
                     .send(Control::Panicked {
-                        conn,
-                        dial,
                         task,
                         reason,
+                        after,
                     })
                     .await;
             }
         })
     }
 
-    pub(crate) fn spawn_acceptor(&mut self, listener: N::Listener) {
+    /// The acceptor, restarted on a panic with the same listener. With `fds`, it takes
+    /// connections only while descriptor headroom stays above `readiness.fd_reserve`.
+    pub(crate) fn spawn_acceptor(&mut self, mut listener: N::Listener, fds: Option<Arc<FdBudget>>) {
         let ctl = self.ctl_tx.clone();
-        self.spawn_supervised(None, None, "acceptor", accept_loop(listener, ctl));
+        let metrics = self.overlay.metrics().clone();
+        self.spawn_singleton(
+            "acceptor",
+            Some(Probe::ListenersBound),
+            move |mut sup| async move {
+                while sup
+                    .run(accept_loop(&mut listener, &ctl, fds.as_deref(), &metrics))
+                    .await
+                {}
+            },
+        );
+    }
+
+    /// Runs a singleton task under its `Supervisor` (which restarts it); `body` takes the
+    /// supervisor and loops `while sup.run(..).await {}` around the task's resources.
+    pub(crate) fn spawn_singleton<B, F>(
+        &mut self,
+        task: &'static str,
+        probe: Option<Probe>,
+        body: B,
+    ) where
+        B: FnOnce(Supervisor<N::Stream>) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let fut = body(Supervisor::new(task, self.ctl_tx.clone(), probe));
+        self.spawn_supervised(AfterPanic::Lost, task, fut);
     }
 
     pub(crate) fn spawn_dialers(&mut self) {
@@ -324,7 +370,7 @@ impl<N: Net> Driver<N> {
             self.rng.next_u64(),
             self.bounds.clone(),
         );
-        let task = self.spawn_supervised(None, Some(addr.clone()), "dialer", fut);
+        let task = self.spawn_supervised(AfterPanic::Redial(addr.clone()), "dialer", fut);
         self.dials.insert(
             addr,
             Dial {
@@ -383,7 +429,8 @@ impl<N: Net> Driver<N> {
                 Some(res) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     if let Err(e) = res {
                         if e.is_panic() {
-                            self.on_panic(None, None, "task", panic_message(&e.into_panic()));
+                            let reason = panic_message(&e.into_panic());
+                            self.on_panic("task", reason, AfterPanic::Lost);
                         }
                     }
                 }
@@ -444,46 +491,49 @@ impl<N: Net> Driver<N> {
             }
             Control::Probe(p, ok) => self.overlay.set_probe(now, p, ok),
             Control::Panicked {
-                conn,
-                dial,
                 task,
                 reason,
-            } => self.on_panic(conn, dial, task, reason),
+                after,
+            } => self.on_panic(task, reason, after),
         }
     }
 
-    fn on_panic(
-        &mut self,
-        conn: Option<ConnId>,
-        dial: Option<String>,
-        task: &'static str,
-        reason: String,
-    ) {
-        self.overlay.metrics().service_restarts.increment(1);
+    fn on_panic(&mut self, task: &'static str, reason: String, after: AfterPanic) {
+        let now = self.now();
+        let restarted = match after {
+            AfterPanic::Close(c) => {
+                self.to_close.push(c);
+                true
+            }
+            AfterPanic::Redial(addr) => {
+                self.dials.remove(&addr);
+                // A dialer of a peer no longer configured is not restarted, so not counted.
+                let again = self.cfg.overlay.peers.contains(&addr);
+                if again {
+                    self.spawn_dialer(addr);
+                }
+                again
+            }
+            AfterPanic::Restart(probe) => {
+                if let Some(p) = probe {
+                    // Down until the supervisor reports it running again.
+                    self.overlay.set_probe(now, p, false);
+                }
+                true
+            }
+            AfterPanic::Lost => false,
+        };
+        if restarted {
+            self.overlay.metrics().service_restarts.increment(1);
+        }
         tracing::error!(
             event = "task_panic",
-            reason = "panic",
+            reason = if restarted { "panic" } else { "lost" },
             task,
             detail = %reason,
             node = %self.node,
             "a runtime task panicked; contained"
         );
-        let now = self.now();
-        match (conn, dial, task) {
-            (Some(c), _, _) => self.to_close.push(c),
-            (None, Some(addr), _) => {
-                // Restart the dialer if the peer is still configured.
-                self.dials.remove(&addr);
-                if self.cfg.overlay.peers.contains(&addr) {
-                    self.spawn_dialer(addr);
-                }
-            }
-            (None, None, "acceptor") => {
-                // The listener went down with the task: readiness must say so.
-                self.overlay.set_probe(now, Probe::ListenersBound, false);
-            }
-            _ => {}
-        }
     }
 
     fn on_ingress(&mut self, i: Ingress) {
@@ -556,6 +606,7 @@ impl<N: Net> Driver<N> {
                 let _ = reply.send(restart);
             }
             Command::Drain => self.begin_drain(),
+            Command::Probe(p, ok) => self.overlay.set_probe(now, p, ok),
             Command::Stats(reply) => {
                 let _ = reply.send(NodeStats {
                     established: self.overlay.established(),
@@ -633,8 +684,7 @@ impl<N: Net> Driver<N> {
         let (wtx, wrx) = mpsc::channel(self.bounds.writer_queue);
         let credit = CreditPool::new(self.bounds.read_credit);
         let reader = self.spawn_supervised(
-            Some(conn),
-            None,
+            AfterPanic::Close(conn),
             "reader",
             conn::reader(
                 conn,
@@ -646,8 +696,7 @@ impl<N: Net> Driver<N> {
             ),
         );
         let writer_task = self.spawn_supervised(
-            Some(conn),
-            None,
+            AfterPanic::Close(conn),
             "writer",
             conn::writer(conn, wr, wrx, self.report_tx.clone()),
         );
@@ -887,17 +936,43 @@ impl<N: Net> Driver<N> {
     }
 }
 
-async fn accept_loop<L: Listener>(mut listener: L, ctl: mpsc::Sender<Control<L::Stream>>) {
+async fn accept_loop<L: Listener>(
+    listener: &mut L,
+    ctl: &mpsc::Sender<Control<L::Stream>>,
+    fds: Option<&FdBudget>,
+    metrics: &Metrics,
+) {
+    let mut errors = LogThrottle::new(ACCEPT_ERROR_LOG_EVERY);
     loop {
+        if let Some(fds) = fds.filter(|f| !f.headroom()) {
+            // The reserve is for the admin plane and outgoing dials: leave new connections
+            // in the kernel backlog until the sampler finds descriptors free again.
+            metrics.accept_paused(AcceptPause::FdHeadroom);
+            if ctl
+                .send(Control::Probe(Probe::FdHeadroom, false))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            fds.wait_headroom().await;
+        }
         match listener.accept().await {
             Ok((stream, peer)) => {
+                if let Some(fds) = fds {
+                    fds.took_one();
+                }
                 // A full control channel slows accepting down: backpressure, not loss.
                 if ctl.send(Control::Accepted { stream, peer }).await.is_err() {
                     return;
                 }
             }
             Err(e) => {
-                tracing::warn!(event = "accept_error", reason = "io", error = %e, "accept failed");
+                metrics.accept_paused(AcceptPause::AcceptError);
+                if let Some(suppressed) = errors.admit() {
+                    tracing::warn!(event = "accept_error", reason = "io", error = %e,
+                        suppressed, "accept failed");
+                }
                 tokio::time::sleep(bounds::ACCEPT_ERROR_PAUSE).await;
             }
         }

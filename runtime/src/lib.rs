@@ -26,6 +26,8 @@ pub mod observe;
 pub mod otel;
 pub mod peer;
 pub mod shutdown;
+mod supervise;
+mod throttle;
 
 pub use driver::{Heartbeat, NodeStats, ReadySnapshot, ShutdownReport};
 pub use net::{Listener, Net, TokioNet};

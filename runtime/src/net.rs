@@ -48,12 +48,37 @@ impl Listener for TokioListener {
     }
 }
 
+/// Connections the kernel holds for a listener before `accept`: tokio's default (128, as
+/// std) is less than a few hundred hostile admin clients, and a full queue drops the SYN of
+/// a probe, which then retries only after 1 s. The kernel caps it at `net.core.somaxconn`.
+/// It also holds what the overlay acceptor leaves waiting while it is paused.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's own bind: a restarted node rebinds its port at once.
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(LISTEN_BACKLOG)
+}
+
 impl Net for TokioNet {
     type Stream = tokio::net::TcpStream;
     type Listener = TokioListener;
 
     async fn bind(&self, addr: &str) -> io::Result<TokioListener> {
-        tokio::net::TcpListener::bind(addr).await.map(TokioListener)
+        let mut last = None;
+        for a in tokio::net::lookup_host(addr).await? {
+            match listen(a) {
+                Ok(l) => return Ok(TokioListener(l)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address")))
     }
 
     async fn connect(&self, addr: &str) -> io::Result<tokio::net::TcpStream> {

@@ -16,12 +16,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::admin::{self, AdminState, VersionInfo};
+use crate::admin::{self, AdminState, Scrapes, VersionInfo};
 use crate::bounds::{self, Bounds};
 use crate::bus::{BusEvent, Subscription};
 use crate::corr::{os_seed, CorrIds, WallClock};
 pub use crate::driver::ShutdownReport;
 use crate::driver::{Command, Control, Driver, Heartbeat, NodeStats, Parts, ReadySnapshot};
+use crate::fd::{FdBudget, Unknown};
 use crate::logging::LogPolicy;
 use crate::net::{Listener, Net};
 use crate::observe::Recorder;
@@ -117,8 +118,10 @@ impl Node {
         let start = Instant::now();
         let mut overlay = Overlay::new(cfg.clone(), rec.metrics.clone(), opts.seed, Time::ZERO);
         overlay.set_local_delivery(opts.local_delivery);
-        let fd_ok =
-            !opts.fd_sampler || crate::fd::headroom(cfg.readiness.fd_reserve).unwrap_or(true);
+        let fds = opts
+            .fd_sampler
+            .then(|| Arc::new(FdBudget::new(cfg.readiness.fd_reserve)));
+        let fd_ok = fds.as_ref().map_or(true, |f| f.headroom());
         // All start-up facts at once, so readiness moves once: no intermediate states
         // (bound but no config...) that nobody could observe reach the log.
         overlay.set_probes(
@@ -171,45 +174,49 @@ impl Node {
             corr: corr.clone(),
             startup,
         });
-        driver.spawn_acceptor(listener);
-        if let Some(l) = admin_listener {
+        driver.spawn_acceptor(listener, fds.clone());
+        if let Some(mut l) = admin_listener {
             let app = admin::router(AdminState {
-                prom: rec.handle.clone(),
+                scrapes: Arc::new(Scrapes::new(rec.handle.clone())),
                 http: rec.http.clone(),
                 ready: ready_rx.clone(),
                 heartbeat,
                 corr,
                 version: Arc::new(VersionInfo::current()),
             });
-            driver.spawn_supervised(
-                None,
-                None,
-                "admin",
-                admin::serve(
-                    l,
-                    app,
-                    b.admin_header_timeout,
-                    b.admin_max_conns,
-                    rec.http.connections.clone(),
-                ),
-            );
+            let (limits, http) = (b.admin.clone(), rec.http.clone());
+            driver.spawn_singleton("admin", Some(Probe::MetricsBound), |mut sup| async move {
+                while sup
+                    .run(admin::serve(&mut l, app.clone(), &limits, &http))
+                    .await
+                {}
+            });
         }
         let prom = rec.handle.clone();
-        driver.spawn_supervised(None, None, "upkeep", async move {
-            let mut t = tokio::time::interval(bounds::UPKEEP_EVERY);
-            loop {
-                t.tick().await;
-                prom.run_upkeep();
-            }
+        driver.spawn_singleton("upkeep", None, |mut sup| async move {
+            while sup.run(upkeep(&prom)).await {}
         });
-        if opts.fd_sampler {
+        if let Some(fds) = fds {
             let ctl = driver.control();
-            let reserve = cfg.readiness.fd_reserve;
-            driver.spawn_supervised(None, None, "fd_sampler", fd_sampler(ctl, reserve));
+            driver.spawn_singleton(
+                "fd_sampler",
+                Some(Probe::FdHeadroom),
+                |mut sup| async move { while sup.run(fd_sampler(&ctl, &fds)).await {} },
+            );
         }
         if opts.log_events {
-            let sub = Subscription::new(bus.subscribe(), rec.metrics.bus_lagged.clone());
-            driver.spawn_supervised(None, None, "logger", crate::eventlog::run(sub, policy));
+            let (bus, lagged) = (bus.clone(), rec.metrics.bus_lagged.clone());
+            driver.spawn_singleton("logger", None, |mut sup| async move {
+                // A restarted logger subscribes anew: what it missed meanwhile is lost, and
+                // not counted as lag (nobody was subscribed).
+                while sup
+                    .run(crate::eventlog::run(
+                        Subscription::new(bus.subscribe(), lagged.clone()),
+                        policy.clone(),
+                    ))
+                    .await
+                {}
+            });
         }
         driver.spawn_dialers();
         let done = tokio::spawn(driver.run());
@@ -317,29 +324,53 @@ impl NodeControl {
         self.ask(Command::Stats).await
     }
 
+    /// Reports whether the running config is the one the operator last asked for: a
+    /// reload that failed leaves `cfg_loaded` false until one succeeds.
+    pub async fn config_loaded(&self, ok: bool) {
+        let _ = self.cmd.send(Command::Probe(Probe::CfgLoaded, ok)).await;
+    }
+
     /// Starts draining (idempotent): readiness goes down, peers hear GOAWAY.
     pub async fn begin_shutdown(&self) {
         let _ = self.cmd.send(Command::Drain).await;
     }
 }
 
-async fn fd_sampler<S>(ctl: mpsc::Sender<Control<S>>, reserve: u64) {
-    let mut t = tokio::time::interval(bounds::FD_SAMPLE_EVERY);
-    let mut warned = false;
+async fn upkeep(prom: &PrometheusHandle) {
+    let mut t = tokio::time::interval(bounds::UPKEEP_EVERY);
     loop {
         t.tick().await;
-        let ok = match crate::fd::headroom(reserve) {
-            Some(ok) => ok,
-            None => {
-                if !warned {
-                    warned = true;
+        prom.run_upkeep();
+    }
+}
+
+/// Counts descriptors every `FD_SAMPLE_EVERY` for readiness and the acceptor. A count that
+/// cannot be taken is no headroom.
+async fn fd_sampler<S>(ctl: &mpsc::Sender<Control<S>>, fds: &FdBudget) {
+    let mut t = tokio::time::interval(bounds::FD_SAMPLE_EVERY);
+    let mut failing = false;
+    loop {
+        t.tick().await;
+        let ok = match fds.sample() {
+            Ok(ok) => {
+                failing = false;
+                ok
+            }
+            Err(why) => {
+                if !failing {
+                    failing = true;
+                    let reason = match why {
+                        Unknown::Exhausted => "exhausted".to_string(),
+                        Unknown::Unavailable(e) => e.to_string(),
+                    };
                     tracing::warn!(
                         event = "fd_sampler",
                         reason = "unavailable",
-                        "cannot count open descriptors; fd_headroom assumed"
+                        detail = %reason,
+                        "cannot count open descriptors; fd_headroom reported missing"
                     );
                 }
-                true
+                false
             }
         };
         if ctl

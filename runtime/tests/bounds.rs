@@ -1,7 +1,8 @@
 //! Runtime bounds that come from config keys, enforced on a real node over loopback TCP:
 //! `log.bus_capacity` (a lagging bus subscriber loses the oldest events and the loss is
-//! counted in `bus_lagged_total`) and `admin.max_conns` (connections past the cap wait in
-//! the backlog and are served once a slot frees). `overlay.peer.read_credit_chunks` and
+//! counted in `bus_lagged_total`) and `admin.max_conns` (a connection past the cap evicts
+//! the one that has gone longest without finishing a response; the other admin bounds are
+//! in `admin_abuse.rs`). `overlay.peer.read_credit_chunks` and
 //! `overlay.dial_backoff_*` are enforced by `conn::reader` and `dial::Backoff`, tested in
 //! their modules with values taken from the config.
 
@@ -74,36 +75,44 @@ async fn get_healthz(s: &mut TcpStream) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_max_conns_caps_connections_served_at_once() {
+async fn admin_max_conns_caps_connections_and_evicts_the_most_stalled() {
     let mut c = cfg();
-    c.admin.max_conns = 1;
-    // The idle holder must keep its slot for the whole test: no header timeout meanwhile.
-    c.timeouts.read = Duration::from_secs(30);
+    c.admin.max_conns = 2;
+    // The idle holders must keep their slots until evicted: no header timeout meanwhile.
+    c.admin.header_timeout = Duration::from_secs(30);
     let node = Node::start(TokioNet, c, opts()).await.unwrap();
     let admin = node.admin_addr().unwrap();
-    // `first` is accepted first and holds the only slot (no request yet)...
-    let mut first = TcpStream::connect(admin).await.unwrap();
-    let mut probe = TcpStream::connect(admin).await.unwrap();
-    let mut waiting = tokio::spawn(async move { get_healthz(&mut probe).await });
-    // ...so the second connection is not served while it is held. A bounded wait is the
-    // only way to observe "not served"; 300 ms is ample for a loopback answer.
-    assert!(
-        timeout(Duration::from_millis(300), &mut waiting)
-            .await
-            .is_err(),
-        "a connection past admin.max_conns was served while the slot was held"
-    );
-    // The bound is visible: one connection served, the cap reached.
     let active = || series(&node.prometheus().render(), "admin_connections_active");
-    assert_eq!(active(), Some(1.0));
-    // Using the slot and letting it go admits the waiting one.
-    let answer = get_healthz(&mut first).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let second = timeout(Duration::from_secs(10), waiting)
+    // Two connections that never send a request fill the plane...
+    let mut oldest = TcpStream::connect(admin).await.unwrap();
+    until("the first holder to be served", || async {
+        active() == Some(1.0)
+    })
+    .await;
+    let mut newer = TcpStream::connect(admin).await.unwrap();
+    until("the plane to be full", || async { active() == Some(2.0) }).await;
+    // ...and a probe is not queued behind them: the connection that has waited longest
+    // without a request is closed to make room.
+    let mut probe = TcpStream::connect(admin).await.unwrap();
+    let answer = timeout(Duration::from_secs(1), get_healthz(&mut probe))
         .await
-        .expect("served once the slot was free")
-        .unwrap();
-    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        .expect("a probe past admin.max_conns is answered at once");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut buf = [0u8; 16];
+    let n = timeout(Duration::from_secs(5), oldest.read(&mut buf))
+        .await
+        .expect("the oldest holder is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let refused = series(
+        &node.prometheus().render(),
+        r#"admin_refusals_total{reason="max_conns"}"#,
+    );
+    assert_eq!(refused, Some(1.0));
+    assert!(active().unwrap() <= 2.0);
+    // The newer holder kept its slot and is still served.
+    let answer = get_healthz(&mut newer).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     node.shutdown().await.unwrap();
 }
 

@@ -114,6 +114,7 @@ fn pump(src: impl Read + Send + 'static, out: Arc<Output>, is_stdout: bool) {
 pub struct DaemonBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
+    nofile: Option<u64>,
 }
 
 impl DaemonBuilder {
@@ -129,6 +130,11 @@ impl DaemonBuilder {
             key.replace('.', "__").to_ascii_uppercase()
         );
         self.env.push((name, value.into()));
+        self
+    }
+    /// Runs the daemon with `RLIMIT_NOFILE` (soft and hard) at `n`, as `prlimit` would.
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
         self
     }
     pub fn start(self) -> Daemon {
@@ -176,6 +182,24 @@ impl Daemon {
         cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
         for (k, v) in &b.env {
             cmd.env(k, v);
+        }
+        if let Some(n) = b.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe
+            // and touches nothing of the parent's.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let started = Instant::now();
         let mut child = cmd.spawn().expect("spawn svc-overlay");

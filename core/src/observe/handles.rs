@@ -47,6 +47,7 @@ pub struct Metrics {
     pub store_evictions: [Counter; 2],
     pub reconcile_rounds: Counter,
     pub reconcile_bytes: [Counter; 2],
+    pub accept_paused: [Counter; 2],
     pub tor_bootstrap: Option<Histogram>,
     pub quic_path_events: Option<[Counter; 3]>,
 }
@@ -151,6 +152,9 @@ impl Metrics {
             }),
             reconcile_rounds: metrics::counter!(RECONCILE_ROUNDS_TOTAL),
             reconcile_bytes: dirs(&|d| metrics::counter!(RECONCILE_BYTES_TOTAL, "dir" => d.as_str())),
+            accept_paused: std::array::from_fn(|i| {
+                metrics::counter!(ACCEPT_PAUSED_TOTAL, "reason" => AcceptPause::ALL[i].as_str())
+            }),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
             quic_path_events: cfg!(feature = "quic").then(|| {
                 std::array::from_fn(|i| {
@@ -175,6 +179,9 @@ impl Metrics {
     pub fn queue_drop(&self, q: Queue, r: DropReason, frames: u64) {
         self.queue_dropped[q.index()][r.index()].increment(frames);
     }
+    pub fn accept_paused(&self, r: AcceptPause) {
+        self.accept_paused[r.index()].increment(1);
+    }
     pub fn outcome(&self, o: Outcome, frames: u64) {
         self.rx_outcomes[o.index()].increment(frames);
     }
@@ -196,6 +203,7 @@ pub struct HttpMetrics {
     pub latency: Vec<Histogram>,
     pub inflight: Vec<Gauge>,
     pub connections: Gauge,
+    pub refusals: [Counter; 6],
 }
 
 impl HttpMetrics {
@@ -221,6 +229,9 @@ impl HttpMetrics {
             latency,
             inflight,
             connections: metrics::gauge!(ADMIN_CONNECTIONS_ACTIVE),
+            refusals: std::array::from_fn(
+                |i| metrics::counter!(ADMIN_REFUSALS_TOTAL, "reason" => AdminRefusal::ALL[i].as_str()),
+            ),
         }
     }
 
@@ -232,6 +243,9 @@ impl HttpMetrics {
     }
     pub fn inflight(&self, r: Route) -> &Gauge {
         &self.inflight[r.index()]
+    }
+    pub fn refuse(&self, r: AdminRefusal) {
+        self.refusals[r.index()].increment(1);
     }
 }
 

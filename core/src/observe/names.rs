@@ -165,6 +165,28 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// `reason` of `admin_refusals_total`: why the admin plane dropped or refused a
+    /// connection.
+    AdminRefusal {
+        HeaderTimeout => "header_timeout",
+        HeadersTooLarge => "headers_too_large",
+        Malformed => "malformed",
+        WriteTimeout => "write_timeout",
+        Pipeline => "pipeline",
+        MaxConns => "max_conns",
+    }
+);
+
+label_enum!(
+    /// `reason` of `overlay_accept_paused_total`: why the overlay acceptor stopped taking
+    /// connections from the backlog for a while.
+    AcceptPause {
+        FdHeadroom => "fd_headroom",
+        AcceptError => "accept_error",
+    }
+);
+
 impl Status {
     pub fn from_code(code: u16) -> Status {
         match code {
@@ -239,6 +261,8 @@ pub const STORE_BYTES: &str = "overlay_store_bytes";
 pub const STORE_EVICTIONS_TOTAL: &str = "overlay_store_evictions_total";
 pub const RECONCILE_ROUNDS_TOTAL: &str = "overlay_reconcile_rounds_total";
 pub const RECONCILE_BYTES_TOTAL: &str = "overlay_reconcile_bytes_total";
+pub const ADMIN_REFUSALS_TOTAL: &str = "admin_refusals_total";
+pub const ACCEPT_PAUSED_TOTAL: &str = "overlay_accept_paused_total";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -503,6 +527,18 @@ pub const INVENTORY: &[MetricSpec] = &[
         Kind::Gauge,
         "Admin plane connections being served, at most admin.max_conns.",
         &[],
+    ),
+    spec(
+        ADMIN_REFUSALS_TOTAL,
+        Kind::Counter,
+        "Admin plane connections closed or requests refused to protect the plane, by reason.",
+        &[("reason", AdminRefusal::VALUES)],
+    ),
+    spec(
+        ACCEPT_PAUSED_TOTAL,
+        Kind::Counter,
+        "Times the overlay acceptor paused, leaving connections in the backlog, by reason.",
+        &[("reason", AcceptPause::VALUES)],
     ),
     MetricSpec {
         name: TOR_BOOTSTRAP_SECONDS,
