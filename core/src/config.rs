@@ -88,6 +88,10 @@ pub struct PeerLimits {
     /// Read chunks one connection may have waiting for the driver; its reader pauses (and
     /// TCP pushes back) beyond that, so one flooding socket cannot fill the ingress queue.
     pub read_credit_chunks: usize,
+    /// Least time between two refusal notices of one reason to one session: a writer hears
+    /// how many messages were refused without flooding it with one answer per refusal.
+    #[serde(with = "humantime_serde")]
+    pub notice_interval: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -268,6 +272,7 @@ impl Default for PeerLimits {
             egress_queue_frames: 1024,
             egress_queue_bytes: 8 << 20,
             read_credit_chunks: 4,
+            notice_interval: Duration::from_secs(1),
         }
     }
 }
@@ -413,6 +418,11 @@ impl Config {
             "must be >= 1",
         )?;
         check(p.max_rps >= 1, "overlay.peer.max_rps", "must be >= 1")?;
+        check(
+            !p.notice_interval.is_zero(),
+            "overlay.peer.notice_interval",
+            "must be > 0",
+        )?;
         check(
             p.send_window_frames >= 1,
             "overlay.peer.send_window_frames",

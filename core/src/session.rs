@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use crate::egress::{DrrSlot, EgressQueue};
 use crate::limiter::TokenBucket;
+use crate::notice::NoticeLedger;
 use crate::oap::{Decoder, Reassembler, Role};
 use crate::observe::PeerBucket;
 use crate::time::Time;
@@ -97,6 +98,8 @@ pub struct Session {
     /// In the node's control round robin.
     pub ctrl_queued: bool,
     pub close_reason: Option<CloseReason>,
+    /// Refusals this writer has not been told about yet.
+    pub notices: NoticeLedger,
 }
 
 impl Session {
@@ -138,6 +141,7 @@ impl Session {
             over_watermark: false,
             ctrl_queued: false,
             close_reason: None,
+            notices: NoticeLedger::default(),
         }
     }
 

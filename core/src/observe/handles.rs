@@ -37,6 +37,7 @@ pub struct Metrics {
     pub rx_dropped: [Counter; 5],
     pub egress_fill: Gauge,
     pub dial_failures: Counter,
+    pub refusal_notices: [Counter; 8],
     pub tor_bootstrap: Option<Histogram>,
     pub quic_path_events: Option<[Counter; 3]>,
 }
@@ -120,6 +121,8 @@ impl Metrics {
             }),
             egress_fill: metrics::gauge!(EGRESS_FILL_RATIO),
             dial_failures: metrics::counter!(DIAL_FAILURES_TOTAL),
+            refusal_notices: RejectReason::ALL
+                .map(|r| metrics::counter!(REFUSAL_NOTICES_TOTAL, "reason" => r.as_str())),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
             quic_path_events: cfg!(feature = "quic").then(|| {
                 std::array::from_fn(|i| {

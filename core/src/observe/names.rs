@@ -208,6 +208,7 @@ pub const RX_DROPPED_TOTAL: &str = "overlay_rx_dropped_total";
 pub const EGRESS_FILL_RATIO: &str = "overlay_egress_fill_ratio";
 pub const DIAL_FAILURES_TOTAL: &str = "overlay_dial_failures_total";
 pub const ADMIN_CONNECTIONS_ACTIVE: &str = "admin_connections_active";
+pub const REFUSAL_NOTICES_TOTAL: &str = "overlay_refusal_notices_total";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -418,6 +419,12 @@ pub const INVENTORY: &[MetricSpec] = &[
         Kind::Gauge,
         "Admin plane connections being served, at most admin.max_conns.",
         &[],
+    ),
+    spec(
+        REFUSAL_NOTICES_TOTAL,
+        Kind::Counter,
+        "Refusal notices sent (GOSSIP RESP corr_id 0) telling a writer how many messages were refused.",
+        &[("reason", RejectReason::VALUES)],
     ),
     MetricSpec {
         name: TOR_BOOTSTRAP_SECONDS,
