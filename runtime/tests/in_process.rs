@@ -40,7 +40,7 @@ async fn publish_through_one_node_arrives_on_the_other() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let to = b.overlay_addr().to_string();
     let sub = tokio::spawn(async move {
-        peer::subscribe(&to, vec!["feed".into()], Some(3), move |m| {
+        peer::subscribe(&to, vec!["feed".into()], Some(3), Duration::from_secs(10), move |m| {
             let _ = tx.send(peer::MessageLine::new(m));
         })
         .await
@@ -51,17 +51,14 @@ async fn publish_through_one_node_arrives_on_the_other() {
     .await;
 
     let summary = peer::publish(&PublishArgs {
-        to: a.overlay_addr().to_string(),
-        topic: "feed".into(),
         count: 3,
         size: 0,
-        rate: None,
-        ack: true,
         data: Some("hello".into()),
+        ..PublishArgs::new(a.overlay_addr().to_string(), "feed")
     })
     .await
     .unwrap();
-    assert_eq!((summary.sent, summary.acked, summary.unacked), (3, 3, 0));
+    assert_eq!((summary.sent, summary.acked, summary.unconfirmed), (3, 3, 0));
     assert!(summary.p50_ms.is_some());
 
     for _ in 0..3 {
@@ -219,13 +216,10 @@ async fn a_panicking_connection_task_is_contained_and_counted() {
     assert_eq!(n, 0);
     // ...and the node keeps serving.
     let summary = peer::publish(&PublishArgs {
-        to: a.overlay_addr().to_string(),
-        topic: "t".into(),
         count: 2,
         size: 16,
-        rate: None,
-        ack: true,
         data: None,
+        ..PublishArgs::new(a.overlay_addr().to_string(), "t")
     })
     .await
     .unwrap();
