@@ -190,8 +190,9 @@ pub struct LogConfig {
     pub level: String,
     /// Log peer addresses (turn off where policy forbids, e.g. behind Tor).
     pub peer_addr: bool,
-    /// Log 1 of every N repeats of the same error event.
-    pub sample_every: u32,
+    /// Most lines per second of one event kind (event and reason); the rest are counted
+    /// and reported as `suppressed`.
+    pub max_lines_per_sec: u32,
     /// Events the log bus holds for a slow subscriber before it lags (`bus_lagged_total`).
     pub bus_capacity: usize,
 }
@@ -232,7 +233,7 @@ impl Default for Config {
             log: LogConfig {
                 level: "info".into(),
                 peer_addr: true,
-                sample_every: 100,
+                max_lines_per_sec: 10,
                 bus_capacity: 4096,
             },
             shutdown: ShutdownConfig {
@@ -531,8 +532,8 @@ impl Config {
             "auth.required needs at least one token",
         )?;
         check(
-            self.log.sample_every >= 1,
-            "log.sample_every",
+            self.log.max_lines_per_sec >= 1,
+            "log.max_lines_per_sec",
             "must be >= 1",
         )?;
         check(
