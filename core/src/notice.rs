@@ -58,7 +58,11 @@ impl NoticeLedger {
 
     /// The next notice that may go now (something pending and `interval` passed since that
     /// reason was last told); taking it resets that reason's count and window.
-    pub fn take_due(&mut self, now: Time, interval: std::time::Duration) -> Option<(RejectReason, RefusalNotice)> {
+    pub fn take_due(
+        &mut self,
+        now: Time,
+        interval: std::time::Duration,
+    ) -> Option<(RejectReason, RefusalNotice)> {
         let reason = RejectReason::ALL.into_iter().find(|r| {
             let i = r.index();
             self.pending[i] > 0
@@ -87,13 +91,20 @@ mod tests {
         let t0 = Time::ZERO;
         l.add(RejectReason::Ratelimit, 1);
         let (r, n) = l.take_due(t0, s).unwrap();
-        assert_eq!((r, n.refused, n.retry_after), (RejectReason::Ratelimit, 1, 1));
+        assert_eq!(
+            (r, n.refused, n.retry_after),
+            (RejectReason::Ratelimit, 1, 1)
+        );
         for _ in 0..5 {
             l.add(RejectReason::Ratelimit, 2);
         }
         l.add(RejectReason::Busy, 5);
         let (r, n) = l.take_due(t0, s).unwrap();
-        assert_eq!((r, n.refused), (RejectReason::Busy, 1), "another reason has its own window");
+        assert_eq!(
+            (r, n.refused),
+            (RejectReason::Busy, 1),
+            "another reason has its own window"
+        );
         assert!(l.take_due(t0 + Duration::from_millis(999), s).is_none());
         let (_, n) = l.take_due(t0 + s, s).unwrap();
         assert_eq!((n.refused, n.retry_after), (5, 2));

@@ -109,7 +109,11 @@ fn acks_and_notices_add_up_when_the_control_queue_is_full() {
     let busy = net.counter(0, REJECTED_TOTAL, &[("reason", "busy")]);
     assert!(busy > 0, "answers found no room");
     assert_eq!(
-        net.counter(0, QUEUE_DROPPED_TOTAL, &[("queue", "egress"), ("reason", "full")]),
+        net.counter(
+            0,
+            QUEUE_DROPPED_TOTAL,
+            &[("queue", "egress"), ("reason", "full")]
+        ),
         0,
         "no answer is dropped"
     );
@@ -137,7 +141,9 @@ fn hex_of(b: &[u8]) -> String {
 fn doc_vector() -> String {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/OAP1.md"))
         .expect("docs/OAP1.md");
-    let start = doc.find("<!-- notice-vector:start -->").expect("start marker");
+    let start = doc
+        .find("<!-- notice-vector:start -->")
+        .expect("start marker");
     let end = doc.find("<!-- notice-vector:end -->").expect("end marker");
     doc[start..end]
         .lines()
@@ -180,7 +186,9 @@ fn the_notice_vector_in_the_doc_is_what_the_node_sends() {
     let mut cl = Client::new("w", Role::Client, vec![], None);
     cl.start();
     cl.handle_bytes(&mut BytesMut::from(
-        &Frame::resp(0, 1, 200, Bytes::from_static(br#"{"version":1}"#)).to_bytes(u32::MAX).unwrap()[..],
+        &Frame::resp(0, 1, 200, Bytes::from_static(br#"{"version":1}"#))
+            .to_bytes(u32::MAX)
+            .unwrap()[..],
     ));
     cl.handle_bytes(&mut rx);
     let events: Vec<_> = std::iter::from_fn(|| cl.poll_event()).collect();

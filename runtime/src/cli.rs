@@ -358,8 +358,14 @@ mod tests {
         let Some(Cmd::Publish(p)) = c.command else {
             panic!()
         };
-        assert_eq!((p.count, p.size, p.rate, p.no_ack), (5, 10, Some(2.5), true));
-        assert_eq!(p.connect.connect_timeout, std::time::Duration::from_millis(250));
+        assert_eq!(
+            (p.count, p.size, p.rate, p.no_ack),
+            (5, 10, Some(2.5), true)
+        );
+        assert_eq!(
+            p.connect.connect_timeout,
+            std::time::Duration::from_millis(250)
+        );
         assert_eq!(p.window, 256);
         assert_eq!(p.data.as_deref(), Some("hello"));
 

@@ -96,8 +96,14 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
         BusKind::Overlay(e) => match e {
             Event::HandshakeStarted { .. } => {
                 if let Some(suppressed) = admit("handshake_start", "") {
-                    tracing::info!(event = "handshake_start", node, corr_id, dir, peer_addr,
-                        suppressed);
+                    tracing::info!(
+                        event = "handshake_start",
+                        node,
+                        corr_id,
+                        dir,
+                        peer_addr,
+                        suppressed
+                    );
                 }
             }
             Event::HandshakeOk {
@@ -178,8 +184,14 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
             }
             Event::PeerDraining { .. } => {
                 if let Some(suppressed) = admit("peer_draining", "") {
-                    tracing::info!(event = "peer_draining", node, corr_id, dir, peer_addr,
-                        suppressed);
+                    tracing::info!(
+                        event = "peer_draining",
+                        node,
+                        corr_id,
+                        dir,
+                        peer_addr,
+                        suppressed
+                    );
                 }
             }
             Event::ReadinessChanged { state, missing } => {
@@ -209,8 +221,8 @@ mod tests {
     use crate::bus::ConnCtx;
     use crate::logging::tests::capture;
     use overlay_core::observe::HandshakeFailure;
-    use std::time::Duration;
     use overlay_core::{ConnId, RejectReason};
+    use std::time::Duration;
 
     fn ev(kind: BusKind) -> BusEvent {
         BusEvent {
@@ -297,9 +309,13 @@ mod tests {
         assert_eq!(tail.len(), 1);
         assert_eq!(tail[0]["kind"], "reject");
         assert_eq!(tail[0]["level"], "WARN");
-        let told: u64 = rl.iter().map(|l| count(l, "suppressed")).sum::<u64>()
-            + count(tail[0], "suppressed");
-        assert_eq!(rl.len() as u64 + told, 3000, "every reject logged or counted");
+        let told: u64 =
+            rl.iter().map(|l| count(l, "suppressed")).sum::<u64>() + count(tail[0], "suppressed");
+        assert_eq!(
+            rl.len() as u64 + told,
+            3000,
+            "every reject logged or counted"
+        );
         // The other reason has its own budget: 10 a second is over 5, so 5 lines a second.
         let ov = lines
             .iter()
@@ -311,7 +327,10 @@ mod tests {
             .filter(|l| l["event"] == "handshake_fail")
             .collect();
         assert_eq!(hs.len(), 1);
-        assert_eq!((hs[0]["reason"].as_str(), hs[0]["level"].as_str()), (Some("timeout"), Some("WARN")));
+        assert_eq!(
+            (hs[0]["reason"].as_str(), hs[0]["level"].as_str()),
+            (Some("timeout"), Some("WARN"))
+        );
     }
 
     #[test]

@@ -524,12 +524,20 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(logged, vec![5, 5, 5]);
-        assert_eq!(reported, 2 * 995, "told on the first line of the next window");
+        assert_eq!(
+            reported,
+            2 * 995,
+            "told on the first line of the next window"
+        );
         // The tail of the flood is told by the flush once its window is over.
         assert!(s.flush(ms(2999)).is_empty(), "window not over yet");
         assert_eq!(s.flush(ms(3000)), vec![("reject", "ratelimit", 995)]);
         assert!(s.flush(ms(5000)).is_empty(), "reported once");
-        assert_eq!(reported + 995, 3000 - 15, "every occurrence logged or counted");
+        assert_eq!(
+            reported + 995,
+            3000 - 15,
+            "every occurrence logged or counted"
+        );
         // Another kind has its own budget.
         assert_eq!(s.admit(ms(1), 5, "reject", "oversize"), Some(0));
         assert_eq!(s.admit(ms(1), 1, "accept", ""), Some(0));

@@ -155,7 +155,11 @@ async fn connect(to: &str, within: Duration) -> anyhow::Result<TcpStream> {
 }
 
 impl Conn {
-    async fn open(to: &str, topics: Vec<String>, connect_timeout: Duration) -> anyhow::Result<Conn> {
+    async fn open(
+        to: &str,
+        topics: Vec<String>,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Conn> {
         let stream = connect(to, connect_timeout).await?;
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();

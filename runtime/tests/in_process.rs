@@ -40,9 +40,15 @@ async fn publish_through_one_node_arrives_on_the_other() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let to = b.overlay_addr().to_string();
     let sub = tokio::spawn(async move {
-        peer::subscribe(&to, vec!["feed".into()], Some(3), Duration::from_secs(10), move |m| {
-            let _ = tx.send(peer::MessageLine::new(m));
-        })
+        peer::subscribe(
+            &to,
+            vec!["feed".into()],
+            Some(3),
+            Duration::from_secs(10),
+            move |m| {
+                let _ = tx.send(peer::MessageLine::new(m));
+            },
+        )
         .await
     });
     until("the subscriber's session", || async {
@@ -58,7 +64,10 @@ async fn publish_through_one_node_arrives_on_the_other() {
     })
     .await
     .unwrap();
-    assert_eq!((summary.sent, summary.acked, summary.unconfirmed), (3, 3, 0));
+    assert_eq!(
+        (summary.sent, summary.acked, summary.unconfirmed),
+        (3, 3, 0)
+    );
     assert!(summary.p50_ms.is_some());
 
     for _ in 0..3 {

@@ -12,7 +12,9 @@ use serde_json::Value;
 /// The `sh` blocks of README.md's "Quick start", in order, as one script.
 fn quick_start() -> String {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
-    let start = readme.find("## Quick start").expect("a Quick start section");
+    let start = readme
+        .find("## Quick start")
+        .expect("a Quick start section");
     let section = &readme[start..];
     let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
     let mut script = String::new();
@@ -56,9 +58,7 @@ fn as_pasted_with_this_build() -> String {
 /// Runs `script` in a fresh bash in its own process group; the nodes it leaves in the
 /// background are stopped when it is done. Returns (exit status of the script, stdout).
 fn run_pasted(script: &str) -> (Option<i32>, String) {
-    let wrapped = format!(
-        "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n{script}"
-    );
+    let wrapped = format!("trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n{script}");
     let mut child = Command::new("bash")
         .arg("-c")
         .arg(&wrapped)
@@ -112,7 +112,9 @@ fn the_readme_quick_start_works_as_pasted_five_times_in_five() {
                 && messages == 3,
             "run {run}: exit {status:?}, summary {summary:?}, {messages} messages\n{script}\n{out}"
         );
-        let first = lines.iter().find(|l| l.get("node").is_some_and(|n| n == "a"));
+        let first = lines
+            .iter()
+            .find(|l| l.get("node").is_some_and(|n| n == "a"));
         assert_eq!(
             first.map(|l| l["event"].clone()),
             Some(Value::from("listening")),

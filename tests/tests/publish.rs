@@ -53,7 +53,10 @@ fn a_publisher_without_acks_hears_refusals_in_notices() {
     let d = limited();
     let (out, s) = publish(&d, &["--count", &COUNT.to_string(), "--no-ack"]);
     assert_eq!(out.status.code(), Some(1), "refusals fail the run: {s}");
-    assert_eq!((s["sent"].as_u64(), s["acks"].as_bool()), (Some(COUNT), Some(false)));
+    assert_eq!(
+        (s["sent"].as_u64(), s["acks"].as_bool()),
+        (Some(COUNT), Some(false))
+    );
     let node = d.metric("rejected_total", &[("reason", "ratelimit")]);
     assert!(node > 0.0);
     assert_eq!(s["refused_by"]["ratelimit"].as_f64(), Some(node), "{s}");
@@ -69,7 +72,15 @@ fn a_fully_taken_run_exits_zero_with_the_configured_ttl() {
     let cfg = dir.join("client.toml");
     std::fs::write(&cfg, "[overlay.gossip]\ndefault_ttl = 3\n").unwrap();
     let sub = command()
-        .args(["subscribe", "--to", &d.overlay.to_string(), "--topic", "t", "--count", "1"])
+        .args([
+            "subscribe",
+            "--to",
+            &d.overlay.to_string(),
+            "--topic",
+            "t",
+            "--count",
+            "1",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -79,7 +90,10 @@ fn a_fully_taken_run_exits_zero_with_the_configured_ttl() {
     });
     let (out, s) = publish(&d, &["--config", cfg.to_str().unwrap(), "hello"]);
     assert_eq!(out.status.code(), Some(0), "{s}");
-    assert_eq!((s["acked"].as_u64(), s["refused"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (s["acked"].as_u64(), s["refused"].as_u64()),
+        (Some(1), Some(0))
+    );
     let got = sub.wait_with_output().unwrap();
     let line: Value = serde_json::from_slice(&got.stdout).expect("one message line");
     assert_eq!(line["ttl"], 3, "ttl from overlay.gossip.default_ttl");

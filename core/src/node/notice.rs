@@ -15,7 +15,13 @@ impl Overlay {
     }
 
     /// A refusal the writer will hear about in a notice rather than in an answer.
-    pub(super) fn note_refusal(&mut self, now: Time, conn: ConnId, reason: RejectReason, retry: u64) {
+    pub(super) fn note_refusal(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        reason: RejectReason,
+        retry: u64,
+    ) {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.notices.add(reason, retry);
         }
