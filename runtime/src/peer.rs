@@ -488,6 +488,29 @@ mod tests {
     }
 
     #[test]
+    fn a_run_is_taken_only_with_nothing_refused_or_unconfirmed() {
+        let mut s = PublishSummary {
+            sent: 10,
+            acked: 10,
+            acks: true,
+            ..PublishSummary::default()
+        };
+        assert!(s.all_taken());
+        s.unconfirmed = 1;
+        assert!(!s.all_taken());
+        s.unconfirmed = 0;
+        s.refuse("ratelimit", 3);
+        s.refuse("busy", 1);
+        s.refuse("ratelimit", 2);
+        assert!(!s.all_taken());
+        assert_eq!(s.refused, 6);
+        assert_eq!(
+            s.progress(0),
+            "acked 10 refused 6 (busy 1, ratelimit 5) unconfirmed 0"
+        );
+    }
+
+    #[test]
     fn message_lines_use_utf8_or_hex() {
         let header = overlay_core::oap::GossipHeader::new([0xab; 16], 2, "feed").unwrap();
         let mut m = Message {
