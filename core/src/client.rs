@@ -6,6 +6,8 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::notice::{RefusalNotice, NOTICE_CORR_ID};
+
 use crate::oap::{
     self, AppProto, Ctrl, Decoder, EncodeError, Flags, Frame, FrameError, FrameKind, GossipHeader,
     Hello, HelloError, HelloOk, Limits, Message, MsgId, Reassembler, Role, StreamLimits,
@@ -29,6 +31,14 @@ pub enum ClientEvent {
         corr_id: u64,
         code: u16,
         error: Option<String>,
+    },
+    /// A refusal notice: `refused` messages sent since the last notice of this reason were
+    /// refused without an answer of their own (docs/OAP1.md, "Additions").
+    Notice {
+        code: u16,
+        error: String,
+        refused: u64,
+        retry_after: u64,
     },
     /// The node is draining.
     Goaway,
@@ -191,6 +201,19 @@ impl Client {
                 }
             }
             (_, AppProto::Hello, Some(FrameKind::Resp)) if f.code != 200 => self.refused(&f),
+            (State::Established, AppProto::Gossip, Some(FrameKind::Resp))
+                if f.corr_id == NOTICE_CORR_ID =>
+            {
+                // A notice we cannot read tells us nothing we could act on.
+                if let Ok(n) = serde_json::from_slice::<RefusalNotice>(&f.payload) {
+                    self.events.push_back(ClientEvent::Notice {
+                        code: f.code,
+                        error: n.error,
+                        refused: n.refused,
+                        retry_after: n.retry_after,
+                    });
+                }
+            }
             // 400 and 413 on gossip are rejects of a frame: the node closes after them.
             (_, AppProto::Gossip, Some(FrameKind::Resp)) if matches!(f.code, 400 | 413) => {
                 self.refused(&f)

@@ -88,6 +88,10 @@ pub struct PeerLimits {
     /// Read chunks one connection may have waiting for the driver; its reader pauses (and
     /// TCP pushes back) beyond that, so one flooding socket cannot fill the ingress queue.
     pub read_credit_chunks: usize,
+    /// Least time between two refusal notices of one reason to one session: a writer hears
+    /// how many messages were refused without flooding it with one answer per refusal.
+    #[serde(with = "humantime_serde")]
+    pub notice_interval: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -216,8 +220,9 @@ pub struct LogConfig {
     pub level: String,
     /// Log peer addresses (turn off where policy forbids, e.g. behind Tor).
     pub peer_addr: bool,
-    /// Log 1 of every N repeats of the same error event.
-    pub sample_every: u32,
+    /// Most lines per second of one event kind (event and reason); the rest are counted
+    /// and reported as `suppressed`.
+    pub max_lines_per_sec: u32,
     /// Events the log bus holds for a slow subscriber before it lags (`bus_lagged_total`).
     pub bus_capacity: usize,
 }
@@ -262,7 +267,7 @@ impl Default for Config {
             log: LogConfig {
                 level: "info".into(),
                 peer_addr: true,
-                sample_every: 100,
+                max_lines_per_sec: 10,
                 bus_capacity: 4096,
             },
             shutdown: ShutdownConfig {
@@ -302,6 +307,7 @@ impl Default for PeerLimits {
             egress_queue_frames: 1024,
             egress_queue_bytes: 8 << 20,
             read_credit_chunks: 4,
+            notice_interval: Duration::from_secs(1),
         }
     }
 }
@@ -493,6 +499,11 @@ impl Config {
             format!("must be >= {}", crate::oap::MAX_IDS),
         )?;
         check(
+            !p.notice_interval.is_zero(),
+            "overlay.peer.notice_interval",
+            "must be > 0",
+        )?;
+        check(
             p.send_window_frames >= 1,
             "overlay.peer.send_window_frames",
             "must be >= 1",
@@ -600,8 +611,8 @@ impl Config {
             "auth.required needs at least one token",
         )?;
         check(
-            self.log.sample_every >= 1,
-            "log.sample_every",
+            self.log.max_lines_per_sec >= 1,
+            "log.max_lines_per_sec",
             "must be >= 1",
         )?;
         check(

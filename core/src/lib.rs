@@ -12,6 +12,7 @@ pub mod egress;
 pub mod event;
 pub mod limiter;
 mod node;
+pub mod notice;
 pub mod oap;
 pub mod observe;
 pub mod ready;

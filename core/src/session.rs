@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::egress::{DrrSlot, EgressQueue};
 use crate::limiter::TokenBucket;
+use crate::notice::NoticeLedger;
 use crate::oap::{Decoder, MsgId, Reassembler, Role};
 use crate::observe::{FrameClass, PeerBucket};
 use crate::time::Time;
@@ -122,6 +123,8 @@ pub struct Session {
     pub close_reason: Option<CloseReason>,
     /// Set once established with a peer that speaks the broadcast tree.
     pub tree: Option<TreeLink>,
+    /// Refusals this writer has not been told about yet.
+    pub notices: NoticeLedger,
 }
 
 impl Session {
@@ -164,6 +167,7 @@ impl Session {
             ctrl_queued: false,
             close_reason: None,
             tree: None,
+            notices: NoticeLedger::default(),
         }
     }
 

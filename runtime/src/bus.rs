@@ -35,7 +35,12 @@ pub enum BusKind {
     Overlay(Event),
     Accepted,
     Connected,
-    DialFailed { addr: String, error: String },
+    /// A dial to a configured peer failed; `failures` in a row since its last session.
+    DialFailed {
+        addr: String,
+        error: String,
+        failures: u32,
+    },
 }
 
 #[derive(Clone, Debug)]

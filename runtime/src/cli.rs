@@ -90,14 +90,31 @@ pub struct PublishOpts {
     /// Size of generated data when DATA is not given.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Messages per second (default: as fast as the connection takes them).
+    /// Messages per second (default: as fast as the acks, or the connection, allow).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Ask for an ack per message and wait for them.
+    /// Send without asking for acks: refusals are still heard in the node's refusal
+    /// notices, but nothing is confirmed.
     #[arg(long)]
-    pub ack: bool,
+    pub no_ack: bool,
+    /// Messages awaiting their ack at most (acked flow control).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub window: u64,
+    /// TOML config file (ttl from overlay.gossip.default_ttl, notice wait from
+    /// overlay.peer.notice_interval); SVC_OVERLAY_* environment applies too.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectOpts,
     /// Message data (UTF-8); overrides --size.
     pub data: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectOpts {
+    /// Keep retrying to reach the node this long (humantime: 500ms, 10s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -110,6 +127,8 @@ pub struct SubscribeOpts {
     /// Exit after this many messages.
     #[arg(long)]
     pub count: Option<u64>,
+    #[command(flatten)]
+    pub connect: ConnectOpts,
 }
 
 pub fn main() -> ExitCode {
@@ -224,26 +243,38 @@ fn client(
 }
 
 fn publish(o: PublishOpts) -> anyhow::Result<ExitCode> {
+    let cfg = match config::load(o.config.as_deref(), &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("svc-overlay: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let args = PublishArgs {
-        to: o.to,
-        topic: o.topic,
         count: o.count,
         size: o.size,
         rate: o.rate,
-        ack: o.ack,
+        ack: !o.no_ack,
         data: o.data,
+        ttl: cfg.overlay.gossip.default_ttl,
+        window: o.window as usize,
+        connect_timeout: o.connect.connect_timeout,
+        linger: peer::linger_for(cfg.overlay.peer.notice_interval),
+        ..PublishArgs::new(o.to, o.topic)
     };
     let s = runtime()?.block_on(peer::publish(&args))?;
     println!("{}", serde_json::to_string(&s)?);
-    Ok(if args.ack && s.acked < s.sent {
-        ExitCode::FAILURE
-    } else {
+    // A script must not take a run with refused or unconfirmed messages for a success.
+    Ok(if s.all_taken() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 
 fn subscribe(o: SubscribeOpts) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(peer::subscribe(&o.to, o.topics, o.count, |m| {
+    let within = o.connect.connect_timeout;
+    runtime()?.block_on(peer::subscribe(&o.to, o.topics, o.count, within, |m| {
         if let Ok(line) = serde_json::to_string(&MessageLine::new(m)) {
             println!("{line}");
         }
@@ -318,14 +349,24 @@ mod tests {
             "10",
             "--rate",
             "2.5",
-            "--ack",
+            "--no-ack",
+            "--connect-timeout",
+            "250ms",
             "hello",
         ])
         .unwrap();
         let Some(Cmd::Publish(p)) = c.command else {
             panic!()
         };
-        assert_eq!((p.count, p.size, p.rate, p.ack), (5, 10, Some(2.5), true));
+        assert_eq!(
+            (p.count, p.size, p.rate, p.no_ack),
+            (5, 10, Some(2.5), true)
+        );
+        assert_eq!(
+            p.connect.connect_timeout,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(p.window, 256);
         assert_eq!(p.data.as_deref(), Some("hello"));
 
         let c = Cli::try_parse_from([

@@ -220,7 +220,7 @@ mod tests {
                 handshake_timeout = "2s"
                 peers = ["10.0.0.1:1"]
                 [log]
-                sample_every = 3
+                max_lines_per_sec = 3
                 "#,
             )?;
             jail.set_env("SVC_OVERLAY_OVERLAY__MAX_CONNS", "10");
@@ -239,7 +239,7 @@ mod tests {
                 2,
                 "file beats default"
             );
-            assert_eq!(cfg.log.sample_every, 3);
+            assert_eq!(cfg.log.max_lines_per_sec, 3);
             assert_eq!(cfg.overlay.peers, vec!["10.0.0.2:2", "10.0.0.3:3"]);
             assert_eq!(cfg.admin.listen, "127.0.0.1:9600", "default");
             let no_cli = load(Some(Path::new("o.toml")), &Overrides::default()).unwrap();

@@ -32,6 +32,24 @@ fn raise_fd_limit(cfg: &Config) {
     }
 }
 
+/// The `listening` line: where the node listens, logged whatever `log.level` says.
+pub(crate) fn announce(
+    node: &str,
+    overlay_addr: std::net::SocketAddr,
+    admin_addr: Option<std::net::SocketAddr>,
+) {
+    tracing::info!(
+        target: ANNOUNCE,
+        event = "listening",
+        node,
+        overlay_addr = %overlay_addr,
+        admin_addr = admin_addr.map(|a| a.to_string()).as_deref(),
+        version = env!("CARGO_PKG_VERSION"),
+        git = env!("OVERLAY_BUILD_GIT"),
+        "svc-overlay listening"
+    );
+}
+
 pub struct RunArgs {
     pub config: Option<PathBuf>,
     pub overrides: Overrides,
@@ -44,19 +62,10 @@ pub async fn run(args: RunArgs, cfg: Config, logging: &Logging) -> anyhow::Resul
     raise_fd_limit(&cfg);
     let opts = NodeOptions {
         log_policy: Some(logging.policy.clone()),
+        announce: true,
         ..NodeOptions::default()
     };
     let node = Node::start(TokioNet, cfg.clone(), opts).await?;
-    tracing::info!(
-        target: ANNOUNCE,
-        event = "listening",
-        node = node.node_id(),
-        overlay_addr = %node.overlay_addr(),
-        admin_addr = node.admin_addr().map(|a| a.to_string()).as_deref(),
-        version = env!("CARGO_PKG_VERSION"),
-        git = env!("OVERLAY_BUILD_GIT"),
-        "svc-overlay listening"
-    );
     let ctl = node.control();
     let mut current = cfg;
     let mut stopping = false;

@@ -61,6 +61,8 @@ pub(crate) async fn dial_loop<N: Net>(
 ) {
     let connect_timeout = b.connect_timeout;
     let mut backoff = Backoff::new(b.dial_backoff_base, b.dial_backoff_max, seed);
+    // Failures in a row, for the log: a peer that never answers shows a growing count.
+    let mut failures = 0u32;
     loop {
         match tokio::time::timeout(connect_timeout, net.connect(&addr)).await {
             Ok(Ok(stream)) => {
@@ -73,23 +75,30 @@ pub(crate) async fn dial_loop<N: Net>(
                 }
                 match ended.recv().await {
                     None => return,
-                    Some(true) => backoff.reset(),
+                    Some(true) => {
+                        backoff.reset();
+                        failures = 0;
+                    }
                     Some(false) => {}
                 }
             }
             Ok(Err(e)) => {
+                failures = failures.saturating_add(1);
                 let msg = Control::DialFailed {
                     addr: addr.clone(),
                     error: e.to_string(),
+                    failures,
                 };
                 if ctl.send(msg).await.is_err() {
                     return;
                 }
             }
             Err(_) => {
+                failures = failures.saturating_add(1);
                 let msg = Control::DialFailed {
                     addr: addr.clone(),
                     error: "connect timed out".into(),
+                    failures,
                 };
                 if ctl.send(msg).await.is_err() {
                     return;

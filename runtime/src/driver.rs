@@ -99,6 +99,7 @@ pub(crate) enum Control<S> {
     DialFailed {
         addr: String,
         error: String,
+        failures: u32,
     },
     Probe(Probe, bool),
     Panicked {
@@ -485,9 +486,20 @@ impl<N: Net> Driver<N> {
                 self.attach(conn, stream, ctx, span, Some(addr));
                 self.publish(Some(conn), BusKind::Connected);
             }
-            Control::DialFailed { addr, error } => {
+            Control::DialFailed {
+                addr,
+                error,
+                failures,
+            } => {
                 self.overlay.metrics().dial_failures.increment(1);
-                self.publish(None, BusKind::DialFailed { addr, error });
+                self.publish(
+                    None,
+                    BusKind::DialFailed {
+                        addr,
+                        error,
+                        failures,
+                    },
+                );
             }
             Control::Probe(p, ok) => self.overlay.set_probe(now, p, ok),
             Control::Panicked {

@@ -1,22 +1,56 @@
-//! The logger: a bus subscriber that turns overlay events into log lines. Error events
-//! that repeat (handshake floods, reject storms) are sampled 1:N per (event, reason);
-//! the counters in core still count every one.
+//! The logger: a bus subscriber that turns overlay events into log lines. Events that come
+//! once per connection or per refusal (accepts, handshakes, closes, rejects, dial failures)
+//! are sampled by time per (event, reason), at most `log.max_lines_per_sec` lines a second
+//! each, with a `suppressed` count; the counters in core still count every one.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use overlay_core::Event;
 
 use crate::bus::{BusEvent, BusKind, Subscription};
-use crate::logging::{truncate, LogPolicy, Sampler};
+use crate::logging::{truncate, LogPolicy, Sampler, SAMPLE_WINDOW};
+
+/// Event kinds logged at WARN: their held-back counts are told at WARN too.
+const WARN_KINDS: [&str; 4] = ["handshake_fail", "reject", "abort", "dial_fail"];
 
 pub(crate) async fn run(mut sub: Subscription, policy: Arc<LogPolicy>) {
     let mut sampler = Sampler::default();
-    while let Some(ev) = sub.recv().await {
-        log_event(&ev, &policy, &mut sampler);
+    let mut node: Arc<str> = Arc::from("");
+    let mut flush = tokio::time::interval(SAMPLE_WINDOW);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = sub.recv() => match ev {
+                Some(ev) => {
+                    node = ev.node.clone();
+                    log_event(&ev, &policy, &mut sampler);
+                }
+                None => break,
+            },
+            _ = flush.tick() => log_suppressed(&node, &mut sampler, Instant::now()),
+        }
+    }
+    log_suppressed(&node, &mut sampler, Instant::now() + SAMPLE_WINDOW);
+}
+
+/// One line per event kind whose window ended with occurrences held back, so the tail of
+/// a burst is told even if no line of that kind follows.
+pub(crate) fn log_suppressed(node: &str, sampler: &mut Sampler, now: Instant) {
+    for (kind, reason, suppressed) in sampler.flush(now) {
+        if WARN_KINDS.contains(&kind) {
+            tracing::warn!(event = "log_suppressed", kind, reason, node, suppressed);
+        } else {
+            tracing::info!(event = "log_suppressed", kind, reason, node, suppressed);
+        }
     }
 }
 
 pub(crate) fn log_event(ev: &BusEvent, policy: &LogPolicy, sampler: &mut Sampler) {
+    log_event_at(Instant::now(), ev, policy, sampler)
+}
+
+pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, sampler: &mut Sampler) {
     let node = &*ev.node;
     let (corr_id, dir, peer_addr, latency_ms) = match &ev.ctx {
         Some(c) => (
@@ -28,39 +62,67 @@ pub(crate) fn log_event(ev: &BusEvent, policy: &LogPolicy, sampler: &mut Sampler
         ),
         None => ("", "", None, 0),
     };
-    let every = policy.sample_every();
+    let per_sec = policy.max_lines_per_sec();
+    // `Some(held back since the last line, if any)` when this occurrence gets a line.
+    let mut admit = |event: &'static str, reason: &'static str| {
+        sampler
+            .admit(now, per_sec, event, reason)
+            .map(|n| (n > 0).then_some(n))
+    };
     match &ev.kind {
         BusKind::Accepted => {
-            tracing::info!(event = "accept", node, corr_id, dir, peer_addr);
+            if let Some(suppressed) = admit("accept", "") {
+                tracing::info!(event = "accept", node, corr_id, dir, peer_addr, suppressed);
+            }
         }
         BusKind::Connected => {
-            tracing::info!(event = "connect", node, corr_id, dir, peer_addr);
+            if let Some(suppressed) = admit("connect", "") {
+                tracing::info!(event = "connect", node, corr_id, dir, peer_addr, suppressed);
+            }
         }
-        BusKind::DialFailed { addr, error } => {
-            if let Some(suppressed) = sampler.admit(every, "dial_fail", "connect") {
+        BusKind::DialFailed {
+            addr,
+            error,
+            failures,
+        } => {
+            // Under backoff a dead peer fails at most every `overlay.dial_backoff_max`, far
+            // below the line budget: a persistent fault stays visible, with its count.
+            if let Some(suppressed) = admit("dial_fail", "connect") {
                 let addr = policy.peer_addr().then_some(addr.as_str());
                 tracing::warn!(event = "dial_fail", reason = "connect", node, peer_addr = addr,
-                    error = %truncate(error.clone()), suppressed);
+                    error = %truncate(error.clone()), failures, suppressed);
             }
         }
         BusKind::Overlay(e) => match e {
             Event::HandshakeStarted { .. } => {
-                tracing::info!(event = "handshake_start", node, corr_id, dir, peer_addr);
+                if let Some(suppressed) = admit("handshake_start", "") {
+                    tracing::info!(
+                        event = "handshake_start",
+                        node,
+                        corr_id,
+                        dir,
+                        peer_addr,
+                        suppressed
+                    );
+                }
             }
             Event::HandshakeOk {
                 role, node: peer, ..
             } => {
                 let peer_id = policy.peer_addr().then_some(peer.as_str());
-                tracing::info!(
-                    event = "handshake_ok",
-                    node,
-                    corr_id,
-                    dir,
-                    peer_addr,
-                    peer_id,
-                    role = role.as_str(),
-                    latency_ms
-                );
+                if let Some(suppressed) = admit("handshake_ok", role.as_str()) {
+                    tracing::info!(
+                        event = "handshake_ok",
+                        node,
+                        corr_id,
+                        dir,
+                        peer_addr,
+                        peer_id,
+                        role = role.as_str(),
+                        latency_ms,
+                        suppressed
+                    );
+                }
             }
             Event::HandshakeFailed {
                 reason,
@@ -75,7 +137,7 @@ pub(crate) fn log_event(ev: &BusEvent, policy: &LogPolicy, sampler: &mut Sampler
                     .map(|r| r.as_str())
                     .or(reject.map(|r| r.as_str()))
                     .unwrap_or("refused");
-                if let Some(suppressed) = sampler.admit(every, "handshake_fail", reason) {
+                if let Some(suppressed) = admit("handshake_fail", reason) {
                     tracing::warn!(event = "handshake_fail", reason, node, corr_id, dir,
                         peer_addr, code, latency_ms, detail = %truncate(detail.clone()),
                         suppressed);
@@ -88,24 +150,27 @@ pub(crate) fn log_event(ev: &BusEvent, policy: &LogPolicy, sampler: &mut Sampler
                 ..
             } => {
                 let reason = reason.as_str();
-                if let Some(suppressed) = sampler.admit(every, "reject", reason) {
+                if let Some(suppressed) = admit("reject", reason) {
                     tracing::warn!(event = "reject", reason, node, corr_id, dir, peer_addr,
                         frames, detail = %truncate(detail.clone()), suppressed);
                 }
             }
             Event::Closed { reason, .. } => {
-                tracing::info!(
-                    event = "close",
-                    reason = reason.as_str(),
-                    node,
-                    corr_id,
-                    dir,
-                    peer_addr,
-                    latency_ms
-                );
+                if let Some(suppressed) = admit("close", reason.as_str()) {
+                    tracing::info!(
+                        event = "close",
+                        reason = reason.as_str(),
+                        node,
+                        corr_id,
+                        dir,
+                        peer_addr,
+                        latency_ms,
+                        suppressed
+                    );
+                }
             }
             Event::Abort { .. } => {
-                if let Some(suppressed) = sampler.admit(every, "abort", "write_timeout") {
+                if let Some(suppressed) = admit("abort", "write_timeout") {
                     tracing::warn!(
                         event = "abort",
                         reason = "write_timeout",
@@ -118,7 +183,16 @@ pub(crate) fn log_event(ev: &BusEvent, policy: &LogPolicy, sampler: &mut Sampler
                 }
             }
             Event::PeerDraining { .. } => {
-                tracing::info!(event = "peer_draining", node, corr_id, dir, peer_addr);
+                if let Some(suppressed) = admit("peer_draining", "") {
+                    tracing::info!(
+                        event = "peer_draining",
+                        node,
+                        corr_id,
+                        dir,
+                        peer_addr,
+                        suppressed
+                    );
+                }
             }
             Event::ReadinessChanged { state, missing } => {
                 tracing::info!(event = "readyz_change", node, state = state.as_str(),
@@ -148,6 +222,7 @@ mod tests {
     use crate::logging::tests::capture;
     use overlay_core::observe::HandshakeFailure;
     use overlay_core::{ConnId, RejectReason};
+    use std::time::Duration;
 
     fn ev(kind: BusKind) -> BusEvent {
         BusEvent {
@@ -163,56 +238,131 @@ mod tests {
         }
     }
 
-    fn policy(peer_addr: bool, sample_every: u32) -> Arc<LogPolicy> {
+    fn policy(peer_addr: bool, max_lines_per_sec: u32) -> Arc<LogPolicy> {
         LogPolicy::new(&overlay_core::config::LogConfig {
             peer_addr,
-            sample_every,
+            max_lines_per_sec,
             ..Default::default()
         })
     }
 
+    fn reject(reason: RejectReason) -> BusEvent {
+        ev(BusKind::Overlay(Event::Rejected {
+            conn: ConnId(3),
+            reason,
+            corr_id: 0,
+            app_proto: 1,
+            frames: 1,
+            detail: "refused".into(),
+        }))
+    }
+
+    fn count(l: &serde_json::Map<String, serde_json::Value>, k: &str) -> u64 {
+        l.get(k).and_then(|v| v.as_u64()).unwrap_or(0)
+    }
+
     #[test]
-    fn rejects_are_sampled_per_reason_with_labels_as_reasons() {
+    fn a_flood_gets_n_lines_per_second_per_kind_and_every_one_is_counted() {
         let (cap, sub) = capture(true);
-        let p = policy(true, 10);
+        let p = policy(true, 5);
         let mut s = Sampler::default();
+        let t0 = Instant::now();
+        // 3 s of 1000 rejects a second of one reason, and 10 a second of another.
         tracing::subscriber::with_default(sub, || {
-            for _ in 0..25 {
-                let e = Event::Rejected {
-                    conn: ConnId(3),
-                    reason: RejectReason::Oversize,
-                    corr_id: 0,
-                    app_proto: 1,
-                    frames: 1,
-                    detail: "too big".into(),
-                };
-                log_event(&ev(BusKind::Overlay(e)), &p, &mut s);
+            for i in 0..3000u64 {
+                let now = t0 + Duration::from_millis(i);
+                log_event_at(now, &reject(RejectReason::Ratelimit), &p, &mut s);
+                if i % 100 == 0 {
+                    log_event_at(now, &reject(RejectReason::Oversize), &p, &mut s);
+                }
             }
             let e = Event::HandshakeFailed {
                 conn: ConnId(3),
                 corr_id: 1,
                 reason: Some(HandshakeFailure::Timeout),
-                reject: Some(overlay_core::RejectReason::Timeout),
+                reject: Some(RejectReason::Timeout),
                 code: 408,
                 detail: "slow".into(),
             };
-            log_event(&ev(BusKind::Overlay(e)), &p, &mut s);
+            log_event_at(t0, &ev(BusKind::Overlay(e)), &p, &mut s);
+            log_suppressed("n1", &mut s, t0 + Duration::from_secs(4));
         });
         let lines = cap.lines();
-        let rejects: Vec<_> = lines.iter().filter(|l| l["event"] == "reject").collect();
-        assert_eq!(rejects.len(), 3, "1st, 11th, 21st");
-        assert_eq!(rejects[0]["reason"], "oversize");
-        assert_eq!(rejects[0]["suppressed"], 0);
-        assert_eq!(rejects[1]["suppressed"], 9);
-        assert_eq!(rejects[0]["corr_id"], "01CORR");
-        assert_eq!(rejects[0]["peer_addr"], "10.1.2.3:5555");
+        let rl: Vec<_> = lines
+            .iter()
+            .filter(|l| l["event"] == "reject" && l["reason"] == "ratelimit")
+            .collect();
+        assert_eq!(rl.len(), 15, "5 a second for 3 s");
+        assert_eq!(rl[0]["level"], "WARN");
+        assert_eq!(rl[0]["corr_id"], "01CORR");
+        assert_eq!(rl[0]["peer_addr"], "10.1.2.3:5555");
+        assert!(rl[0].get("suppressed").is_none(), "nothing held back yet");
+        assert_eq!(
+            count(rl[5], "suppressed"),
+            995,
+            "the first line of a window tells the last"
+        );
+        let tail: Vec<_> = lines
+            .iter()
+            .filter(|l| l["event"] == "log_suppressed" && l["reason"] == "ratelimit")
+            .collect();
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0]["kind"], "reject");
+        assert_eq!(tail[0]["level"], "WARN");
+        let told: u64 =
+            rl.iter().map(|l| count(l, "suppressed")).sum::<u64>() + count(tail[0], "suppressed");
+        assert_eq!(
+            rl.len() as u64 + told,
+            3000,
+            "every reject logged or counted"
+        );
+        // The other reason has its own budget: 10 a second is over 5, so 5 lines a second.
+        let ov = lines
+            .iter()
+            .filter(|l| l["event"] == "reject" && l["reason"] == "oversize")
+            .count();
+        assert_eq!(ov, 15);
         let hs: Vec<_> = lines
             .iter()
             .filter(|l| l["event"] == "handshake_fail")
             .collect();
         assert_eq!(hs.len(), 1);
-        assert_eq!(hs[0]["reason"], "timeout");
-        assert_eq!(hs[0]["level"], "WARN");
+        assert_eq!(
+            (hs[0]["reason"].as_str(), hs[0]["level"].as_str()),
+            (Some("timeout"), Some("WARN"))
+        );
+    }
+
+    #[test]
+    fn a_repeating_dial_failure_stays_visible_through_a_flood() {
+        let (cap, sub) = capture(true);
+        let p = policy(true, 5);
+        let mut s = Sampler::default();
+        let t0 = Instant::now();
+        // A mistyped peer port fails every 30 s (the backoff ceiling) for two hours while
+        // a flooding client is refused 100 times a second.
+        tracing::subscriber::with_default(sub, || {
+            for ms in (0..7_200_000u64).step_by(10) {
+                let now = t0 + Duration::from_millis(ms);
+                log_event_at(now, &reject(RejectReason::Ratelimit), &p, &mut s);
+                if ms % 30_000 == 0 {
+                    let e = ev(BusKind::DialFailed {
+                        addr: "127.0.0.1:9".into(),
+                        error: "connection refused".into(),
+                        failures: (ms / 30_000 + 1) as u32,
+                    });
+                    log_event_at(now, &e, &p, &mut s);
+                }
+            }
+        });
+        let dials: Vec<u64> = cap
+            .lines()
+            .iter()
+            .filter(|l| l["event"] == "dial_fail")
+            .map(|l| count(l, "failures"))
+            .collect();
+        assert_eq!(dials.len(), 240, "every failure of two hours at 30 s");
+        assert_eq!(dials.last(), Some(&240), "with the count in a row");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! JSON log lines with the fields of OBSERVABILITY.md section 3.1 (`ts level service event
-//! reason corr_id peer_addr latency_ms bytes dir`), the redaction policy, and 1:N sampling
-//! of repetitive error events.
+//! reason corr_id peer_addr latency_ms bytes dir`), the redaction policy, and time-based
+//! sampling of repetitive events.
 //!
 //! A small `Layer` of our own rather than `tracing_subscriber::fmt().json()`: the required
 //! field names (`ts`, `level`, `service`) and the flattening of span fields into each line
@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracing::field::{Field, Visit};
@@ -30,26 +31,26 @@ pub const SERVICE: &str = "svc-overlay";
 #[derive(Debug)]
 pub struct LogPolicy {
     peer_addr: AtomicBool,
-    sample_every: AtomicU32,
+    max_lines_per_sec: AtomicU32,
 }
 
 impl LogPolicy {
     pub fn new(cfg: &overlay_core::config::LogConfig) -> Arc<LogPolicy> {
         Arc::new(LogPolicy {
             peer_addr: AtomicBool::new(cfg.peer_addr),
-            sample_every: AtomicU32::new(cfg.sample_every.max(1)),
+            max_lines_per_sec: AtomicU32::new(cfg.max_lines_per_sec.max(1)),
         })
     }
     pub fn update(&self, cfg: &overlay_core::config::LogConfig) {
         self.peer_addr.store(cfg.peer_addr, Ordering::Relaxed);
-        self.sample_every
-            .store(cfg.sample_every.max(1), Ordering::Relaxed);
+        self.max_lines_per_sec
+            .store(cfg.max_lines_per_sec.max(1), Ordering::Relaxed);
     }
     pub fn peer_addr(&self) -> bool {
         self.peer_addr.load(Ordering::Relaxed)
     }
-    pub fn sample_every(&self) -> u32 {
-        self.sample_every.load(Ordering::Relaxed)
+    pub fn max_lines_per_sec(&self) -> u32 {
+        self.max_lines_per_sec.load(Ordering::Relaxed)
     }
 }
 
@@ -67,25 +68,65 @@ pub fn truncate(mut s: String) -> String {
     s
 }
 
-/// 1:N sampling per (event, reason): the first occurrence is logged, then one of every N.
-/// Keys come from closed label sets, so the map stays small.
+/// The window of `log.max_lines_per_sec`.
+pub const SAMPLE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Time-based sampling per event kind (event, reason): at most `per_sec` lines of a kind
+/// in each one-second window, whatever the flood; what is held back is counted and told as
+/// `suppressed` on the next line of that kind, or by [`Sampler::flush`] once the window is
+/// over, so a burst followed by silence is still reported. Keys come from closed label
+/// sets, so the map stays small.
 #[derive(Debug, Default)]
 pub struct Sampler {
-    seen: HashMap<(&'static str, &'static str), u64>,
+    kinds: HashMap<(&'static str, &'static str), Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    lines: u32,
+    suppressed: u64,
 }
 
 impl Sampler {
-    /// `Some(suppressed)` when this occurrence should be logged, with how many were
-    /// suppressed since the last logged one; `None` to drop it.
-    pub fn admit(&mut self, every: u32, event: &'static str, reason: &'static str) -> Option<u64> {
-        let every = u64::from(every.max(1));
-        let n = self.seen.entry((event, reason)).or_insert(0);
-        *n += 1;
-        if (*n - 1) % every == 0 {
-            Some(if *n == 1 { 0 } else { every - 1 })
+    /// `Some(suppressed)` when this occurrence should be logged, with how many of its kind
+    /// were held back since the last line of it; `None` to drop it.
+    pub fn admit(
+        &mut self,
+        now: Instant,
+        per_sec: u32,
+        event: &'static str,
+        reason: &'static str,
+    ) -> Option<u64> {
+        let w = self.kinds.entry((event, reason)).or_insert(Window {
+            start: now,
+            lines: 0,
+            suppressed: 0,
+        });
+        if now.saturating_duration_since(w.start) >= SAMPLE_WINDOW {
+            w.start = now;
+            w.lines = 0;
+        }
+        if w.lines < per_sec.max(1) {
+            w.lines += 1;
+            Some(std::mem::take(&mut w.suppressed))
         } else {
+            w.suppressed += 1;
             None
         }
+    }
+
+    /// Kinds whose window is over with occurrences held back: `(event, reason,
+    /// suppressed)`, each count taken (it will not be reported twice).
+    pub fn flush(&mut self, now: Instant) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for ((event, reason), w) in self.kinds.iter_mut() {
+            if w.suppressed > 0 && now.saturating_duration_since(w.start) >= SAMPLE_WINDOW {
+                out.push((*event, *reason, std::mem::take(&mut w.suppressed)));
+            }
+        }
+        out.sort();
+        out
     }
 }
 
@@ -469,14 +510,39 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn sampler_logs_first_then_one_in_n_per_key() {
+    fn sampler_allows_n_lines_per_second_per_kind_and_counts_the_rest() {
         let mut s = Sampler::default();
-        let got: Vec<_> = (0..7).map(|_| s.admit(3, "reject", "proto")).collect();
-        assert_eq!(got, vec![Some(0), None, None, Some(2), None, None, Some(2)]);
-        // Another reason has its own count.
-        assert_eq!(s.admit(3, "reject", "oversize"), Some(0));
-        assert_eq!(s.admit(1, "handshake_fail", "timeout"), Some(0));
-        assert_eq!(s.admit(1, "handshake_fail", "timeout"), Some(0));
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // A flood of 1000 a second for 3 s, at most 5 lines a second.
+        let mut logged = vec![0u32; 3];
+        let mut reported = 0;
+        for i in 0..3000u64 {
+            if let Some(sup) = s.admit(ms(i), 5, "reject", "ratelimit") {
+                logged[(i / 1000) as usize] += 1;
+                reported += sup;
+            }
+        }
+        assert_eq!(logged, vec![5, 5, 5]);
+        assert_eq!(
+            reported,
+            2 * 995,
+            "told on the first line of the next window"
+        );
+        // The tail of the flood is told by the flush once its window is over.
+        assert!(s.flush(ms(2999)).is_empty(), "window not over yet");
+        assert_eq!(s.flush(ms(3000)), vec![("reject", "ratelimit", 995)]);
+        assert!(s.flush(ms(5000)).is_empty(), "reported once");
+        assert_eq!(
+            reported + 995,
+            3000 - 15,
+            "every occurrence logged or counted"
+        );
+        // Another kind has its own budget.
+        assert_eq!(s.admit(ms(1), 5, "reject", "oversize"), Some(0));
+        assert_eq!(s.admit(ms(1), 1, "accept", ""), Some(0));
+        assert_eq!(s.admit(ms(2), 1, "accept", ""), None);
+        assert_eq!(s.admit(ms(1002), 1, "accept", ""), Some(1));
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct NodeOptions {
     /// tokio time; `None` reads the system clock. Simulations set it so that ids repeat
     /// run for run.
     pub wall_clock_epoch: Option<std::time::SystemTime>,
+    /// Log the `listening` line (bound addresses) before anything else of this node: the
+    /// daemon's first line, which scripts wait for.
+    pub announce: bool,
 }
 
 impl Default for NodeOptions {
@@ -59,6 +62,7 @@ impl Default for NodeOptions {
             log_events: true,
             log_policy: None,
             wall_clock_epoch: None,
+            announce: false,
         }
     }
 }
@@ -161,6 +165,10 @@ impl Node {
             .clone()
             .unwrap_or_else(|| LogPolicy::new(&cfg.log));
 
+        if opts.announce {
+            // Before the driver runs: its start-up events (readiness) must not come first.
+            crate::daemon::announce(&node_id, overlay_addr, admin_addr);
+        }
         let mut driver = Driver::new(Parts {
             net,
             overlay,

@@ -40,9 +40,15 @@ async fn publish_through_one_node_arrives_on_the_other() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let to = b.overlay_addr().to_string();
     let sub = tokio::spawn(async move {
-        peer::subscribe(&to, vec!["feed".into()], Some(3), move |m| {
-            let _ = tx.send(peer::MessageLine::new(m));
-        })
+        peer::subscribe(
+            &to,
+            vec!["feed".into()],
+            Some(3),
+            Duration::from_secs(10),
+            move |m| {
+                let _ = tx.send(peer::MessageLine::new(m));
+            },
+        )
         .await
     });
     until("the subscriber's session", || async {
@@ -51,17 +57,17 @@ async fn publish_through_one_node_arrives_on_the_other() {
     .await;
 
     let summary = peer::publish(&PublishArgs {
-        to: a.overlay_addr().to_string(),
-        topic: "feed".into(),
         count: 3,
         size: 0,
-        rate: None,
-        ack: true,
         data: Some("hello".into()),
+        ..PublishArgs::new(a.overlay_addr().to_string(), "feed")
     })
     .await
     .unwrap();
-    assert_eq!((summary.sent, summary.acked, summary.unacked), (3, 3, 0));
+    assert_eq!(
+        (summary.sent, summary.acked, summary.unconfirmed),
+        (3, 3, 0)
+    );
     assert!(summary.p50_ms.is_some());
 
     for _ in 0..3 {
@@ -71,8 +77,8 @@ async fn publish_through_one_node_arrives_on_the_other() {
             .unwrap();
         assert_eq!(m.topic, "feed");
         assert_eq!(m.data, "hello");
-        // Published with ttl 6, one relay hop.
-        assert_eq!(m.ttl, 5);
+        // Published with ttl 6 over a tree link, which does not spend the ttl.
+        assert_eq!(m.ttl, 6);
     }
     assert_eq!(sub.await.unwrap().unwrap(), 3);
 
@@ -219,13 +225,10 @@ async fn a_panicking_connection_task_is_contained_and_counted() {
     assert_eq!(n, 0);
     // ...and the node keeps serving.
     let summary = peer::publish(&PublishArgs {
-        to: a.overlay_addr().to_string(),
-        topic: "t".into(),
         count: 2,
         size: 16,
-        rate: None,
-        ack: true,
         data: None,
+        ..PublishArgs::new(a.overlay_addr().to_string(), "t")
     })
     .await
     .unwrap();

@@ -55,13 +55,10 @@ async fn overlay_spans_are_exported() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let s = peer::publish(&PublishArgs {
-        to: a.overlay_addr().to_string(),
-        topic: "t".into(),
         count: 2,
         size: 32,
-        rate: None,
-        ack: true,
         data: None,
+        ..PublishArgs::new(a.overlay_addr().to_string(), "t")
     })
     .await
     .unwrap();

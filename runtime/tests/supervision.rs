@@ -105,13 +105,9 @@ async fn a_panicking_acceptor_and_admin_plane_restart_and_readiness_follows() {
     readiness(&mut sub, |m| m.is_empty()).await;
     assert_eq!(restarts(&node), 1.0);
     let summary = peer::publish(&PublishArgs {
-        to: node.overlay_addr().to_string(),
-        topic: "t".into(),
         count: 1,
         size: 16,
-        rate: None,
-        ack: true,
-        data: None,
+        ..PublishArgs::new(node.overlay_addr().to_string(), "t")
     })
     .await
     .unwrap();

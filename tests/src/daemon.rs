@@ -68,6 +68,20 @@ pub fn bin() -> &'static Path {
     })
 }
 
+/// The binary with none of the caller's `SVC_OVERLAY_*` environment (nor OTLP export): for
+/// running its client commands (`publish`, `subscribe`) against a test daemon.
+pub fn command() -> Command {
+    let mut cmd = Command::new(bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SVC_OVERLAY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
 /// Lines a daemon printed, shared with the threads that read its pipes.
 #[derive(Default)]
 struct Output {

@@ -15,7 +15,7 @@ pub mod wire;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use daemon::{bin, Daemon, DaemonBuilder};
+pub use daemon::{bin, command, Daemon, DaemonBuilder};
 
 /// The workspace root (this package lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {

@@ -18,7 +18,7 @@ fn tokens_never_reach_the_logs_and_a_missing_token_gets_401() {
         .cfg("auth.tokens", format!("[{GOOD}]"))
         // Everything the daemon can say, so the check covers the chattiest paths too.
         .cfg("log.level", "debug")
-        .cfg("log.sample_every", "1")
+        .cfg("log.max_lines_per_sec", "1000000")
         .start();
     d.wait_readyz(200, WAIT);
 

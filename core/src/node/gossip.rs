@@ -77,6 +77,19 @@ impl Overlay {
 
     pub(super) fn on_message(&mut self, now: Time, conn: ConnId, mut m: Message) {
         let frames = m.frames as u64;
+        if m.ack_req && !self.ctrl_room(conn) {
+            // Its answer could not be queued: refused whole and told in a notice, so the
+            // writer never waits on an answer that was dropped.
+            let retry = self.cfg.readiness.retry_after;
+            return self.refuse_message(
+                now,
+                conn,
+                &m,
+                RejectReason::Busy,
+                retry,
+                "control queue full: no room for the answer",
+            );
+        }
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
@@ -85,6 +98,7 @@ impl Overlay {
         if s.role == Some(Role::Client) && !s.rate.try_take(now) {
             let retry = s.rate.retry_after_secs();
             return self.refuse_message(
+                now,
                 conn,
                 &m,
                 RejectReason::Ratelimit,
@@ -110,6 +124,7 @@ impl Overlay {
             if busy {
                 let retry = self.cfg.readiness.retry_after;
                 return self.refuse_message(
+                    now,
                     conn,
                     &m,
                     RejectReason::Busy,
@@ -148,9 +163,11 @@ impl Overlay {
     }
 
     /// Refuses a whole message without ending the session: its frames are counted under
-    /// `reason`, and a writer that asked for an ack hears the reason's status.
+    /// `reason`; a writer that asked for an ack hears the reason's status, and one that did
+    /// not (or whose control queue has no room) hears it in a refusal notice.
     pub(super) fn refuse_message(
         &mut self,
+        now: Time,
         conn: ConnId,
         m: &Message,
         reason: RejectReason,
@@ -167,13 +184,15 @@ impl Overlay {
             frames,
             detail: why.to_string(),
         });
-        if m.ack_req {
+        if m.ack_req && self.ctrl_room(conn) {
             self.ack(
                 conn,
                 m.corr_id,
                 reason.status(),
                 Some((reason.as_str(), retry_after)),
             );
+        } else {
+            self.note_refusal(now, conn, reason, retry_after);
         }
     }
 

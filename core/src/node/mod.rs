@@ -4,13 +4,14 @@
 //!
 //! This file holds the node's state and its public API; the decisions live in one module per
 //! concern: `ingress` (dispatch and rejects), `handshake`, `gossip` (dedupe, fanout, egress
-//! admission), `transmit` (control first, then DRR within permits), `timers`, `readiness`,
+//! admission), `notice` (refusals told without an answer), `transmit` (control first, then DRR within permits), `timers`, `readiness`,
 //! `sessions` (lifecycle) and `accounting` (the balance of counts).
 
 mod accounting;
 mod gossip;
 mod handshake;
 mod ingress;
+mod notice;
 mod readiness;
 mod sessions;
 mod timers;

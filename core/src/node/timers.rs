@@ -40,6 +40,11 @@ impl Overlay {
             }
             Phase::Established => {}
         }
+        // The last refusals of a burst are told once their window has passed.
+        self.flush_notices(now, id);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if s.in_flight() > 0 && now.saturating_since(s.last_write) >= t.write {
             let (c, g) = s.egress.clear();
             self.egress_drop(DropReason::Timeout, (c + g) as u64);

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub reconcile_rounds: Counter,
     pub reconcile_bytes: [Counter; 2],
     pub accept_paused: [Counter; 2],
+    pub refusal_notices: [Counter; 8],
     pub tor_bootstrap: Option<Histogram>,
     pub quic_path_events: Option<[Counter; 3]>,
 }
@@ -155,6 +156,8 @@ impl Metrics {
             accept_paused: std::array::from_fn(|i| {
                 metrics::counter!(ACCEPT_PAUSED_TOTAL, "reason" => AcceptPause::ALL[i].as_str())
             }),
+            refusal_notices: RejectReason::ALL
+                .map(|r| metrics::counter!(REFUSAL_NOTICES_TOTAL, "reason" => r.as_str())),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
             quic_path_events: cfg!(feature = "quic").then(|| {
                 std::array::from_fn(|i| {

@@ -263,6 +263,7 @@ pub const RECONCILE_ROUNDS_TOTAL: &str = "overlay_reconcile_rounds_total";
 pub const RECONCILE_BYTES_TOTAL: &str = "overlay_reconcile_bytes_total";
 pub const ADMIN_REFUSALS_TOTAL: &str = "admin_refusals_total";
 pub const ACCEPT_PAUSED_TOTAL: &str = "overlay_accept_paused_total";
+pub const REFUSAL_NOTICES_TOTAL: &str = "overlay_refusal_notices_total";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -539,6 +540,12 @@ pub const INVENTORY: &[MetricSpec] = &[
         Kind::Counter,
         "Times the overlay acceptor paused, leaving connections in the backlog, by reason.",
         &[("reason", AcceptPause::VALUES)],
+    ),
+    spec(
+        REFUSAL_NOTICES_TOTAL,
+        Kind::Counter,
+        "Refusal notices sent (GOSSIP RESP corr_id 0) telling a writer how many messages were refused.",
+        &[("reason", RejectReason::VALUES)],
     ),
     MetricSpec {
         name: TOR_BOOTSTRAP_SECONDS,

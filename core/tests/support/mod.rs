@@ -177,6 +177,19 @@ impl Net {
         }
     }
 
+    /// Un-stalls a reader and reports what piled up as written (the writer catches up).
+    pub fn resume(&mut self, from: End) {
+        let Some(p) = self.pipes.get_mut(&from) else {
+            return;
+        };
+        p.stalled = false;
+        let n = std::mem::take(&mut p.unacked);
+        if let End::Node(i, conn) = from {
+            let now = self.now;
+            self.nodes[i].handle_written(now, conn, n);
+        }
+    }
+
     fn send(&mut self, from: End, bytes: Bytes) {
         let model = self.model.clone();
         let jitter = if model.jitter.is_zero() {
@@ -436,6 +449,18 @@ impl Net {
             .iter()
             .filter_map(|e| match e {
                 ClientEvent::Ack { code, .. } => Some(*code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Refusal notices client `c` has heard: (error, refused) each.
+    pub fn notices(&self, c: usize) -> Vec<(String, u64)> {
+        self.clients[c]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Notice { error, refused, .. } => Some((error.clone(), *refused)),
                 _ => None,
             })
             .collect()

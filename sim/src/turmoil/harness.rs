@@ -291,6 +291,7 @@ async fn run_node(w: Rc<World>, name: String) -> anyhow::Result<()> {
         log_events: true,
         log_policy: None,
         wall_clock_epoch: Some(epoch() + World::now()),
+        announce: false,
     };
     let node = Node::start(w.net.clone(), cfg, opts)
         .await
