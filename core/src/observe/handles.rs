@@ -37,6 +37,9 @@ pub struct Metrics {
     pub rx_dropped: [Counter; 5],
     pub egress_fill: Gauge,
     pub dial_failures: Counter,
+    pub writes: [Counter; 2],
+    /// `request_latency_seconds{route="handshake",method="tcp"}`.
+    pub handshake_latency: Histogram,
     pub tor_bootstrap: Option<Histogram>,
     pub quic_path_events: Option<[Counter; 3]>,
 }
@@ -120,6 +123,11 @@ impl Metrics {
             }),
             egress_fill: metrics::gauge!(EGRESS_FILL_RATIO),
             dial_failures: metrics::counter!(DIAL_FAILURES_TOTAL),
+            writes: std::array::from_fn(|i| {
+                metrics::counter!(WRITES_TOTAL, "outcome" => WriteOutcome::ALL[i].as_str())
+            }),
+            handshake_latency: metrics::histogram!(REQUEST_LATENCY_SECONDS,
+                "route" => HANDSHAKE_ROUTE, "method" => HANDSHAKE_METHOD),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
             quic_path_events: cfg!(feature = "quic").then(|| {
                 std::array::from_fn(|i| {

@@ -1,8 +1,13 @@
 //! Metric names and their closed label sets: the API operators build dashboards on.
 //! Everything that emits a metric takes its name and labels from here.
 
-/// Histogram buckets for `request_latency_seconds` (seed section 1.1).
-pub const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+/// Histogram buckets for `request_latency_seconds`: the seed's (section 1.1) from 5 ms up,
+/// and finer ones below, since admin requests and loopback handshakes take well under 5 ms
+/// and would otherwise all land in the first bucket.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+    5.0,
+];
 /// Histogram buckets for frame and chunk sizes, capped at 1 MiB (seed section 7).
 pub const SIZE_BUCKETS: &[f64] = &[
     512.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 524288.0, 1048576.0,
@@ -143,6 +148,31 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// `outcome` of `overlay_writes_total`: a write (a message with ACK_REQ, or a local
+    /// publish) either passes the shedding decision or is refused `503 busy`.
+    WriteOutcome { Accepted => "accepted", Busy => "busy" }
+);
+
+/// `request_latency_seconds` also times OAP/1 handshakes (accept or dial to HELLO answered),
+/// under a route and method no admin request has, so the SLO query can select them.
+pub const HANDSHAKE_ROUTE: &str = "handshake";
+/// The transport the handshake latency was measured on.
+pub const HANDSHAKE_METHOD: &str = "tcp";
+
+/// `values` followed by `extra`, for allowlists that extend an enum's values.
+const fn with<const N: usize>(values: &[&'static str], extra: &'static str) -> [&'static str; N] {
+    let mut v = [extra; N];
+    let mut i = 0;
+    while i < values.len() {
+        v[i] = values[i];
+        i += 1;
+    }
+    v
+}
+const LATENCY_ROUTES: [&str; Route::VALUES.len() + 1] = with(Route::VALUES, HANDSHAKE_ROUTE);
+const LATENCY_METHODS: [&str; Method::VALUES.len() + 1] = with(Method::VALUES, HANDSHAKE_METHOD);
+
 impl Status {
     pub fn from_code(code: u16) -> Status {
         match code {
@@ -208,6 +238,7 @@ pub const RX_DROPPED_TOTAL: &str = "overlay_rx_dropped_total";
 pub const EGRESS_FILL_RATIO: &str = "overlay_egress_fill_ratio";
 pub const DIAL_FAILURES_TOTAL: &str = "overlay_dial_failures_total";
 pub const ADMIN_CONNECTIONS_ACTIVE: &str = "admin_connections_active";
+pub const WRITES_TOTAL: &str = "overlay_writes_total";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -260,8 +291,8 @@ pub const INVENTORY: &[MetricSpec] = &[
     spec(
         REQUEST_LATENCY_SECONDS,
         Kind::Histogram,
-        "Admin plane request latency in seconds.",
-        &[("route", Route::VALUES), ("method", Method::VALUES)],
+        "Admin plane request latency, and OAP/1 handshake latency (route handshake, method tcp), in seconds.",
+        &[("route", &LATENCY_ROUTES), ("method", &LATENCY_METHODS)],
     ),
     spec(
         INFLIGHT_REQUESTS,
@@ -418,6 +449,12 @@ pub const INVENTORY: &[MetricSpec] = &[
         Kind::Gauge,
         "Admin plane connections being served, at most admin.max_conns.",
         &[],
+    ),
+    spec(
+        WRITES_TOTAL,
+        Kind::Counter,
+        "Writes (messages with ACK_REQ, local publishes) by shedding decision: the busy SLO's denominator.",
+        &[("outcome", WriteOutcome::VALUES)],
     ),
     MetricSpec {
         name: TOR_BOOTSTRAP_SECONDS,
