@@ -12,7 +12,7 @@ use e2e::wire::OapClient;
 use e2e::{poll_until, workspace_root, Daemon};
 use overlay_core::client::ClientEvent;
 use overlay_core::observe::{
-    enabled, Kind, MetricSpec, HANDSHAKE_METHOD, HANDSHAKE_ROUTE, INVENTORY,
+    enabled, Kind, MetricSpec, ALIASES, HANDSHAKE_METHOD, HANDSHAKE_ROUTE, INVENTORY,
     REQUEST_LATENCY_SECONDS,
 };
 
@@ -141,9 +141,26 @@ fn every_inventory_metric_is_exported_with_its_type_and_allowed_labels() {
         }
     }
 
+    // A renamed metric is exported under its old name too, with the same type.
+    for a in ALIASES {
+        let new = INVENTORY.iter().find(|s| s.name == a.new).unwrap();
+        assert_eq!(
+            m.types.get(a.old).map(String::as_str),
+            Some(type_name(new.kind)),
+            "{} (alias of {} until {}) is not exported",
+            a.old,
+            a.new,
+            a.until
+        );
+    }
+
     // Nothing outside the inventory, and no label outside its allowlist.
     for s in &m.samples {
         let family = m.family_of(&s.name);
+        let family = ALIASES
+            .iter()
+            .find(|a| a.old == family)
+            .map_or(family, |a| a.new);
         let spec = INVENTORY
             .iter()
             .find(|sp| sp.name == family)
