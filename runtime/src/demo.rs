@@ -39,7 +39,9 @@ impl Ports {
             ("--admin-base", self.admin_base),
         ] {
             if base != 0 && base as usize + nodes > usize::from(u16::MAX) + 1 {
-                return Err(format!("{flag} {base}: {nodes} nodes do not fit below 65536"));
+                return Err(format!(
+                    "{flag} {base}: {nodes} nodes do not fit below 65536"
+                ));
             }
         }
         Ok(())

@@ -46,7 +46,11 @@ fn demo_nodes_take_the_config_file_and_fixed_ports() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("demo.toml");
     // A key whose effect is visible from outside: clients need a token.
-    std::fs::write(&file, "[auth]\nrequired = true\ntokens = [\"demo-token\"]\n").unwrap();
+    std::fs::write(
+        &file,
+        "[auth]\nrequired = true\ntokens = [\"demo-token\"]\n",
+    )
+    .unwrap();
     let listen = free_base(2);
     let admin = loop {
         let b = free_base(2);
@@ -70,16 +74,26 @@ fn demo_nodes_take_the_config_file_and_fixed_ports() {
     for i in 0..2u16 {
         let a: SocketAddr = format!("127.0.0.1:{}", admin + i).parse().unwrap();
         poll_until("the demo's admin plane on its fixed port", WAIT, || {
-            http::get(a, "/readyz", &[]).ok().filter(|r| r.status == 200)
+            http::get(a, "/readyz", &[])
+                .ok()
+                .filter(|r| r.status == 200)
         });
     }
     let node0: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
     let refused = OapClient::connect(node0, "no-token", &[], None).err();
-    assert_eq!(refused.map(|(code, _)| code), Some(401), "auth.required from the file");
+    assert_eq!(
+        refused.map(|(code, _)| code),
+        Some(401),
+        "auth.required from the file"
+    );
     assert!(OapClient::connect(node0, "with-token", &[], Some(b"demo-token")).is_ok());
     let a0: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let m = prom::parse(&http::get(a0, "/metrics", &[]).unwrap().body).unwrap();
-    assert!(m.value("rejected_total", &[("reason", "unauth")]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        m.value("rejected_total", &[("reason", "unauth")])
+            .unwrap_or(0.0)
+            >= 1.0
+    );
     drop(demo);
     let _ = std::fs::remove_dir_all(&dir);
 }

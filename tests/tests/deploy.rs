@@ -134,8 +134,7 @@ fn metric_names(e: &str) -> BTreeSet<String> {
         let c = chars[i];
         if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i]))
-            {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -145,8 +144,15 @@ fn metric_names(e: &str) -> BTreeSet<String> {
                 skip_group = false;
             } else if KEYWORDS.contains(&word.as_str()) {
                 // The label list after a grouping keyword holds label names, not metrics.
-                skip_group = ["by", "without", "on", "ignoring", "group_left", "group_right"]
-                    .contains(&word.as_str());
+                skip_group = [
+                    "by",
+                    "without",
+                    "on",
+                    "ignoring",
+                    "group_left",
+                    "group_right",
+                ]
+                .contains(&word.as_str());
             } else if next == Some(&'(') {
                 skip_group = false;
             } else if !skip_group {
@@ -279,11 +285,7 @@ fn every_dashboard_picks_its_datasource_and_instances() {
     for d in DASHBOARDS {
         let v = dashboard(d);
         assert!(
-            v["title"]
-                .as_str()
-                .unwrap()
-                .to_lowercase()
-                .contains(d),
+            v["title"].as_str().unwrap().to_lowercase().contains(d),
             "{d}: title"
         );
         let vars: Vec<&Value> = v["templating"]["list"].as_array().unwrap().iter().collect();
@@ -300,7 +302,12 @@ fn every_dashboard_picks_its_datasource_and_instances() {
             );
         }
         for p in v["panels"].as_array().unwrap() {
-            assert_eq!(p["datasource"]["uid"], ds_ref.as_str(), "{d}: {}", p["title"]);
+            assert_eq!(
+                p["datasource"]["uid"],
+                ds_ref.as_str(),
+                "{d}: {}",
+                p["title"]
+            );
             for t in p["targets"].as_array().unwrap() {
                 let e = t["expr"].as_str().unwrap();
                 assert!(
@@ -517,7 +524,9 @@ fn the_kubernetes_manifests_match_the_daemon() {
     assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "admin");
     assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
     // The grace period covers the drain.
-    let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
     assert!(grace > cfg.shutdown.drain_deadline.as_secs() + 1);
 }
 
@@ -538,7 +547,11 @@ fn config_keys() -> BTreeSet<String> {
         }
     }
     let mut out = BTreeSet::new();
-    walk("", &serde_json::to_value(Config::default()).unwrap(), &mut out);
+    walk(
+        "",
+        &serde_json::to_value(Config::default()).unwrap(),
+        &mut out,
+    );
     out
 }
 
@@ -552,7 +565,10 @@ fn the_dockerfile_builds_small_and_runs_as_non_root() {
         .filter_map(|l| l.strip_prefix("USER "))
         .last()
         .expect("a USER line");
-    assert!(!user.starts_with('0') && !user.starts_with("root"), "USER {user}");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "USER {user}"
+    );
     let exposed: BTreeSet<u64> = f
         .lines()
         .filter_map(|l| l.strip_prefix("EXPOSE "))
@@ -560,8 +576,14 @@ fn the_dockerfile_builds_small_and_runs_as_non_root() {
         .collect();
     let d = Config::default();
     // The image's listen addresses come from its ENV: the same ports as the defaults.
-    assert!(f.contains(&format!("SVC_OVERLAY_OVERLAY__LISTEN=0.0.0.0:{}", port_of(&d.overlay.listen))));
-    assert!(f.contains(&format!("SVC_OVERLAY_ADMIN__LISTEN=0.0.0.0:{}", port_of(&d.admin.listen))));
+    assert!(f.contains(&format!(
+        "SVC_OVERLAY_OVERLAY__LISTEN=0.0.0.0:{}",
+        port_of(&d.overlay.listen)
+    )));
+    assert!(f.contains(&format!(
+        "SVC_OVERLAY_ADMIN__LISTEN=0.0.0.0:{}",
+        port_of(&d.admin.listen)
+    )));
     assert_eq!(
         exposed,
         BTreeSet::from([port_of(&d.overlay.listen), port_of(&d.admin.listen)])

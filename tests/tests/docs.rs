@@ -227,6 +227,7 @@ fn promtool(args: &[&str]) {
 fn promtool_accepts_the_rules() {
     if have_tool("promtool") {
         promtool(&["check", "rules", ALERTS, SLO]);
+        promtool(&["check", "config", "deploy/prometheus/prometheus.yml"]);
     }
 }
 

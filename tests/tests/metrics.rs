@@ -204,7 +204,11 @@ fn every_inventory_metric_is_exported_with_its_type_and_allowed_labels() {
         .unwrap_or(0.0)
             >= 2.0
     );
-    assert!(m.value("overlay_writes_total", &[("outcome", "accepted")]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        m.value("overlay_writes_total", &[("outcome", "accepted")])
+            .unwrap_or(0.0)
+            >= 1.0
+    );
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -81,7 +81,10 @@ fn days(date: &str) -> i64 {
     let p: Vec<i64> = date
         .trim()
         .split('-')
-        .map(|x| x.parse().unwrap_or_else(|_| panic!("{date:?} is not YYYY-MM-DD")))
+        .map(|x| {
+            x.parse()
+                .unwrap_or_else(|_| panic!("{date:?} is not YYYY-MM-DD"))
+        })
         .collect();
     let (y, m, d) = (p[0] - i64::from(p[1] <= 2), p[1], p[2]);
     let era = y.div_euclid(400);

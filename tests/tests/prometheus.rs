@@ -65,8 +65,14 @@ impl Prometheus {
             .unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
             .stdin(Stdio::null())
@@ -284,13 +290,26 @@ fn a_real_prometheus_sees_readiness_degrade_fire_and_resolve() {
         });
         t.mark(what);
     };
-    seen(&mut prom, &mut t, Some("pending"), "OverlayReadyDegraded{a} pending");
-    seen(&mut prom, &mut t, Some("firing"), "OverlayReadyDegraded{a} firing");
+    seen(
+        &mut prom,
+        &mut t,
+        Some("pending"),
+        "OverlayReadyDegraded{a} pending",
+    );
+    seen(
+        &mut prom,
+        &mut t,
+        Some("firing"),
+        "OverlayReadyDegraded{a} firing",
+    );
     prom.assert_all_up(3);
     // The writes counter reaches the busy SLO: a refused some, the others none.
     let busy_ratio = prom.query("overlay:busy_ratio:rate5m > 0");
     assert_eq!(
-        busy_ratio.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>(),
+        busy_ratio
+            .iter()
+            .map(|(i, _)| i.as_str())
+            .collect::<Vec<_>>(),
         [a.admin.to_string()],
         "busy ratio"
     );
@@ -322,11 +341,19 @@ fn a_real_prometheus_sees_readiness_degrade_fire_and_resolve() {
     a.wait_readyz(200, WAIT);
     t.mark("a: /readyz 200");
     seen(&mut prom, &mut t, None, "OverlayReadyDegraded{a} resolved");
-    assert_eq!(reader.join().unwrap(), accepted, "every accepted write delivered");
+    assert_eq!(
+        reader.join().unwrap(),
+        accepted,
+        "every accepted write delivered"
+    );
     prom.assert_all_up(3);
     for name in ["OverlayReadyDegraded", "OverlaySustainedShedding"] {
         for d in [&b, &c] {
-            assert_eq!(prom.alert_state(name, d.admin), None, "{name} on a healthy node");
+            assert_eq!(
+                prom.alert_state(name, d.admin),
+                None,
+                "{name} on a healthy node"
+            );
         }
     }
     write_timeline(&workspace_root().join("target/prometheus-timeline.txt"), &t);

@@ -5,8 +5,7 @@
 /// and finer ones below, since admin requests and loopback handshakes take well under 5 ms
 /// and would otherwise all land in the first bucket.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
-    5.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 ];
 /// Histogram buckets for frame and chunk sizes, capped at 1 MiB (seed section 7).
 pub const SIZE_BUCKETS: &[f64] = &[
