@@ -563,7 +563,7 @@ fn the_dockerfile_builds_small_and_runs_as_non_root() {
     let user = f
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("a USER line");
     assert!(
         !user.starts_with('0') && !user.starts_with("root"),

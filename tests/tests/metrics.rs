@@ -12,8 +12,7 @@ use e2e::wire::OapClient;
 use e2e::{poll_until, workspace_root, Daemon};
 use overlay_core::client::ClientEvent;
 use overlay_core::observe::{
-    enabled, Kind, MetricSpec, ALIASES, HANDSHAKE_METHOD, HANDSHAKE_ROUTE, INVENTORY,
-    REQUEST_LATENCY_SECONDS,
+    enabled, Kind, LatencyRoute, MetricSpec, Transport, ALIASES, INVENTORY, REQUEST_LATENCY_SECONDS,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -72,7 +71,8 @@ fn expected_series(spec: &MetricSpec) -> Vec<Vec<(String, String)>> {
     let transport = |c: &Vec<(String, String)>| {
         c.iter()
             .filter(|(k, v)| {
-                (k == "route" && v == HANDSHAKE_ROUTE) || (k == "method" && v == HANDSHAKE_METHOD)
+                (k == "route" && v == LatencyRoute::Handshake.as_str())
+                    || (k == "method" && v == Transport::Tcp.as_str())
             })
             .count()
     };
@@ -199,7 +199,10 @@ fn every_inventory_metric_is_exported_with_its_type_and_allowed_labels() {
     assert!(
         m.value(
             "request_latency_seconds_count",
-            &[("route", HANDSHAKE_ROUTE), ("method", HANDSHAKE_METHOD)]
+            &[
+                ("route", LatencyRoute::Handshake.as_str()),
+                ("method", Transport::Tcp.as_str())
+            ]
         )
         .unwrap_or(0.0)
             >= 2.0

@@ -127,7 +127,7 @@ impl Metrics {
                 metrics::counter!(WRITES_TOTAL, "outcome" => WriteOutcome::ALL[i].as_str())
             }),
             handshake_latency: metrics::histogram!(REQUEST_LATENCY_SECONDS,
-                "route" => HANDSHAKE_ROUTE, "method" => HANDSHAKE_METHOD),
+                "route" => LatencyRoute::Handshake.as_str(), "method" => Transport::Tcp.as_str()),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
             quic_path_events: cfg!(feature = "quic").then(|| {
                 std::array::from_fn(|i| {

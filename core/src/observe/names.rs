@@ -153,11 +153,17 @@ label_enum!(
     WriteOutcome { Accepted => "accepted", Busy => "busy" }
 );
 
-/// `request_latency_seconds` also times OAP/1 handshakes (accept or dial to HELLO answered),
-/// under a route and method no admin request has, so the SLO query can select them.
-pub const HANDSHAKE_ROUTE: &str = "handshake";
-/// The transport the handshake latency was measured on.
-pub const HANDSHAKE_METHOD: &str = "tcp";
+label_enum!(
+    /// `route` of `request_latency_seconds` beyond the admin plane's: OAP/1 handshakes
+    /// (accept or dial to HELLO answered), under a route no admin request has, so the SLO
+    /// query can select them.
+    LatencyRoute { Handshake => "handshake" }
+);
+
+label_enum!(
+    /// `method` of the handshake latency: the transport it was measured on.
+    Transport { Tcp => "tcp" }
+);
 
 /// `values` followed by `extra`, for allowlists that extend an enum's values.
 const fn with<const N: usize>(values: &[&'static str], extra: &'static str) -> [&'static str; N] {
@@ -169,8 +175,10 @@ const fn with<const N: usize>(values: &[&'static str], extra: &'static str) -> [
     }
     v
 }
-const LATENCY_ROUTES: [&str; Route::VALUES.len() + 1] = with(Route::VALUES, HANDSHAKE_ROUTE);
-const LATENCY_METHODS: [&str; Method::VALUES.len() + 1] = with(Method::VALUES, HANDSHAKE_METHOD);
+const LATENCY_ROUTES: [&str; Route::VALUES.len() + 1] =
+    with(Route::VALUES, LatencyRoute::Handshake.as_str());
+const LATENCY_METHODS: [&str; Method::VALUES.len() + 1] =
+    with(Method::VALUES, Transport::Tcp.as_str());
 
 impl Status {
     pub fn from_code(code: u16) -> Status {
