@@ -43,6 +43,17 @@ pub enum Cmd {
     Demo {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
         nodes: u16,
+        /// TOML config every node starts from (+ SVC_OVERLAY_* environment); each node's
+        /// listen addresses and node id are the demo's.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Node i listens for OAP/1 on 127.0.0.1:(PORT + i); 0: ephemeral ports.
+        #[arg(long, default_value_t = 0)]
+        listen_base: u16,
+        /// Node i serves its admin plane on 127.0.0.1:(PORT + i), so a Prometheus or a
+        /// dashboard can be pointed at fixed URLs; 0: ephemeral ports.
+        #[arg(long, default_value_t = 0)]
+        admin_base: u16,
     },
     /// Validate a config file and print the effective config (secrets redacted).
     CheckConfig { file: PathBuf },
@@ -138,7 +149,19 @@ pub fn main() -> ExitCode {
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Publish(o) => client(client_log(), || publish(o)),
         Cmd::Subscribe(o) => client(client_log(), || subscribe(o)),
-        Cmd::Demo { nodes } => demo(nodes as usize),
+        Cmd::Demo {
+            nodes,
+            config,
+            listen_base,
+            admin_base,
+        } => demo(
+            nodes as usize,
+            config.as_deref(),
+            crate::demo::Ports {
+                listen_base,
+                admin_base,
+            },
+        ),
     }
 }
 
@@ -282,8 +305,12 @@ fn subscribe(o: SubscribeOpts) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(nodes: usize) -> ExitCode {
-    let mut base = match config::load(None, &Overrides::default()) {
+fn demo(nodes: usize, file: Option<&std::path::Path>, ports: crate::demo::Ports) -> ExitCode {
+    if let Err(e) = ports.check(nodes) {
+        eprintln!("svc-overlay: {e}");
+        return ExitCode::from(2);
+    }
+    let mut base = match config::load(file, &Overrides::default()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("svc-overlay: {e}");
@@ -296,7 +323,7 @@ fn demo(nodes: usize) -> ExitCode {
         base.log.level = "warn".into();
     }
     client(base.log.clone(), || {
-        runtime()?.block_on(crate::demo::run(nodes, base.clone()))?;
+        runtime()?.block_on(crate::demo::run(nodes, base.clone(), ports))?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -384,6 +411,17 @@ mod tests {
         .unwrap();
         assert!(matches!(c.command, Some(Cmd::Subscribe(ref s)) if s.topics.len() == 2));
         assert!(Cli::try_parse_from(["svc-overlay", "demo", "--nodes", "4"]).is_ok());
+        assert!(Cli::try_parse_from([
+            "svc-overlay",
+            "demo",
+            "--config",
+            "d.toml",
+            "--listen-base",
+            "7000",
+            "--admin-base",
+            "7100"
+        ])
+        .is_ok());
         assert!(Cli::try_parse_from(["svc-overlay", "check-config", "f.toml"]).is_ok());
         assert!(Cli::try_parse_from(["svc-overlay"])
             .unwrap()

@@ -24,13 +24,42 @@ pub fn peers_of(i: usize) -> Vec<usize> {
     p
 }
 
-pub async fn run(nodes: usize, base: Config) -> anyhow::Result<()> {
+/// Where the demo's nodes listen: node `i` on `base + i`, or an ephemeral port for 0.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ports {
+    pub listen_base: u16,
+    pub admin_base: u16,
+}
+
+impl Ports {
+    /// Every node's ports fit below 65536.
+    pub fn check(&self, nodes: usize) -> Result<(), String> {
+        for (flag, base) in [
+            ("--listen-base", self.listen_base),
+            ("--admin-base", self.admin_base),
+        ] {
+            if base != 0 && base as usize + nodes > usize::from(u16::MAX) + 1 {
+                return Err(format!(
+                    "{flag} {base}: {nodes} nodes do not fit below 65536"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn addr(base: u16, i: usize) -> String {
+        let port = if base == 0 { 0 } else { base as usize + i };
+        format!("127.0.0.1:{port}")
+    }
+}
+
+pub async fn run(nodes: usize, base: Config, ports: Ports) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let mut mesh: Vec<Node> = Vec::with_capacity(nodes);
     for i in 0..nodes {
         let mut cfg = base.clone();
-        cfg.overlay.listen = "127.0.0.1:0".into();
-        cfg.admin.listen = "127.0.0.1:0".into();
+        cfg.overlay.listen = Ports::addr(ports.listen_base, i);
+        cfg.admin.listen = Ports::addr(ports.admin_base, i);
         cfg.overlay.node_id = format!("demo-{i}");
         cfg.overlay.peers = peers_of(i)
             .into_iter()

@@ -17,6 +17,26 @@ use std::time::{Duration, Instant};
 
 pub use daemon::{bin, command, Daemon, DaemonBuilder};
 
+/// Whether an external tool (`promtool`, `prometheus`, `systemd-analyze`) can be run.
+/// Missing, a test that needs it prints a notice and returns, except under `CI=true`,
+/// where a missing tool is a failure: CI must never pass by skipping.
+pub fn have_tool(name: &str) -> bool {
+    let found = std::process::Command::new(name)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is not on PATH and CI=true: install it (scripts/test.sh does, as root)"
+        );
+        println!("NOTICE: {name} not on PATH; skipping (scripts/test.sh installs it)");
+    }
+    found
+}
+
 /// The workspace root (this package lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,7 +1,7 @@
 //! Docs kept true by tests: the config and metric tables of `docs/OPERATIONS.md` against
-//! `Config::default()` and `INVENTORY`, the alert rules in `docs/alerts.yml` (promtool, when
-//! present) and their runbook links against the anchors of `docs/RUNBOOK.md`, and the
-//! README's first lines.
+//! `Config::default()` and `INVENTORY`, the alert rules in `deploy/prometheus/alerts.yml`
+//! (promtool: syntax and the unit tests of `deploy/prometheus/tests/`) and their runbook
+//! links against the anchors of `docs/RUNBOOK.md`, and the README's first lines.
 //!
 //! When a table is out of date the failure prints the table as it should read; paste it
 //! between the markers.
@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use e2e::workspace_root;
+use e2e::{have_tool, workspace_root};
 use overlay_core::observe::{Kind, INVENTORY};
 use overlay_core::Config;
 use serde_json::Value;
@@ -163,7 +163,7 @@ fn anchor(heading: &str) -> String {
 
 #[test]
 fn every_alert_links_to_a_runbook_anchor_that_exists() {
-    let rules = read("docs/alerts.yml");
+    let rules = read(ALERTS);
     let runbook = read("docs/RUNBOOK.md");
     let anchors: Vec<String> = runbook
         .lines()
@@ -200,28 +200,49 @@ fn every_alert_links_to_a_runbook_anchor_that_exists() {
         "overlay_egress_fill_ratio",
         "readyz_state",
     ] {
-        assert!(rules.contains(name), "alerts.yml does not use {name}");
+        assert!(rules.contains(name), "{ALERTS} does not use {name}");
         assert!(INVENTORY.iter().any(|s| s.name == name));
     }
 }
 
-#[test]
-fn promtool_accepts_the_alert_rules() {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        println!("NOTICE: promtool not on PATH; skipping `promtool check rules` (scripts/test.sh installs it)");
-        return;
-    }
+const ALERTS: &str = "deploy/prometheus/alerts.yml";
+const SLO: &str = "deploy/prometheus/slo.yml";
+
+fn promtool(args: &[&str]) {
     let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(workspace_root().join("docs/alerts.yml"))
+        .current_dir(workspace_root())
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "promtool check rules docs/alerts.yml:\n{}\n{}",
+        "promtool {}:\n{}\n{}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn promtool_accepts_the_rules() {
+    if have_tool("promtool") {
+        promtool(&["check", "rules", ALERTS, SLO]);
+        promtool(&["check", "config", "deploy/prometheus/prometheus.yml"]);
+    }
+}
+
+/// Every alert fires on trouble, stays silent on health and spikes, and resolves; every
+/// recording rule gives its known value (the cases are in the test files).
+#[test]
+fn the_rules_pass_their_promtool_unit_tests() {
+    if have_tool("promtool") {
+        promtool(&[
+            "test",
+            "rules",
+            "deploy/prometheus/tests/alerts_test.yml",
+            "deploy/prometheus/tests/slo_test.yml",
+        ]);
+    }
 }
 
 #[test]

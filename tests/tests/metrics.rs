@@ -11,7 +11,9 @@ use e2e::scan::{self, name_constants};
 use e2e::wire::OapClient;
 use e2e::{poll_until, workspace_root, Daemon};
 use overlay_core::client::ClientEvent;
-use overlay_core::observe::{enabled, Kind, INVENTORY};
+use overlay_core::observe::{
+    enabled, Kind, LatencyRoute, MetricSpec, Transport, ALIASES, INVENTORY, REQUEST_LATENCY_SECONDS,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -60,6 +62,24 @@ fn label_product(labels: &[(&str, &[&str])]) -> Vec<Vec<(String, String)>> {
             .collect();
     }
     out
+}
+
+/// The label sets a metric exports from the first scrape: every combination of its
+/// allowlists, except that the handshake's route and method of `request_latency_seconds`
+/// only go together (no admin request is `tcp`, no handshake is `GET`).
+fn expected_series(spec: &MetricSpec) -> Vec<Vec<(String, String)>> {
+    let transport = |c: &Vec<(String, String)>| {
+        c.iter()
+            .filter(|(k, v)| {
+                (k == "route" && v == LatencyRoute::Handshake.as_str())
+                    || (k == "method" && v == Transport::Tcp.as_str())
+            })
+            .count()
+    };
+    label_product(spec.labels)
+        .into_iter()
+        .filter(|c| spec.name != REQUEST_LATENCY_SECONDS || transport(c) != 1)
+        .collect()
 }
 
 #[test]
@@ -113,7 +133,7 @@ fn every_inventory_metric_is_exported_with_its_type_and_allowed_labels() {
                     .collect()
             })
             .collect();
-        for combo in label_product(spec.labels) {
+        for combo in expected_series(spec) {
             assert!(
                 have.contains(&combo),
                 "{series_name} lacks the series {combo:?}"
@@ -121,9 +141,26 @@ fn every_inventory_metric_is_exported_with_its_type_and_allowed_labels() {
         }
     }
 
+    // A renamed metric is exported under its old name too, with the same type.
+    for a in ALIASES {
+        let new = INVENTORY.iter().find(|s| s.name == a.new).unwrap();
+        assert_eq!(
+            m.types.get(a.old).map(String::as_str),
+            Some(type_name(new.kind)),
+            "{} (alias of {} until {}) is not exported",
+            a.old,
+            a.new,
+            a.until
+        );
+    }
+
     // Nothing outside the inventory, and no label outside its allowlist.
     for s in &m.samples {
         let family = m.family_of(&s.name);
+        let family = ALIASES
+            .iter()
+            .find(|a| a.old == family)
+            .map_or(family, |a| a.new);
         let spec = INVENTORY
             .iter()
             .find(|sp| sp.name == family)
@@ -158,6 +195,23 @@ fn every_inventory_metric_is_exported_with_its_type_and_allowed_labels() {
             >= 1.0
     );
     assert_eq!(m.value("readyz_state", &[]), Some(1.0));
+    // Two clients and their handshakes timed; the acked publish counted as a write.
+    assert!(
+        m.value(
+            "request_latency_seconds_count",
+            &[
+                ("route", LatencyRoute::Handshake.as_str()),
+                ("method", Transport::Tcp.as_str())
+            ]
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    );
+    assert!(
+        m.value("overlay_writes_total", &[("outcome", "accepted")])
+            .unwrap_or(0.0)
+            >= 1.0
+    );
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -1,6 +1,7 @@
 //! The balance of counts: every outcome counted in `Stats` and in its metric at once.
 
 use super::*;
+use crate::observe::WriteOutcome;
 
 impl Overlay {
     /// Frames on their way out that will not be sent: metric and `Stats` together.
@@ -10,6 +11,18 @@ impl Overlay {
         }
         self.stats.egress_dropped[reason.index()] += frames;
         self.metrics.queue_drop(Queue::Egress, reason, frames);
+    }
+
+    /// A write reached the shedding decision: the readiness window and the busy SLO's
+    /// counter see the same writes.
+    pub(super) fn record_write(&mut self, now: Time, busy: bool) {
+        self.shed_window.record(now, busy);
+        let o = if busy {
+            WriteOutcome::Busy
+        } else {
+            WriteOutcome::Accepted
+        };
+        self.metrics.writes[o.index()].increment(1);
     }
 
     pub(super) fn outcome(&mut self, o: Outcome, frames: u64) {

@@ -120,7 +120,7 @@ impl Overlay {
             // only when a session this message would go to is under pressure: one slow
             // consumer must not refuse writes that would never reach it.
             let busy = self.plan_pressured();
-            self.shed_window.record(now, busy);
+            self.record_write(now, busy);
             if busy {
                 let retry = self.cfg.readiness.retry_after;
                 return self.refuse_message(

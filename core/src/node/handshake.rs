@@ -271,6 +271,9 @@ impl Overlay {
         s.node = node.clone();
         s.last_rx = now;
         let inbound = s.inbound;
+        self.metrics
+            .handshake_latency
+            .record(now.saturating_since(s.opened).as_secs_f64());
         match role {
             Role::Peer => self.peers.push(conn),
             Role::Client => self.clients.push(conn),

@@ -572,7 +572,7 @@ impl Overlay {
         .map_err(|_| PublishError::Topic)?;
         self.plan(None, &header);
         let busy = self.plan_pressured();
-        self.shed_window.record(now, busy);
+        self.record_write(now, busy);
         if busy {
             self.stats.refused[RejectReason::Busy.index()] += 1;
             self.metrics.reject(RejectReason::Busy);

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub reconcile_bytes: [Counter; 2],
     pub accept_paused: [Counter; 2],
     pub refusal_notices: [Counter; 8],
+    pub writes: [Counter; 2],
+    /// `request_latency_seconds{route="handshake",method="tcp"}`.
+    pub handshake_latency: Histogram,
     pub tor_bootstrap: Option<Histogram>,
     pub quic_path_events: Option<[Counter; 3]>,
 }
@@ -158,6 +161,11 @@ impl Metrics {
             }),
             refusal_notices: RejectReason::ALL
                 .map(|r| metrics::counter!(REFUSAL_NOTICES_TOTAL, "reason" => r.as_str())),
+            writes: std::array::from_fn(|i| {
+                metrics::counter!(WRITES_TOTAL, "outcome" => WriteOutcome::ALL[i].as_str())
+            }),
+            handshake_latency: metrics::histogram!(REQUEST_LATENCY_SECONDS,
+                "route" => LatencyRoute::Handshake.as_str(), "method" => Transport::Tcp.as_str()),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
             quic_path_events: cfg!(feature = "quic").then(|| {
                 std::array::from_fn(|i| {

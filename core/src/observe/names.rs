@@ -1,8 +1,12 @@
 //! Metric names and their closed label sets: the API operators build dashboards on.
 //! Everything that emits a metric takes its name and labels from here.
 
-/// Histogram buckets for `request_latency_seconds` (seed section 1.1).
-pub const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+/// Histogram buckets for `request_latency_seconds`: the seed's (section 1.1) from 5 ms up,
+/// and finer ones below, since admin requests and loopback handshakes take well under 5 ms
+/// and would otherwise all land in the first bucket.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
 /// Histogram buckets for frame and chunk sizes, capped at 1 MiB (seed section 7).
 pub const SIZE_BUCKETS: &[f64] = &[
     512.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 524288.0, 1048576.0,
@@ -187,6 +191,39 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// `outcome` of `overlay_writes_total`: a write (a message with ACK_REQ, or a local
+    /// publish) either passes the shedding decision or is refused `503 busy`.
+    WriteOutcome { Accepted => "accepted", Busy => "busy" }
+);
+
+label_enum!(
+    /// `route` of `request_latency_seconds` beyond the admin plane's: OAP/1 handshakes
+    /// (accept or dial to HELLO answered), under a route no admin request has, so the SLO
+    /// query can select them.
+    LatencyRoute { Handshake => "handshake" }
+);
+
+label_enum!(
+    /// `method` of the handshake latency: the transport it was measured on.
+    Transport { Tcp => "tcp" }
+);
+
+/// `values` followed by `extra`, for allowlists that extend an enum's values.
+const fn with<const N: usize>(values: &[&'static str], extra: &'static str) -> [&'static str; N] {
+    let mut v = [extra; N];
+    let mut i = 0;
+    while i < values.len() {
+        v[i] = values[i];
+        i += 1;
+    }
+    v
+}
+const LATENCY_ROUTES: [&str; Route::VALUES.len() + 1] =
+    with(Route::VALUES, LatencyRoute::Handshake.as_str());
+const LATENCY_METHODS: [&str; Method::VALUES.len() + 1] =
+    with(Method::VALUES, Transport::Tcp.as_str());
+
 impl Status {
     pub fn from_code(code: u16) -> Status {
         match code {
@@ -264,6 +301,7 @@ pub const RECONCILE_BYTES_TOTAL: &str = "overlay_reconcile_bytes_total";
 pub const ADMIN_REFUSALS_TOTAL: &str = "admin_refusals_total";
 pub const ACCEPT_PAUSED_TOTAL: &str = "overlay_accept_paused_total";
 pub const REFUSAL_NOTICES_TOTAL: &str = "overlay_refusal_notices_total";
+pub const WRITES_TOTAL: &str = "overlay_writes_total";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -316,8 +354,8 @@ pub const INVENTORY: &[MetricSpec] = &[
     spec(
         REQUEST_LATENCY_SECONDS,
         Kind::Histogram,
-        "Admin plane request latency in seconds.",
-        &[("route", Route::VALUES), ("method", Method::VALUES)],
+        "Admin plane request latency, and OAP/1 handshake latency (route handshake, method tcp), in seconds.",
+        &[("route", &LATENCY_ROUTES), ("method", &LATENCY_METHODS)],
     ),
     spec(
         INFLIGHT_REQUESTS,
@@ -547,6 +585,12 @@ pub const INVENTORY: &[MetricSpec] = &[
         "Refusal notices sent (GOSSIP RESP corr_id 0) telling a writer how many messages were refused.",
         &[("reason", RejectReason::VALUES)],
     ),
+    spec(
+        WRITES_TOTAL,
+        Kind::Counter,
+        "Writes (messages with ACK_REQ, local publishes) by shedding decision: the busy SLO's denominator.",
+        &[("outcome", WriteOutcome::VALUES)],
+    ),
     MetricSpec {
         name: TOR_BOOTSTRAP_SECONDS,
         kind: Kind::Histogram,
@@ -562,6 +606,20 @@ pub const INVENTORY: &[MetricSpec] = &[
         feature: Some("quic"),
     },
 ];
+
+/// A renamed metric (seed section 9: names are API). The node exports it under `old` as
+/// well as `new` until the release named in `until`, at least one minor version after the
+/// rename, and CHANGELOG.md says so. `released_names.txt` lists every name ever shipped; a
+/// test fails when one of them is neither in `INVENTORY` nor the `old` of an alias here.
+#[derive(Clone, Copy, Debug)]
+pub struct Alias {
+    pub old: &'static str,
+    pub new: &'static str,
+    pub until: &'static str,
+}
+
+/// The renames still within their alias period. None so far.
+pub const ALIASES: &[Alias] = &[];
 
 /// The inventory entry for `name`.
 pub fn spec_of(name: &str) -> Option<&'static MetricSpec> {
