@@ -71,6 +71,8 @@ pub struct TreeLink {
     pub announce: VecDeque<MsgId>,
     /// When this peer is next sent a DIGEST of the store.
     pub next_digest: Time,
+    /// The first DIGEST (of the whole store) has gone out.
+    pub digested: bool,
 }
 
 /// A frame the writer has and has not yet reported written.

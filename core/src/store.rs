@@ -124,7 +124,8 @@ impl Store {
     /// Ids whose local age is within `[settle, max_age - settle]`: the part of the store two
     /// nodes compare (the edges move while messages are in flight).
     fn settled(&self, now: Time, settle: Duration) -> impl Iterator<Item = &MsgId> + '_ {
-        let max = self.max_age.saturating_sub(settle);
+        // The old edge moves too (eviction by age), by the same margin.
+        let max = self.max_age.saturating_sub(settle.max(Duration::from_secs(2)));
         self.order.iter().filter(move |id| {
             self.map.get(*id).is_some_and(|s| {
                 let age = now.saturating_since(s.at);

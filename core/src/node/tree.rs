@@ -7,13 +7,11 @@
 use std::collections::VecDeque;
 
 use super::*;
-use crate::oap::{TreeFrame, FEATURE_TREE, MAX_IDS};
+use crate::oap::{TreeFrame, DIGEST_SETTLE_MS, FEATURE_TREE, MAX_IDS};
 use crate::observe::{PullOutcome, PushMode, StoreEviction, TreeOp};
 use crate::session::TreeLink;
 use crate::store::Stored;
 
-/// Store entries younger than this are left out of digests: still in flight somewhere.
-const DIGEST_SETTLE: Duration = Duration::from_secs(2);
 /// Announcers remembered per missing message (who to pull from, in order).
 const MAX_ANNOUNCERS: usize = 4;
 
@@ -29,7 +27,7 @@ fn op_of(f: &TreeFrame) -> TreeOp {
         TreeFrame::IHave(_) => TreeOp::IHave,
         TreeFrame::Graft(_) => TreeOp::Graft,
         TreeFrame::Prune => TreeOp::Prune,
-        TreeFrame::Digest(_) => TreeOp::Digest,
+        TreeFrame::Digest(..) => TreeOp::Digest,
     }
 }
 
@@ -52,6 +50,7 @@ impl Overlay {
                 // A first digest at once: a link that comes back after a partition or a
                 // restart starts its repair immediately.
                 next_digest: now,
+                digested: false,
             });
         }
         self.update_tree_gauges();
@@ -66,7 +65,7 @@ impl Overlay {
         let len = payload.len() as u64;
         let frame = Frame::new(AppProto::TREE, Flags::EVENT, 0, payload);
         self.metrics.tree_frames[Dir::Tx.index()][op_of(f).index()].increment(1);
-        if matches!(f, TreeFrame::Digest(_)) {
+        if matches!(f, TreeFrame::Digest(..)) {
             self.metrics.reconcile_bytes[Dir::Tx.index()].increment(len);
         }
         self.send_ctrl(conn, &frame);
@@ -97,9 +96,11 @@ impl Overlay {
             TreeFrame::IHave(ids) => self.on_ihave(now, conn, ids),
             TreeFrame::Graft(ids) => self.on_graft(conn, ids),
             TreeFrame::Prune => self.set_eager(conn, false),
-            TreeFrame::Digest(theirs) => {
+            TreeFrame::Digest(theirs, settle_ms) => {
                 self.metrics.reconcile_bytes[Dir::Rx.index()].increment(frame.payload.len() as u64);
-                let ids = self.store.differing(now, DIGEST_SETTLE, &theirs, MAX_IDS);
+                // Compared over the same part of the store the sender summed.
+                let settle = Duration::from_millis(settle_ms as u64);
+                let ids = self.store.differing(now, settle, &theirs, MAX_IDS);
                 if !ids.is_empty() {
                     let f = TreeFrame::IHave(ids);
                     self.metrics.reconcile_bytes[Dir::Tx.index()]
@@ -253,12 +254,21 @@ impl Overlay {
                 .and_then(|s| s.tree.as_ref())
                 .is_some_and(|t| now >= t.next_digest);
             if due {
+                // The first digest of a new link covers the whole store, young entries
+                // too: what one side published while the link was down may be seconds old.
+                let mut settle_ms = DIGEST_SETTLE_MS;
                 if let Some(t) = self.sessions.get_mut(&c).and_then(|s| s.tree.as_mut()) {
+                    if !t.digested {
+                        settle_ms = 0;
+                        t.digested = true;
+                    }
                     t.next_digest = now + every;
                 }
-                let d = self.store.digest(now, DIGEST_SETTLE);
+                let d = self
+                    .store
+                    .digest(now, Duration::from_millis(settle_ms as u64));
                 self.metrics.reconcile_rounds.increment(1);
-                self.send_tree(c, &TreeFrame::Digest(d));
+                self.send_tree(c, &TreeFrame::Digest(d, settle_ms));
             }
         }
         self.metrics.store_bytes.set(self.store.bytes() as f64);

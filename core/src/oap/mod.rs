@@ -20,7 +20,7 @@ pub use frame::{put_header, Frame};
 pub use gossip::{GossipHeader, MsgId};
 pub use header::{AppProto, Flags, FrameKind, Header, DEFAULT_MAX_FRAME, HEADER_LEN, VERSION};
 pub use hello::{Hello, HelloError, HelloOk, Role, FEATURE_TREE};
-pub use tree::{bucket_of, fingerprint, TreeFrame, DIGEST_BUCKETS, MAX_IDS};
+pub use tree::{bucket_of, fingerprint, TreeFrame, DIGEST_BUCKETS, DIGEST_SETTLE_MS, MAX_IDS};
 
 #[cfg(test)]
 mod tests;

@@ -641,7 +641,7 @@ fn tree_vectors_in_the_docs_are_what_the_codec_writes() {
         TreeFrame::Prune,
         TreeFrame::IHave(vec![[0xab; 16]]),
         TreeFrame::Graft(vec![[0xab; 16]]),
-        TreeFrame::Digest(vec![(0x0102_0304_0506_0708, 3)]),
+        TreeFrame::Digest(vec![(0x0102_0304_0506_0708, 3)], super::DIGEST_SETTLE_MS),
     ];
     for (t, wire) in frames.iter().zip(&vectors[2..]) {
         let f = Frame::new(AppProto::TREE, Flags::EVENT, 0, t.to_payload());

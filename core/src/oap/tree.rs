@@ -9,7 +9,7 @@
 //! | `0x01` IHAVE | u16 count, count × 16-byte msg ids | "I have these": pull what you lack |
 //! | `0x02` GRAFT | u16 count, count × 16-byte msg ids | "send me these, and push to me eagerly" |
 //! | `0x03` PRUNE | — | "I got that already: announce to me instead of pushing" |
-//! | `0x04` DIGEST | u16 count, count × (u64 fingerprint, u32 ids) | my store, in buckets by id |
+//! | `0x04` DIGEST | u16 count, count × (u64 fingerprint, u32 ids), optional u32 settle ms | my store, in buckets by id |
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -25,8 +25,13 @@ pub enum TreeFrame {
     IHave(Vec<MsgId>),
     Graft(Vec<MsgId>),
     Prune,
-    Digest(Vec<(u64, u32)>),
+    /// Buckets, and the settle time the sender used (omitted on the wire when it is the
+    /// default, [`DIGEST_SETTLE_MS`]).
+    Digest(Vec<(u64, u32)>, u32),
 }
+
+/// Store entries younger than this are left out of a periodic digest: still in flight.
+pub const DIGEST_SETTLE_MS: u32 = 2000;
 
 impl TreeFrame {
     pub const IHAVE: u8 = 0x01;
@@ -62,6 +67,10 @@ impl TreeFrame {
                 if n > DIGEST_BUCKETS || body.len() < n * 12 {
                     return None;
                 }
+                let settle = body
+                    .get(n * 12..n * 12 + 4)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(DIGEST_SETTLE_MS, u32::from_be_bytes);
                 let buckets = body[..n * 12]
                     .chunks_exact(12)
                     .map(|c| {
@@ -70,7 +79,7 @@ impl TreeFrame {
                         (fp, count)
                     })
                     .collect();
-                Some(TreeFrame::Digest(buckets))
+                Some(TreeFrame::Digest(buckets, settle))
             }
             _ => None,
         }
@@ -94,13 +103,16 @@ impl TreeFrame {
                 }
             }
             TreeFrame::Prune => b.put_u8(Self::PRUNE),
-            TreeFrame::Digest(buckets) => {
+            TreeFrame::Digest(buckets, settle) => {
                 let buckets = &buckets[..buckets.len().min(DIGEST_BUCKETS)];
                 b.put_u8(Self::DIGEST);
                 b.put_u16(buckets.len() as u16);
                 for (fp, n) in buckets {
                     b.put_u64(*fp);
                     b.put_u32(*n);
+                }
+                if *settle != DIGEST_SETTLE_MS {
+                    b.put_u32(*settle);
                 }
             }
         }
@@ -136,7 +148,8 @@ mod tests {
             TreeFrame::IHave(ids.clone()),
             TreeFrame::Graft(ids),
             TreeFrame::Prune,
-            TreeFrame::Digest(vec![(7, 3), (9, 1)]),
+            TreeFrame::Digest(vec![(7, 3), (9, 1)], DIGEST_SETTLE_MS),
+            TreeFrame::Digest(vec![(7, 3)], 0),
         ] {
             assert_eq!(TreeFrame::parse(&f.to_payload()), Some(f));
         }
