@@ -125,7 +125,9 @@ impl Store {
     /// nodes compare (the edges move while messages are in flight).
     fn settled(&self, now: Time, settle: Duration) -> impl Iterator<Item = &MsgId> + '_ {
         // The old edge moves too (eviction by age), by the same margin.
-        let max = self.max_age.saturating_sub(settle.max(Duration::from_secs(2)));
+        let max = self
+            .max_age
+            .saturating_sub(settle.max(Duration::from_secs(2)));
         self.order.iter().filter(move |id| {
             self.map.get(*id).is_some_and(|s| {
                 let age = now.saturating_since(s.at);

@@ -127,11 +127,10 @@ impl Overlay {
             }
             let room = self.missing.len() < cap;
             match self.missing.get_mut(&id) {
-                Some(m) => {
-                    if m.announcers.len() < MAX_ANNOUNCERS && !m.announcers.contains(&conn) {
-                        m.announcers.push_back(conn);
-                    }
+                Some(m) if m.announcers.len() < MAX_ANNOUNCERS && !m.announcers.contains(&conn) => {
+                    m.announcers.push_back(conn);
                 }
+                Some(_) => {}
                 // Bounded: past the cap, new announcements wait for the next digest.
                 None if room => {
                     self.missing.insert(
