@@ -51,6 +51,14 @@ impl NoticeLedger {
         self.retry_after[i] = self.retry_after[i].max(retry_after);
     }
 
+    /// When the next notice may go, if one is waiting.
+    pub fn deadline(&self, interval: std::time::Duration) -> Option<Time> {
+        (0..REASONS)
+            .filter(|&i| self.pending[i] > 0)
+            .map(|i| self.last_sent[i].map_or(Time::ZERO, |t| t + interval))
+            .min()
+    }
+
     /// Refusals waiting to be told, all reasons together.
     pub fn pending(&self) -> u64 {
         self.pending.iter().sum()

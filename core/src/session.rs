@@ -123,6 +123,8 @@ pub struct Session {
     /// In the node's control round robin.
     pub ctrl_queued: bool,
     pub close_reason: Option<CloseReason>,
+    /// The deadline this session is filed under in the node's timer table, if any.
+    pub armed: Option<Time>,
     /// Set once established with a peer that speaks the broadcast tree.
     pub tree: Option<TreeLink>,
     /// Refusals this writer has not been told about yet.
@@ -168,6 +170,7 @@ impl Session {
             over_watermark: false,
             ctrl_queued: false,
             close_reason: None,
+            armed: None,
             tree: None,
             notices: NoticeLedger::default(),
         }

@@ -59,6 +59,20 @@ impl Overlay {
                 .map(|s| s.reasm.buffered_bytes())
                 .sum();
             debug_assert_eq!(partial, self.partial_bytes, "running partial total drifted");
+            let frames: u64 = self
+                .sessions
+                .values()
+                .map(|s| s.reasm.partial_frames())
+                .sum();
+            debug_assert_eq!(
+                frames, self.partial_frames,
+                "running partial frames drifted"
+            );
+            let queued = self.sessions.iter().filter(|(_, s)| !s.egress.is_empty());
+            debug_assert!(
+                queued.clone().all(|(id, _)| self.queued.contains(id)),
+                "a session with frames queued is missing from the gauges' set"
+            );
         }
     }
 }

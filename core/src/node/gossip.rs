@@ -22,11 +22,12 @@ impl Overlay {
         }
         let app_proto = frame.app_proto;
         let tenant = frame.tenant_id;
-        let before = s.reasm.buffered_bytes();
+        let (before, before_frames) = (s.reasm.buffered_bytes(), s.reasm.partial_frames());
         let pushed = s.reasm.push(frame);
-        // A running total, not a sum over sessions per chunk: that sum is CPU a peer could
+        // Running totals, not sums over sessions per chunk: those sums are CPU a peer could
         // multiply by opening sessions.
         self.partial_bytes = self.partial_bytes - before + s.reasm.buffered_bytes();
+        self.partial_frames = self.partial_frames - before_frames + s.reasm.partial_frames();
         match pushed {
             Ok(None) => {
                 s.stream_progress = now;
@@ -379,6 +380,7 @@ impl Overlay {
             }
         });
         s.egress.push_message(frames);
+        self.queued.insert(dest);
         self.drr.activate(dest, &mut s.drr);
         self.recheck_watermark(dest);
         Ok(())

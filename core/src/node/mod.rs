@@ -129,6 +129,10 @@ pub struct Overlay {
     holders: usize,
     /// Bytes held in every session's partial streams (`max_partial_bytes_total`).
     partial_bytes: usize,
+    /// Frames held in them (the `gossip_ingress` depth and the balance's pending).
+    partial_frames: u64,
+    /// Sessions with frames queued: the gauges look at these, not at every session.
+    queued: std::collections::BTreeSet<ConnId>,
     seen: SeenCache,
     handshakes: TokenBucket,
     /// Arena for frame heads: many small heads share one allocation.
@@ -162,6 +166,8 @@ pub struct Overlay {
     missing_order: VecDeque<(Time, MsgId)>,
     /// Established tree sessions.
     tree_links: usize,
+    /// Sessions filed under their earliest deadline (see `timers`).
+    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Time, ConnId)>>,
 }
 
 impl Overlay {
@@ -189,6 +195,8 @@ impl Overlay {
             permits: Permits::new(g.egress_permits),
             holders: 0,
             partial_bytes: 0,
+            partial_frames: 0,
+            queued: std::collections::BTreeSet::new(),
             seen: SeenCache::new(g.seen_cache_size, g.seen_ttl, hasher.clone()),
             handshakes: TokenBucket::new(
                 cfg.overlay.handshake_rate,
@@ -219,6 +227,7 @@ impl Overlay {
             missing: HashMap::with_hasher(hasher.clone()),
             missing_order: VecDeque::new(),
             tree_links: 0,
+            timers: std::collections::BinaryHeap::new(),
             cfg,
         };
         node.update_gauges();
@@ -243,11 +252,7 @@ impl Overlay {
     pub fn balance(&self) -> Balance {
         Balance {
             stats: self.stats.clone(),
-            pending: self
-                .sessions
-                .values()
-                .map(|s| s.reasm.partial_frames())
-                .sum(),
+            pending: self.partial_frames,
         }
     }
     pub fn session_count(&self) -> usize {
@@ -474,6 +479,8 @@ impl Overlay {
                 }
             }
         }
+        // A frame or a stream begun brings the read deadline closer.
+        self.arm(conn);
         self.debug_check_balance();
     }
 
@@ -512,8 +519,10 @@ impl Overlay {
         // did not reach the peer as far as the node can tell: counted as shed, never as
         // transmitted.
         let (ctrl, gossip) = s.egress.clear();
+        self.queued.remove(&conn);
         self.egress_drop(DropReason::Shed, (ctrl + gossip + unwritten) as u64);
         self.partial_bytes -= s.reasm.buffered_bytes();
+        self.partial_frames -= s.reasm.partial_frames();
         let partial = s.reasm.clear();
         self.rx_dropped(RxDrop::Closed, partial);
         if s.over_watermark {
@@ -529,14 +538,15 @@ impl Overlay {
 
     /// Timers: handshake, read, write and idle timeouts, keepalive, readiness sampling.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.fire_timers(now);
         if now < self.next_tick {
+            self.debug_check_balance();
             return;
         }
         self.next_tick = now + TICK;
         self.seen.expire(now);
-        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
-        for id in ids {
-            self.session_timers(now, id);
+        if self.draining {
+            self.close_drained(now);
         }
         self.tree_tick(now);
         self.refresh_readiness(now);
@@ -625,6 +635,7 @@ impl Overlay {
         for id in ids {
             if let Some(s) = self.sessions.get_mut(&id) {
                 let (c, g) = s.egress.clear();
+                self.queued.remove(&id);
                 self.egress_drop(DropReason::Timeout, (c + g) as u64);
             }
             self.close(now, id, CloseReason::Shutdown, false);
@@ -636,11 +647,11 @@ impl Overlay {
 
     /// The next bytes to write, control frames first, then gossip by deficit round robin,
     /// within the global egress permits and each session's send window.
-    pub fn poll_transmit(&mut self, _now: Time) -> Option<Transmit> {
-        if let Some(t) = self.next_ctrl() {
+    pub fn poll_transmit(&mut self, now: Time) -> Option<Transmit> {
+        if let Some(t) = self.next_ctrl(now) {
             return Some(t);
         }
-        self.next_gossip()
+        self.next_gossip(now)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -649,7 +660,10 @@ impl Overlay {
 
     /// When `handle_timeout` wants to run next.
     pub fn poll_timeout(&self) -> Option<Time> {
-        Some(self.next_tick)
+        Some(
+            self.next_timer()
+                .map_or(self.next_tick, |t| t.min(self.next_tick)),
+        )
     }
 }
 

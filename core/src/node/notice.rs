@@ -26,6 +26,8 @@ impl Overlay {
             s.notices.add(reason, retry);
         }
         self.flush_notices(now, conn);
+        // What could not go now goes when its window has passed.
+        self.arm(conn);
     }
 
     /// Sends what the session's ledger has due, while its control queue has room; what

@@ -25,11 +25,10 @@ impl Overlay {
 
     pub(super) fn update_gauges(&self) {
         let m = &self.metrics;
-        let (mut egress, mut partial, mut fill) = (0usize, 0u64, 0.0f64);
+        let (mut egress, partial, mut fill) = (0usize, self.partial_frames, 0.0f64);
         let peer = &self.cfg.overlay.peer;
-        for s in self.sessions.values() {
+        for s in self.queued.iter().filter_map(|id| self.sessions.get(id)) {
             egress += s.egress.frames();
-            partial += s.reasm.partial_frames();
             fill = fill.max(
                 s.egress
                     .fill(peer.egress_queue_frames, peer.egress_queue_bytes),

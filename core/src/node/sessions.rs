@@ -22,6 +22,7 @@ impl Overlay {
             cfg.overlay.gossip.max_frame_bytes,
         );
         self.sessions.insert(id, s);
+        self.arm(id);
         id
     }
 
@@ -41,6 +42,9 @@ impl Overlay {
         if drop_gossip {
             dropped = s.egress.gossip_frames();
             while s.egress.pop_gossip().is_some() {}
+            if s.egress.is_empty() {
+                self.queued.remove(&id);
+            }
         }
         s.egress.mark_close();
         let partial = self.clear_partials(id);
@@ -54,6 +58,7 @@ impl Overlay {
         self.rx_dropped(RxDrop::Closed, partial);
         self.mark_ctrl_ready(id);
         self.recheck_watermark(id);
+        self.arm(id);
     }
 
     /// Drops a session's partial streams, keeping the node's running total in step;
@@ -63,6 +68,7 @@ impl Overlay {
             return 0;
         };
         self.partial_bytes -= s.reasm.buffered_bytes();
+        self.partial_frames -= s.reasm.partial_frames();
         s.reasm.clear()
     }
 

@@ -1,8 +1,103 @@
-//! Per-session deadlines: handshake, read, write and idle timeouts, keepalive, drain.
+//! Per-session deadlines: handshake, read, write and idle timeouts, keepalive, notices.
+//!
+//! A timer table in the manner of quinn-proto's: each session is filed under its earliest
+//! deadline, computed from its state, in a min-heap. A deadline that moves later (a frame
+//! arrived, so idle is further away) is left filed where it was: when it fires the session
+//! is checked, nothing is due, and it is filed again under its real deadline. Only a
+//! deadline that moves earlier (a frame begun, frames handed to the writer, a new session)
+//! files the session again at once. An idle node wakes for nothing but real deadlines.
+
+use std::cmp::Reverse;
 
 use super::*;
 
 impl Overlay {
+    /// The earliest moment something is due on this session, from its state alone.
+    pub(super) fn deadline_of(&self, s: &Session) -> Option<Time> {
+        let t = &self.cfg.timeouts;
+        let write = (s.in_flight() > 0).then(|| s.last_write + t.write);
+        match s.phase {
+            Phase::Closing => write,
+            Phase::AwaitHello | Phase::AwaitAnswer { .. } => {
+                Some(s.opened + self.cfg.overlay.handshake_timeout)
+            }
+            Phase::Established => {
+                let mut d = s.last_rx + t.idle;
+                if s.ping.is_none() {
+                    d = d.min(s.last_rx + self.cfg.overlay.keepalive);
+                }
+                let others = [
+                    write,
+                    s.partial_since.map(|p| p + t.read),
+                    (s.reasm.partial_streams() > 0).then(|| s.stream_progress + t.read),
+                    s.notices.deadline(self.cfg.overlay.peer.notice_interval),
+                ];
+                Some(others.into_iter().flatten().fold(d, Time::min))
+            }
+        }
+    }
+
+    /// Files `id` under its deadline if that is earlier than where it is filed.
+    pub(super) fn arm(&mut self, id: ConnId) {
+        self.arm_after(id, None);
+    }
+
+    /// Files `id` under its deadline, but not before `not_before`: a deadline that has just
+    /// fired and is still due (an abort the runtime has not carried out yet, a notice with
+    /// no room in the control queue) is looked at again a tick later, not in a loop.
+    fn arm_after(&mut self, id: ConnId, not_before: Option<Time>) {
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        let Some(mut d) = self.deadline_of(s) else {
+            return;
+        };
+        if let Some(nb) = not_before {
+            d = d.max(nb);
+        }
+        if s.armed.is_some_and(|a| a <= d) {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.armed = Some(d);
+        }
+        self.timers.push(Reverse((d, id)));
+        // Entries left behind by re-filing are skipped when popped; keep them bounded.
+        if self.timers.len() > 2 * self.sessions.len() + 64 {
+            self.timers = self
+                .sessions
+                .iter()
+                .filter_map(|(id, s)| s.armed.map(|a| Reverse((a, *id))))
+                .collect();
+        }
+    }
+
+    /// Runs every session deadline due at `now`.
+    pub(super) fn fire_timers(&mut self, now: Time) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let due = self.sessions.get_mut(&id).is_some_and(|s| {
+                let filed = s.armed == Some(at);
+                if filed {
+                    s.armed = None;
+                }
+                filed
+            });
+            if due {
+                self.session_timers(now, id);
+                self.arm_after(id, Some(now + TICK));
+            }
+        }
+    }
+
+    /// The earliest session deadline filed.
+    pub(super) fn next_timer(&self) -> Option<Time> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
     pub(super) fn session_timers(&mut self, now: Time, id: ConnId) {
         let t = self.cfg.timeouts.clone();
         let (hs_timeout, keepalive) = (
@@ -12,9 +107,6 @@ impl Overlay {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        if s.in_flight() == 0 {
-            s.last_write = now;
-        }
         match s.phase {
             Phase::Closing => {
                 // A closing session whose writer is stuck is aborted rather than waited on.
@@ -47,6 +139,7 @@ impl Overlay {
         };
         if s.in_flight() > 0 && now.saturating_since(s.last_write) >= t.write {
             let (c, g) = s.egress.clear();
+            self.queued.remove(&id);
             self.egress_drop(DropReason::Timeout, (c + g) as u64);
             self.events.push_back(Event::Abort { conn: id });
             return self.close(now, id, CloseReason::WriteTimeout, true);
@@ -85,8 +178,18 @@ impl Overlay {
             );
             self.send_ctrl(id, &ping);
         }
+    }
+
+    /// While draining, sessions close as their queues empty (a scan, but only then).
+    pub(super) fn close_drained(&mut self, now: Time) {
         let idle = |s: &Session| s.egress.is_empty() && s.in_flight() == 0;
-        if self.draining && self.sessions.get(&id).is_some_and(idle) {
+        let ids: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Established && idle(s))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
             self.close(now, id, CloseReason::Drained, false);
         }
     }

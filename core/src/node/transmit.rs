@@ -19,6 +19,7 @@ impl Overlay {
             return;
         }
         let class = frame_class(frame.app_proto);
+        self.queued.insert(conn);
         s.egress.push_ctrl(OutFrame {
             head: b.freeze(),
             body: Bytes::new(),
@@ -52,7 +53,7 @@ impl Overlay {
         self.send_ctrl(conn, &resp);
     }
 
-    pub(super) fn next_ctrl(&mut self) -> Option<Transmit> {
+    pub(super) fn next_ctrl(&mut self, now: Time) -> Option<Transmit> {
         let window = self.cfg.overlay.peer.send_window_frames;
         let mut tries = self.ctrl_ready.len();
         while tries > 0 {
@@ -77,11 +78,14 @@ impl Overlay {
                     return None;
                 }
                 let f = s.egress.pop_ctrl()?;
+                if s.egress.is_empty() {
+                    self.queued.remove(&id);
+                }
                 if s.egress.ctrl_frames() > 0 || s.egress.close_pending() {
                     s.ctrl_queued = true;
                     self.ctrl_ready.push_back(id);
                 }
-                return Some(self.hand_out(id, f));
+                return Some(self.hand_out(now, id, f));
             }
             if s.egress.close_pending() && s.egress.gossip_frames() == 0 {
                 s.egress.take_close();
@@ -96,7 +100,7 @@ impl Overlay {
         None
     }
 
-    pub(super) fn next_gossip(&mut self) -> Option<Transmit> {
+    pub(super) fn next_gossip(&mut self, now: Time) -> Option<Transmit> {
         let window = self.cfg.overlay.peer.send_window_frames;
         loop {
             let id = self.drr.front()?;
@@ -123,26 +127,36 @@ impl Overlay {
                 continue;
             }
             let f = s.egress.pop_gossip()?;
+            if s.egress.is_empty() {
+                self.queued.remove(&id);
+            }
             let close_next = s.egress.gossip_frames() == 0 && s.egress.close_pending();
             if close_next {
                 self.mark_ctrl_ready(id);
             }
             self.recheck_watermark(id);
-            return Some(self.hand_out(id, f));
+            return Some(self.hand_out(now, id, f));
         }
     }
 
-    pub(super) fn hand_out(&mut self, id: ConnId, f: OutFrame) -> Transmit {
+    pub(super) fn hand_out(&mut self, now: Time, id: ConnId, f: OutFrame) -> Transmit {
         self.permits.acquire();
+        let mut first = false;
         if let Some(s) = self.sessions.get_mut(&id) {
             if s.unwritten.is_empty() {
+                // The write timeout runs from here: frames in flight must make progress.
                 self.holders += 1;
+                s.last_write = now;
+                first = true;
             }
             s.unwritten.push_back(Unwritten {
                 class: f.class,
                 len: f.len(),
                 chunk: f.chunk,
             });
+        }
+        if first {
+            self.arm(id);
         }
         Transmit {
             conn: id,
