@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use e2e::workspace_root;
+use e2e::{promtool_available, workspace_root};
 use overlay_core::observe::{Kind, INVENTORY};
 use overlay_core::Config;
 use serde_json::Value;
@@ -207,8 +207,7 @@ fn every_alert_links_to_a_runbook_anchor_that_exists() {
 
 #[test]
 fn promtool_accepts_the_alert_rules() {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        println!("NOTICE: promtool not on PATH; skipping `promtool check rules` (scripts/test.sh installs it)");
+    if !promtool_available("check rules") {
         return;
     }
     let out = Command::new("promtool")
