@@ -41,7 +41,9 @@ pub fn promtool_available(check: &str) -> bool {
         "promtool not on PATH under CI=true: `promtool {check}` must run in CI \
          (scripts/test.sh installs Debian's `prometheus` package as root)"
     );
-    println!("NOTICE: promtool not on PATH; skipping `promtool {check}` (scripts/test.sh installs it)");
+    println!(
+        "NOTICE: promtool not on PATH; skipping `promtool {check}` (scripts/test.sh installs it)"
+    );
     false
 }
 
