@@ -150,7 +150,7 @@ pub struct SessionSpan {
 
 impl SessionSpan {
     pub fn open_at(&self, t: std::time::Duration) -> bool {
-        self.opened <= t && self.closed.is_none_or(|c| t < c)
+        self.opened <= t && self.closed.map_or(true, |c| t < c)
     }
 }
 
