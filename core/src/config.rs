@@ -386,12 +386,54 @@ fn check(ok: bool, key: &'static str, why: impl Into<String>) -> Result<(), Conf
     }
 }
 
+/// Longest duration any key may hold. Deadlines are computed as `now + duration`; past
+/// this, a value is a typo, and near `Duration::MAX` the addition would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A peer to dial: `ip:port`, `[ipv6]:port` or `host:port`, with a port in 1..=65535.
+fn is_host_port(peer: &str) -> bool {
+    if let Ok(a) = peer.parse::<std::net::SocketAddr>() {
+        return a.port() != 0;
+    }
+    let Some((host, port)) = peer.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
 impl Config {
+    /// Every duration key with its value, for the checks that apply to all of them.
+    fn durations(&self) -> [(&'static str, Duration); 10] {
+        let o = &self.overlay;
+        let t = &self.timeouts;
+        [
+            ("overlay.handshake_timeout", o.handshake_timeout),
+            ("overlay.keepalive", o.keepalive),
+            ("overlay.dial_backoff_base", o.dial_backoff_base),
+            ("overlay.dial_backoff_max", o.dial_backoff_max),
+            ("overlay.gossip.seen_ttl", o.gossip.seen_ttl),
+            ("timeouts.read", t.read),
+            ("timeouts.write", t.write),
+            ("timeouts.idle", t.idle),
+            ("readiness.sustain", self.readiness.sustain),
+            ("shutdown.drain_deadline", self.shutdown.drain_deadline),
+        ]
+    }
+
     /// Fails closed on the first value out of range, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let o = &self.overlay;
         let g = &o.gossip;
         let p = &o.peer;
+        // Before the checks between keys, so a huge value is named as itself.
+        for (key, d) in self.durations() {
+            check(d <= MAX_DURATION, key, "must be at most 24h")?;
+        }
         check(
             o.listen.parse::<std::net::SocketAddr>().is_ok(),
             "overlay.listen",
@@ -409,11 +451,18 @@ impl Config {
         )?;
         for peer in &o.peers {
             check(
-                !peer.is_empty() && peer.contains(':'),
+                is_host_port(peer),
                 "overlay.peers",
-                format!("{peer:?} is not host:port"),
+                format!("{peer:?} is not host:port with a port in 1..=65535"),
             )?;
         }
+        check(
+            o.pq_mode != PqModeConfig::Hybrid,
+            "overlay.pq_mode",
+            "\"hybrid\" is not supported yet: nothing in this build can report pq_ready \
+             (transport security is not implemented), so /readyz would stay 503 forever; \
+             use \"off\"",
+        )?;
         check(
             !o.handshake_timeout.is_zero(),
             "overlay.handshake_timeout",
@@ -726,6 +775,79 @@ mod tests {
             set(&mut c.admin);
             assert_eq!(c.validate().unwrap_err().key, key);
         }
+    }
+
+    #[test]
+    fn hybrid_pq_is_refused_until_something_can_set_pq_ready() {
+        let mut c = Config::default();
+        c.overlay.pq_mode = PqModeConfig::Hybrid;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "overlay.pq_mode");
+        assert!(e.why.contains("pq_ready"), "{e}");
+    }
+
+    #[test]
+    fn peers_must_be_host_and_a_real_port() {
+        for bad in [
+            ":",
+            "host:notaport",
+            "host:",
+            ":9444",
+            "host:0",
+            "host:65536",
+            "a b:1",
+            "[::1]",
+        ] {
+            let mut c = Config::default();
+            c.overlay.peers = vec![bad.into()];
+            let e = c.validate().err();
+            assert_eq!(e.map(|e| e.key), Some("overlay.peers"), "{bad:?} accepted");
+        }
+        let mut c = Config::default();
+        c.overlay.peers = [
+            "10.0.0.2:9444",
+            "[::1]:9444",
+            "peer-3.example:9444",
+            "n_4:1",
+        ]
+        .map(String::from)
+        .to_vec();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn every_duration_is_bounded_so_deadlines_cannot_overflow() {
+        let huge = Duration::from_secs(u64::MAX / 2);
+        for (i, (key, _)) in Config::default().durations().into_iter().enumerate() {
+            let mut c = Config::default();
+            let mut set = |d: Duration| {
+                let o = &mut c.overlay;
+                let t = &mut c.timeouts;
+                *[
+                    &mut o.handshake_timeout,
+                    &mut o.keepalive,
+                    &mut o.dial_backoff_base,
+                    &mut o.dial_backoff_max,
+                    &mut o.gossip.seen_ttl,
+                    &mut t.read,
+                    &mut t.write,
+                    &mut t.idle,
+                    &mut c.readiness.sustain,
+                    &mut c.shutdown.drain_deadline,
+                ]
+                .into_iter()
+                .nth(i)
+                .unwrap() = d;
+            };
+            set(huge);
+            assert_eq!(c.durations()[i], (key, huge), "durations() order");
+            assert_eq!(c.validate().unwrap_err().key, key);
+        }
+        let mut c = Config::default();
+        c.shutdown.drain_deadline = MAX_DURATION;
+        c.validate().unwrap();
+        c.shutdown.drain_deadline = MAX_DURATION + Duration::from_millis(1);
+        assert_eq!(c.validate().unwrap_err().key, "shutdown.drain_deadline");
     }
 
     #[test]

@@ -79,6 +79,24 @@ impl Subscription {
             }
         }
     }
+
+    /// The next event already on the bus, without waiting (lag counted as in `recv`).
+    pub fn try_recv(&mut self) -> Option<BusEvent> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(ev) => return Some(ev),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    self.lagged.increment(n);
+                    tracing::warn!(
+                        event = "bus_lagged",
+                        missed = n,
+                        "event bus subscriber lagged"
+                    );
+                }
+                Err(_) => return None,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,17 +4,19 @@
 //! the one that has gone longest without finishing a response; the other admin bounds are
 //! in `admin_abuse.rs`). `overlay.peer.read_credit_chunks` and
 //! `overlay.dial_backoff_*` are enforced by `conn::reader` and `dial::Backoff`, tested in
-//! their modules with values taken from the config.
+//! their modules with values taken from the config; the backoff is also observed here, on
+//! the gaps between a live node's failed dials.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{cfg, series, until};
+use svc_overlay::bus::BusKind;
 use svc_overlay::{Node, NodeOptions, TokioNet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 fn opts() -> NodeOptions {
     NodeOptions {
@@ -46,10 +48,11 @@ async fn bus_capacity_bounds_a_lagging_subscriber_and_counts_the_loss() {
         attempts >= CONNS as f64 && s.connections == 0 && s.sessions == 0
     })
     .await;
-    // The first receive reports the lag (the oldest events are gone), then yields what the
-    // bus still holds: no more than its capacity.
+    // Every event was published by the time the driver reported no connections. The first
+    // receive reports the lag (the oldest events are gone), then yields what the bus still
+    // holds: no more than its capacity.
     let mut got = 0usize;
-    while let Ok(Some(_)) = timeout(Duration::from_millis(200), sub.recv()).await {
+    while sub.try_recv().is_some() {
         got += 1;
     }
     assert!(
@@ -117,9 +120,13 @@ async fn admin_max_conns_caps_connections_and_evicts_the_most_stalled() {
 }
 
 /// A configured peer that refuses: every failed dial is counted and redialed with backoff
-/// between `overlay.dial_backoff_base` and `overlay.dial_backoff_max`.
+/// that doubles from `overlay.dial_backoff_base` and stops at `overlay.dial_backoff_max`,
+/// observed as the gaps between the node's `DialFailed` events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_dials_are_counted_and_retried() {
+async fn failed_dials_are_counted_and_retried_with_backoff() {
+    const BASE: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_millis(80);
+    const FAILS: usize = 8;
     // A port that was just bound and released: nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -127,12 +134,37 @@ async fn failed_dials_are_counted_and_retried() {
         .unwrap();
     let mut c = cfg();
     c.overlay.peers = vec![closed.to_string()];
-    c.overlay.dial_backoff_base = Duration::from_millis(5);
-    c.overlay.dial_backoff_max = Duration::from_millis(20);
+    c.overlay.dial_backoff_base = BASE;
+    c.overlay.dial_backoff_max = MAX;
     let node = Node::start(TokioNet, c, opts()).await.unwrap();
-    until("three failed dials", || async {
-        series(&node.prometheus().render(), "overlay_dial_failures_total").unwrap_or(0.0) >= 3.0
-    })
-    .await;
+    let mut sub = node.subscribe();
+    let mut at = Vec::new();
+    while at.len() < FAILS {
+        let ev = timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("a failed dial within 10 s")
+            .expect("the node is running");
+        if matches!(ev.kind, BusKind::DialFailed { .. }) {
+            at.push(Instant::now());
+        }
+    }
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    for (k, gap) in gaps.iter().enumerate() {
+        let delay = BASE.saturating_mul(1 << k).min(MAX);
+        // A sleep never ends early, so a gap is at least the delay less its jitter; the
+        // 0.4 instead of 0.5 leaves room for the event being seen late before the gap.
+        assert!(
+            *gap >= delay.mul_f64(0.4),
+            "gap {k} of {gaps:?} is shorter than the backoff of {delay:?} allows"
+        );
+        // The ceiling: without it the last gaps would be 640 ms and more. Generous above,
+        // since a loaded machine may run the dialer late.
+        assert!(
+            *gap < MAX.mul_f64(1.5) + Duration::from_millis(200),
+            "gap {k} of {gaps:?} is past dial_backoff_max"
+        );
+    }
+    let failures = series(&node.prometheus().render(), "overlay_dial_failures_total").unwrap();
+    assert!(failures >= FAILS as f64, "{failures} dial failures counted");
     node.shutdown().await.unwrap();
 }

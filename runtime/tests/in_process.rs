@@ -131,9 +131,28 @@ async fn reconfigure_reports_restart_keys_and_applies_live_ones() {
     let a = Node::start(TokioNet, cfg(), opts(4)).await.unwrap();
     let mut c = cfg();
     c.overlay.listen = "127.0.0.1:1".into();
-    c.overlay.max_conns = 7;
+    c.overlay.max_conns = 1;
     let restart = a.reconfigure(c.clone()).await.unwrap();
     assert_eq!(restart, vec!["overlay.listen"]);
+    // The live key is applied: with `overlay.max_conns = 1`, a second connection while the
+    // first is still in its handshake is refused `busy` (the default of 1024 would take it).
+    let busy = || series(&a.prometheus().render(), r#"rejected_total{reason="busy"}"#);
+    assert_eq!(busy(), Some(0.0));
+    // The restart-only key is not: the node still listens where it started.
+    let _first = tokio::net::TcpStream::connect(a.overlay_addr())
+        .await
+        .unwrap();
+    until("the first connection to be accepted", || async {
+        a.stats().await.unwrap().sessions == 1
+    })
+    .await;
+    let _second = tokio::net::TcpStream::connect(a.overlay_addr())
+        .await
+        .unwrap();
+    until("the second connection to be refused busy", || async {
+        busy() == Some(1.0)
+    })
+    .await;
     // An unchanged config (empty node id, as at start) needs nothing.
     c.overlay.listen = "127.0.0.1:0".into();
     assert!(a.reconfigure(c).await.unwrap().is_empty());

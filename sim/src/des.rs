@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use overlay_core::oap::{Flags, MsgId, HEADER_LEN};
 use overlay_core::observe::{Metrics, Outcome};
-use overlay_core::{Config, ConnId, Event, Overlay, Probe, ReadyState, Time};
+use overlay_core::{Config, ConnId, Event, Overlay, Probe, ReadyState, Time, TICK};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -39,6 +39,14 @@ pub struct SimConfig {
     pub ttl: u8,
     /// Simulated time after the last publish for dissemination to finish.
     pub settle: Duration,
+    /// Nodes `0..n` stop reading between two instants: what is sent to them is held, not
+    /// reported written, so their peers' queues fill as behind a full TCP window.
+    pub stall: Option<(usize, Duration, Duration)>,
+    /// `overlay.peer.egress_queue_frames` and `overlay.peer.send_window_frames` of every node.
+    pub queue_frames: usize,
+    pub send_window: usize,
+    /// `readiness.sustain` of every node: short, so that readiness can change within a run.
+    pub sustain: Duration,
 }
 
 impl Default for SimConfig {
@@ -59,6 +67,10 @@ impl Default for SimConfig {
             fanout: 8,
             ttl: 8,
             settle: Duration::from_secs(10),
+            stall: None,
+            queue_frames: 1024,
+            send_window: 16,
+            sustain: Duration::from_secs(1),
         }
     }
 }
@@ -93,6 +105,8 @@ enum Ev {
     },
     PartitionStart,
     PartitionEnd,
+    StallStart,
+    StallEnd,
 }
 
 struct Link {
@@ -101,15 +115,23 @@ struct Link {
     last_arrival: Time,
     /// Crosses the partition: dropped when it starts.
     open: bool,
+    /// Transmits toward a stalled reader, neither delivered nor reported written yet
+    /// (`None`: lost in transit, but still a write to report).
+    held: Vec<Option<Bytes>>,
 }
 
 struct SimNode {
     overlay: Overlay,
     epoch: u32,
     up: bool,
-    links: HashMap<ConnId, Link>,
-    /// When the node was last down (a node down during a message's life may miss it).
-    down_since: Option<Time>,
+    // Ordered: closing a node's links draws one latency each, so their order is part of the
+    // replayed trace.
+    links: BTreeMap<ConnId, Link>,
+    /// Every (crash, restart) of the node: a node down during a message's life may miss it.
+    downs: Vec<(Time, Time)>,
+    /// Since when one of its sessions' queues has been at or over the watermark, as the
+    /// simulator sees it after every step (finer than the node's own tick sampling).
+    over_since: Option<Time>,
     timer_at: Option<Time>,
     finals: Vec<overlay_core::Balance>,
 }
@@ -123,8 +145,23 @@ pub struct Report {
     pub coverage: f64,
     /// Nodes up throughout that missed a message, summed over messages.
     pub misses: u64,
-    /// Missed deliveries to nodes that were down at some point (expected, still counted).
+    /// Missed deliveries to nodes that churned and were down during the message's life
+    /// (from its publication to its last first arrival anywhere).
+    pub down_misses: u64,
+    /// Missed deliveries to nodes that churned but were up during the message's whole life.
     pub churn_misses: u64,
+    /// Every missed (message, node) pair, in message order.
+    pub missed: Vec<Miss>,
+    /// Deliveries possible to nodes up for a message's whole life, counting only messages
+    /// whose origin had a peer when it published, and how many of those were missed.
+    pub up_possible: u64,
+    pub up_misses: u64,
+    /// When each message was published, since the start of the run.
+    pub published_at: Vec<Duration>,
+    /// Times a node reported `queues_ok` false (each checked to have a cause).
+    pub queues_degraded: u64,
+    /// The first readiness untruths seen (empty when `readiness_ok`).
+    pub untruths: Vec<String>,
     /// Gossip frames sent per delivery.
     pub redundancy: f64,
     pub hops_mean: f64,
@@ -144,6 +181,30 @@ pub struct Report {
     pub rejected: u64,
 }
 
+/// One message that one node never received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Miss {
+    pub index: usize,
+    pub node: usize,
+    pub origin: usize,
+    /// Publication time, since the start of the run.
+    pub published: Duration,
+    /// The node crashed at some point in the run.
+    pub churned: bool,
+    /// The node was down at some point while the message spread.
+    pub down: bool,
+    /// How long before publication the node last restarted, if it had.
+    pub node_restarted: Option<Duration>,
+    /// How long before publication the origin last restarted, if it had.
+    pub origin_restarted: Option<Duration>,
+    /// How long after publication the origin crashed, if it did.
+    pub origin_crashed: Option<Duration>,
+    /// The origin had no established peer when it published (it was rejoining).
+    pub origin_alone: bool,
+    /// The message's last first arrival anywhere, since the start of the run.
+    pub spread_until: Duration,
+}
+
 impl Report {
     pub fn speedup(&self) -> f64 {
         self.simulated.as_secs_f64() / self.real.as_secs_f64().max(1e-9)
@@ -155,10 +216,23 @@ impl std::fmt::Display for Report {
         writeln!(f, "nodes {}  messages {}", self.nodes, self.messages)?;
         writeln!(
             f,
-            "coverage {:.4}%  misses {} (plus {} at nodes that churned)",
+            "coverage {:.4}%  misses {} (at nodes that churned: {} while down, {} while up)",
             self.coverage * 100.0,
             self.misses,
+            self.down_misses,
             self.churn_misses
+        )?;
+        writeln!(
+            f,
+            "misses at nodes up for a message's whole life {} of {} ({} messages from an origin with no peer)",
+            self.up_misses,
+            self.up_possible,
+            self.missed
+                .iter()
+                .filter(|m| m.origin_alone)
+                .map(|m| m.index)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
         )?;
         writeln!(
             f,
@@ -187,12 +261,16 @@ impl std::fmt::Display for Report {
             self.real,
             self.speedup()
         )?;
+        writeln!(f, "queues_ok reported false {} times", self.queues_degraded)?;
         writeln!(
             f,
             "balance law {}  readiness truth {}",
             if self.balance_ok { "holds" } else { "BROKEN" },
             if self.readiness_ok { "holds" } else { "BROKEN" }
         )?;
+        for u in &self.untruths {
+            writeln!(f, "readiness untruth {u}")?;
+        }
         write!(f, "trace hash {:016x} (seed replays it)", self.trace_hash)
     }
 }
@@ -207,12 +285,18 @@ pub struct Sim {
     partitioned: bool,
     /// msg index -> (id, origin, publish time)
     published: Vec<Option<(MsgId, usize, Time)>>,
+    /// Messages published by a node with no established peer (a restart still rejoining):
+    /// nothing can carry them anywhere.
+    alone: Vec<bool>,
     ids: HashMap<MsgId, usize>,
     /// (msg index, node) -> (arrival time, hops)
     seen: BTreeMap<(usize, usize), (Time, u32)>,
     gossip_tx: u64,
     trace: std::collections::hash_map::DefaultHasher,
     readiness_ok: bool,
+    untruths: Vec<String>,
+    queues_degraded: u64,
+    stalled: bool,
 }
 
 fn node_config(cfg: &SimConfig, i: usize) -> Config {
@@ -224,6 +308,9 @@ fn node_config(cfg: &SimConfig, i: usize) -> Config {
     c.overlay.max_conns = 4 * cfg.degree + 64;
     c.overlay.handshake_rate = 100_000;
     c.overlay.handshake_burst = 100_000;
+    c.overlay.peer.egress_queue_frames = cfg.queue_frames;
+    c.overlay.peer.send_window_frames = cfg.send_window;
+    c.readiness.sustain = cfg.sustain;
     c
 }
 
@@ -238,11 +325,15 @@ impl Sim {
             nodes: Vec::with_capacity(cfg.nodes),
             partitioned: false,
             published: vec![None; cfg.messages],
+            alone: vec![false; cfg.messages],
             ids: HashMap::new(),
             seen: BTreeMap::new(),
             gossip_tx: 0,
             trace: Default::default(),
             readiness_ok: true,
+            untruths: Vec::new(),
+            queues_degraded: 0,
+            stalled: false,
             cfg,
         };
         for i in 0..sim.cfg.nodes {
@@ -251,8 +342,9 @@ impl Sim {
                 overlay,
                 epoch: 0,
                 up: true,
-                links: HashMap::new(),
-                down_since: None,
+                links: BTreeMap::new(),
+                downs: Vec::new(),
+                over_since: None,
                 timer_at: None,
                 finals: Vec::new(),
             });
@@ -282,6 +374,11 @@ impl Sim {
         if let Some((a, b)) = sim.cfg.partition {
             sim.schedule(Time::from_duration(a), Ev::PartitionStart);
             sim.schedule(Time::from_duration(b), Ev::PartitionEnd);
+        }
+        if let Some((_, a, b)) = sim.cfg.stall {
+            sim.stalled = a.is_zero();
+            sim.schedule(Time::from_duration(a), Ev::StallStart);
+            sim.schedule(Time::from_duration(b), Ev::StallEnd);
         }
         sim
     }
@@ -330,6 +427,7 @@ impl Sim {
                 peer: (b, cb),
                 last_arrival: now,
                 open: true,
+                held: Vec::new(),
             },
         );
         self.nodes[b].links.insert(
@@ -338,6 +436,7 @@ impl Sim {
                 peer: (a, ca),
                 last_arrival: now,
                 open: true,
+                held: Vec::new(),
             },
         );
         self.drain(a);
@@ -361,10 +460,13 @@ impl Sim {
             let Some(link) = self.nodes[i].links.get(&t.conn) else {
                 continue;
             };
-            let (peer, pconn) = link.peer;
+            let peer = link.peer.0;
             let open = link.open;
             if !t.is_empty() {
-                self.nodes[i].overlay.handle_written(now, t.conn, 1);
+                let held = self.is_stalled(peer);
+                if !held {
+                    self.nodes[i].overlay.handle_written(now, t.conn, 1);
+                }
                 let is_gossip = t.head.len() >= HEADER_LEN && t.head[10..12] == [0, 1];
                 if is_gossip
                     && Flags::from_bits(u16::from_be_bytes([t.head[6], t.head[7]]))
@@ -377,24 +479,17 @@ impl Sim {
                     f.contains(Flags::START) && f.contains(Flags::END)
                 };
                 let lost = single && self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss);
-                if open && !lost {
+                let bytes = (open && !lost).then(|| {
                     let mut b = BytesMut::with_capacity(t.len());
                     b.extend_from_slice(&t.head);
                     b.extend_from_slice(&t.body);
-                    let lat = self.latency();
+                    b.freeze()
+                });
+                if held {
                     let link = self.nodes[i].links.get_mut(&t.conn).unwrap();
-                    let at = (now + lat).max(link.last_arrival);
-                    link.last_arrival = at;
-                    let epoch = self.nodes[peer].epoch;
-                    self.schedule(
-                        at,
-                        Ev::Deliver {
-                            node: peer,
-                            epoch,
-                            conn: pconn,
-                            bytes: b.freeze(),
-                        },
-                    );
+                    link.held.push(bytes);
+                } else if let Some(b) = bytes {
+                    self.send(i, t.conn, b);
                 }
             }
             if t.close {
@@ -408,31 +503,31 @@ impl Sim {
                 Event::ReadinessChanged { state, missing } => {
                     // Readiness is red only with cause: in this simulator every probe is up,
                     // so `queues_ok` may fail only while some queue is over the watermark.
-                    let wm = self.nodes[i]
-                        .overlay
-                        .config()
-                        .readiness
-                        .queue_high_watermark;
-                    let peer = self.nodes[i].overlay.config().overlay.peer.clone();
-                    let over = self.nodes[i].links.keys().any(|c| {
-                        self.nodes[i].overlay.session(*c).is_some_and(|s| {
-                            s.egress
-                                .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
-                                >= wm
-                        })
-                    });
+                    let over = self.queue_over(i);
+                    if missing.contains(&"queues_ok") {
+                        self.queues_degraded += 1;
+                    }
                     let unexplained = (missing.contains(&"queues_ok") && !over)
                         || missing
                             .iter()
                             .any(|k| !matches!(*k, "queues_ok" | "shed_rate_ok"))
                         || (state == ReadyState::Degraded && missing.is_empty());
                     if unexplained {
-                        self.readiness_ok = false;
+                        self.untruth(format!(
+                            "n{i} {state:?} missing {missing:?} with no queue over the watermark"
+                        ));
                     }
                 }
                 _ => {}
             }
         }
+        let over = self.queue_over(i);
+        let n = &mut self.nodes[i];
+        n.over_since = if over {
+            n.over_since.or(Some(now))
+        } else {
+            None
+        };
         let next = self.nodes[i].overlay.poll_timeout();
         if let Some(t) = next {
             if self.nodes[i]
@@ -443,6 +538,76 @@ impl Sim {
                 let epoch = self.nodes[i].epoch;
                 self.schedule(t.max(now), Ev::Timer { node: i, epoch });
             }
+        }
+    }
+
+    /// Schedules bytes on a link, after the last bytes sent on it (FIFO, as TCP).
+    fn send(&mut self, i: usize, conn: ConnId, bytes: Bytes) {
+        let lat = self.latency();
+        let link = self.nodes[i].links.get_mut(&conn).unwrap();
+        let (peer, pconn) = link.peer;
+        let at = (self.now + lat).max(link.last_arrival);
+        link.last_arrival = at;
+        let epoch = self.nodes[peer].epoch;
+        self.schedule(
+            at,
+            Ev::Deliver {
+                node: peer,
+                epoch,
+                conn: pconn,
+                bytes,
+            },
+        );
+    }
+
+    fn is_stalled(&self, node: usize) -> bool {
+        self.stalled && self.cfg.stall.is_some_and(|(n, _, _)| node < n)
+    }
+
+    /// Whether one of the node's session queues is at or over the readiness watermark.
+    fn queue_over(&self, i: usize) -> bool {
+        let n = &self.nodes[i];
+        let cfg = n.overlay.config();
+        let (wm, peer) = (cfg.readiness.queue_high_watermark, &cfg.overlay.peer);
+        n.links.keys().any(|c| {
+            n.overlay.session(*c).is_some_and(|s| {
+                s.egress
+                    .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
+                    >= wm
+            })
+        })
+    }
+
+    /// `queues_ok` is the truth at the node's tick, both ways. The simulator samples the
+    /// queues after every step, finer than the node does, so a queue it saw over the
+    /// watermark since `since` was over at every sample the node took since then:
+    /// - red only with cause: `queues_ok` false means a queue over for at least the sustain;
+    /// - green only without: over for longer than the sustain (plus the node's first tick
+    ///   and the tick that sees it sustained) means `queues_ok` false.
+    fn check_queue_readiness(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let over = n.over_since.map(|t| self.now.saturating_since(t));
+        let red = n.overlay.readiness().missing().contains(&"queues_ok");
+        let sustain = self.cfg.sustain;
+        match over {
+            Some(d) if !red && d > sustain + 2 * TICK => {
+                self.untruth(format!("n{i} queues_ok after {d:?} over the watermark"));
+            }
+            _ if red && over.map_or(true, |d| d < sustain) => {
+                self.untruth(format!(
+                    "n{i} queues_ok false with a queue over the watermark for {over:?}"
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    /// Readiness told an untruth; the first few are kept for the report.
+    fn untruth(&mut self, what: String) {
+        self.readiness_ok = false;
+        if self.untruths.len() < 8 {
+            self.untruths
+                .push(format!("at {:?}: {what}", self.now.since_epoch()));
         }
     }
 
@@ -526,6 +691,7 @@ impl Sim {
                 }
                 self.nodes[node].timer_at = None;
                 self.nodes[node].overlay.handle_timeout(now);
+                self.check_queue_readiness(node);
                 // Redial when cut off from everyone.
                 if self.nodes[node].overlay.peer_count() == 0 && self.nodes[node].links.is_empty() {
                     self.dial_some(node);
@@ -545,6 +711,7 @@ impl Sim {
                     .publish(now, "sim", data, Some(ttl))
                 {
                     self.published[index] = Some((id, origin, now));
+                    self.alone[index] = self.nodes[origin].overlay.peer_count() == 0;
                     self.ids.insert(id, index);
                     self.seen.insert((index, origin), (now, 0));
                 }
@@ -561,8 +728,9 @@ impl Sim {
                 let n = &mut self.nodes[node];
                 n.finals.push(n.overlay.balance());
                 n.up = false;
-                n.down_since = Some(now);
+                n.over_since = None;
                 let at = now + self.cfg.downtime;
+                n.downs.push((now, at));
                 self.schedule(at, Ev::Restart { node });
             }
             Ev::Restart { node } => {
@@ -592,6 +760,30 @@ impl Sim {
                     self.drain(i);
                 }
             }
+            Ev::StallStart => self.stalled = true,
+            Ev::StallEnd => {
+                self.stalled = false;
+                // The readers resume: what was held arrives, and its writes are reported.
+                for i in 0..self.cfg.nodes {
+                    let conns: Vec<ConnId> = self.nodes[i]
+                        .links
+                        .iter()
+                        .filter(|(_, l)| !l.held.is_empty())
+                        .map(|(c, _)| *c)
+                        .collect();
+                    for c in conns {
+                        let held =
+                            std::mem::take(&mut self.nodes[i].links.get_mut(&c).unwrap().held);
+                        self.nodes[i].overlay.handle_written(now, c, held.len());
+                        for b in held.into_iter().flatten() {
+                            self.send(i, c, b);
+                        }
+                    }
+                    if self.nodes[i].up {
+                        self.drain(i);
+                    }
+                }
+            }
             Ev::PartitionEnd => {
                 self.partitioned = false;
                 // Repair: every node dials a few more, across the healed cut.
@@ -614,29 +806,78 @@ impl Sim {
             real,
             balance_ok: true,
             readiness_ok: self.readiness_ok,
+            queues_degraded: self.queues_degraded,
+            untruths: std::mem::take(&mut self.untruths),
             ..Report::default()
         };
         let (mut possible, mut got) = (0u64, 0u64);
         let mut latencies = Vec::new();
         let mut hops_sum = 0u64;
+        // The life of each message: from its publication to its last first arrival.
+        let mut life_end: HashMap<usize, Time> = HashMap::new();
+        for (&(index, _), (t, _)) in &self.seen {
+            let e = life_end.entry(index).or_insert(*t);
+            *e = (*e).max(*t);
+        }
         for (index, p) in self.published.iter().enumerate() {
-            let Some((_, _, t0)) = p else { continue };
+            let Some((_, origin, t0)) = *p else { continue };
+            report.published_at.push(t0.since_epoch());
+            let t1 = life_end.get(&index).copied().unwrap_or(t0);
             for i in 0..n {
-                let churned = self.nodes[i].epoch > 0 || !self.nodes[i].up;
+                let node = &self.nodes[i];
+                let churned = !node.downs.is_empty();
+                let up_throughout = !node.downs.iter().any(|&(a, b)| a <= t1 && b >= t0);
+                if up_throughout && !self.alone[index] {
+                    report.up_possible += 1;
+                }
                 match self.seen.get(&(index, i)) {
                     Some((t, h)) => {
                         if !churned {
                             possible += 1;
                         }
                         got += 1;
-                        latencies.push(t.saturating_since(*t0));
+                        latencies.push(t.saturating_since(t0));
                         hops_sum += *h as u64;
                         report.hops_max = report.hops_max.max(*h);
                     }
-                    None if churned => report.churn_misses += 1,
                     None => {
-                        possible += 1;
-                        report.misses += 1;
+                        let down = node.downs.iter().any(|&(a, b)| a <= t1 && b >= t0);
+                        if !down && !self.alone[index] {
+                            report.up_misses += 1;
+                        }
+                        if !churned {
+                            possible += 1;
+                            report.misses += 1;
+                        } else if down {
+                            report.down_misses += 1;
+                        } else {
+                            report.churn_misses += 1;
+                        }
+                        let restarted = |n: &SimNode| {
+                            n.downs
+                                .iter()
+                                .filter(|(_, up)| *up <= t0)
+                                .map(|(_, up)| t0.saturating_since(*up))
+                                .min()
+                        };
+                        let o = &self.nodes[origin];
+                        report.missed.push(Miss {
+                            index,
+                            node: i,
+                            origin,
+                            published: t0.since_epoch(),
+                            churned,
+                            down,
+                            node_restarted: restarted(node),
+                            origin_restarted: restarted(o),
+                            origin_alone: self.alone[index],
+                            spread_until: t1.since_epoch(),
+                            origin_crashed: o
+                                .downs
+                                .iter()
+                                .find(|(crash, _)| *crash >= t0)
+                                .map(|(crash, _)| crash.saturating_since(t0)),
+                        });
                     }
                 }
             }
@@ -654,11 +895,17 @@ impl Sim {
         report.latency_p50 = pct(0.5);
         report.latency_p99 = pct(0.99);
         report.latency_max = latencies.last().copied().unwrap_or_default();
-        for node in &mut self.nodes {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
             if node.up {
                 node.finals.push(node.overlay.balance());
-                if node.overlay.readiness().state() != ReadyState::Ready {
+                let r = node.overlay.readiness();
+                if r.state() != ReadyState::Ready {
                     report.readiness_ok = false;
+                    report.untruths.push(format!(
+                        "n{i} {:?} at the end: {:?}",
+                        r.state(),
+                        r.missing()
+                    ));
                 }
             }
             for b in &node.finals {

@@ -5,13 +5,15 @@
 //! through HTTP inside the simulation, and ends with the balance law checked on every node
 //! through the node's handle and through `/metrics`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use anyhow::{anyhow, ensure};
+use overlay_core::oap::MsgId;
 use overlay_core::{CloseReason, Event, PublishError};
-use sim::turmoil::checks::{epilogue, lost_in_transit};
+use sim::turmoil::checks::{epilogue, lost_in_transit, sessions, SessionSpan};
 use sim::turmoil::steps::{
-    assert_replays, count_events, expect_run, ms, names, publish_n, secs, sum_over, wait_delivered,
+    assert_replays, count_events, expect_run, ms, names, publish_n, secs, wait_delivered,
     wait_sessions,
 };
 use sim::turmoil::{mesh, run, seed_from_env, Ctx, Setup};
@@ -175,43 +177,78 @@ async fn partition(ctx: Ctx) -> anyhow::Result<()> {
     let after = publish_n(&ctx, "n3", 5, 200, ms(10)).await?;
     wait_delivered(&ctx, &nodes, &after, secs(3)).await?;
 
-    // Nothing published during the partition was lost silently. A node across the cut
-    // either has the message, or its frame is in the bytes the network swallowed on a
-    // link into that node (written by a sender, never read: the transport's count), or
-    // it waited in an egress queue when the session was closed (the node's count,
-    // `overlay_queue_dropped_total{queue="egress"}`).
+    // Nothing published during the partition was lost silently. For each message and each
+    // node across the cut that lacks it, look at every node that held the message (it
+    // delivered it) when it held it:
+    // - a holder with a session to the node queued it toward it (the fanout, 8, covers all
+    //   4 peers). Then its frame is in the bytes the network swallowed on that link (the
+    //   transport's count), or it never left the holder: it was in the session's queue or
+    //   writer when the session closed, and the holder counted it in
+    //   `overlay_queue_dropped_total{queue="egress"}`. Those attributions, per holder, may
+    //   not exceed what that holder counted.
+    // - if no holder had a session to the node by then, the message was never sent its way:
+    //   the cut was already noticed. Nothing re-sends it after the repair (not yet
+    //   guaranteed, docs/SIMULATION.md). Every message here is published within 1 s of the
+    //   cut, before the 2 s idle timeout closes anything, so here that must not happen.
     let lost = lost_in_transit(&ctx)?;
-    let queue_drops = sum_over(
-        &ctx,
-        &nodes,
-        "overlay_queue_dropped_total",
-        &[("queue", "egress")],
-    )
-    .await?;
-    let (mut in_transit, mut in_queues) = (0, 0);
-    for (ids, far) in [(&during_a, &b), (&during_b, &a)] {
+    let spans: BTreeMap<String, Vec<SessionSpan>> = nodes
+        .iter()
+        .map(|n| (n.clone(), sessions(&ctx, n)))
+        .collect();
+    let held: BTreeMap<String, BTreeMap<MsgId, Duration>> = nodes
+        .iter()
+        .map(|n| (n.clone(), ctx.delivered_at(n)))
+        .collect();
+    let mut queued_and_dropped: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut in_transit, mut in_queues, mut never_sent) = (0, 0, 0);
+    for (ids, near, far) in [(&during_a, &a, &b), (&during_b, &b, &a)] {
         for id in ids {
             for x in far {
                 if ctx.delivered(x).contains(id) {
                     continue;
                 }
-                if lost.iter().any(|l| &l.to == x && &l.msg_id == id) {
-                    in_transit += 1;
-                } else {
-                    ensure!(
-                        queue_drops > 0.0,
-                        "message {id:02x?} neither delivered on {x}, nor lost in transit \
-                         to it, nor dropped from a queue"
-                    );
-                    in_queues += 1;
+                let mut routed = false;
+                for y in near {
+                    let Some(&t) = held[y].get(id) else { continue };
+                    if !spans[y].iter().any(|s| &s.peer == x && s.open_at(t)) {
+                        continue;
+                    }
+                    routed = true;
+                    if lost
+                        .iter()
+                        .any(|l| &l.from == y && &l.to == x && &l.msg_id == id)
+                    {
+                        in_transit += 1;
+                    } else {
+                        *queued_and_dropped.entry(y.clone()).or_default() += 1;
+                        in_queues += 1;
+                    }
+                }
+                if !routed {
+                    never_sent += 1;
                 }
             }
         }
     }
+    for (y, n) in &queued_and_dropped {
+        let counted = ctx
+            .scrape(y)
+            .await?
+            .sum("overlay_queue_dropped_total", &[("queue", "egress")]);
+        ensure!(
+            *n as f64 <= counted,
+            "{y}: {n} messages queued toward a node across the cut and never written, \
+             but only {counted} egress frames counted dropped"
+        );
+    }
     ctx.note(format!(
-        "(message, node) pairs lost: {in_transit} in transit, {in_queues} with a queue \
-         ({queue_drops} egress frames dropped)"
+        "(message, holder, node) losses: {in_transit} in transit, {in_queues} in a queue; \
+         (message, node) pairs never sent across the noticed cut: {never_sent}"
     ));
+    ensure!(
+        never_sent == 0,
+        "{never_sent} (message, node) pairs were never sent across a cut not yet noticed"
+    );
     ensure!(
         in_transit + in_queues > 0,
         "a partition that lost nothing tested nothing"

@@ -42,6 +42,11 @@ fn tokens_never_reach_the_logs_and_a_missing_token_gets_401() {
         d.metric("auth_failures_total", &[("reason", "unauth")]),
         2.0
     );
+    assert_eq!(
+        d.metric("overlay_handshake_failures_total", &[("reason", "proto")]),
+        0.0,
+        "a refused capability is not a protocol failure"
+    );
 
     // Stop the process so that every line it will ever print is in.
     d.signal(libc::SIGTERM);
@@ -56,6 +61,10 @@ fn tokens_never_reach_the_logs_and_a_missing_token_gets_401() {
         .filter(|l| l["event"] == "handshake_fail")
         .count();
     assert_eq!(fails, 2, "{out}");
+    // The log gives the same reason as the metrics: `unauth`, not a protocol error.
+    for l in lines.iter().filter(|l| l["event"] == "handshake_fail") {
+        assert_eq!(l["reason"], "unauth", "{l}");
+    }
     assert!(lines.iter().any(|l| l["event"] == "handshake_ok"), "{out}");
     // ...and neither token, nor any recognisable piece of one, is anywhere.
     for token in [GOOD, BAD] {

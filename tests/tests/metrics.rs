@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use e2e::scan::{self, name_constants};
 use e2e::wire::OapClient;
-use e2e::{poll_until, workspace_root, Daemon};
+use e2e::{poll_until, promtool_available, workspace_root, Daemon};
 use overlay_core::client::ClientEvent;
 use overlay_core::observe::{
     enabled, Kind, LatencyRoute, MetricSpec, Transport, ALIASES, INVENTORY, REQUEST_LATENCY_SECONDS,
@@ -274,8 +274,7 @@ fn no_metric_name_or_label_is_built_at_run_time() {
 
 #[test]
 fn promtool_accepts_a_live_scrape() {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        println!("NOTICE: promtool not on PATH; skipping `promtool check metrics` (scripts/test.sh installs it)");
+    if !promtool_available("check metrics") {
         return;
     }
     let d = daemon_with_traffic();

@@ -92,9 +92,12 @@ impl Overlay {
             .map_err(|why| refuse(RejectReason::Proto, proto, why))?;
         if self.cfg.auth.required && !self.authorized(&frame.cap) {
             self.metrics.auth_failures[crate::observe::AuthFailure::Unauth.index()].increment(1);
+            // Not a protocol failure: the handshake-failure label set has no `unauth`, and
+            // counting it as `proto` would make the log and the metrics disagree. It is
+            // counted in `auth_failures_total` and `rejected_total{reason="unauth"}`.
             return Err(refuse(
                 RejectReason::Unauth,
-                proto,
+                None,
                 "missing or unknown capability",
             ));
         }

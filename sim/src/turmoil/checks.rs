@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, ensure};
 use bytes::BytesMut;
 use overlay_core::oap::{AppProto, Decoder, Flags, GossipHeader, Limits, MsgId};
-use overlay_core::Balance;
+use overlay_core::{Balance, Event};
+use svc_overlay::bus::BusKind;
 
 use super::expo::Exposition;
 use super::harness::{Ctx, OVERLAY_PORT};
@@ -134,4 +135,50 @@ pub fn lost_in_transit(ctx: &Ctx) -> anyhow::Result<BTreeSet<Lost>> {
         }
     }
     Ok(out)
+}
+
+/// One established session of a node, from its bus events.
+#[derive(Clone, Debug)]
+pub struct SessionSpan {
+    /// The peer's node id from HELLO (the host name in these scenarios).
+    pub peer: String,
+    pub incarnation: u32,
+    pub opened: std::time::Duration,
+    /// `None` while still open.
+    pub closed: Option<std::time::Duration>,
+}
+
+impl SessionSpan {
+    pub fn open_at(&self, t: std::time::Duration) -> bool {
+        self.opened <= t && self.closed.map_or(true, |c| t < c)
+    }
+}
+
+/// Every session `node` established, with when it opened and closed.
+pub fn sessions(ctx: &Ctx, node: &str) -> Vec<SessionSpan> {
+    let mut out: Vec<(overlay_core::ConnId, SessionSpan)> = Vec::new();
+    for r in ctx.events(node) {
+        match &r.event.kind {
+            BusKind::Overlay(Event::HandshakeOk {
+                conn, node: peer, ..
+            }) => out.push((
+                *conn,
+                SessionSpan {
+                    peer: peer.clone(),
+                    incarnation: r.incarnation,
+                    opened: r.at,
+                    closed: None,
+                },
+            )),
+            BusKind::Overlay(Event::Closed { conn, .. }) => {
+                if let Some((_, s)) = out.iter_mut().find(|(c, s)| {
+                    c == conn && s.incarnation == r.incarnation && s.closed.is_none()
+                }) {
+                    s.closed = Some(r.at);
+                }
+            }
+            _ => {}
+        }
+    }
+    out.into_iter().map(|(_, s)| s).collect()
 }

@@ -128,8 +128,8 @@ struct NodeSlot {
     cfg: Config,
     incarnation: u32,
     ctl: Option<NodeControl>,
-    /// Message id -> the incarnation that delivered it first.
-    delivered: BTreeMap<MsgId, u32>,
+    /// Message id -> the incarnation that delivered it first, and when.
+    delivered: BTreeMap<MsgId, (u32, Duration)>,
     events: Vec<Rec>,
     reports: Vec<ShutdownReport>,
 }
@@ -181,7 +181,9 @@ impl World {
             return;
         };
         if let BusKind::Overlay(Event::Message { message, .. }) = &ev.kind {
-            slot.delivered.entry(message.header.msg_id).or_insert(inc);
+            slot.delivered
+                .entry(message.header.msg_id)
+                .or_insert((inc, World::now()));
         } else {
             slot.events.push(Rec {
                 at: World::now(),
@@ -667,6 +669,15 @@ impl Ctx {
     pub fn delivered(&self, node: &str) -> BTreeSet<MsgId> {
         self.w
             .slot(node, |s| s.delivered.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// When the node first delivered each message (any incarnation).
+    pub fn delivered_at(&self, node: &str) -> BTreeMap<MsgId, Duration> {
+        self.w
+            .slot(node, |s| {
+                s.delivered.iter().map(|(id, (_, t))| (*id, *t)).collect()
+            })
             .unwrap_or_default()
     }
 
