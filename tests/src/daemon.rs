@@ -114,6 +114,9 @@ fn pump(src: impl Read + Send + 'static, out: Arc<Output>, is_stdout: bool) {
 pub struct DaemonBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Fixed (overlay, admin) addresses instead of `:0`: a mesh whose nodes dial each other
+    /// must know every address before any node starts.
+    listen: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl DaemonBuilder {
@@ -129,6 +132,11 @@ impl DaemonBuilder {
             key.replace('.', "__").to_ascii_uppercase()
         );
         self.env.push((name, value.into()));
+        self
+    }
+    /// Listens on these addresses instead of `127.0.0.1:0`.
+    pub fn listen(mut self, overlay: SocketAddr, admin: SocketAddr) -> Self {
+        self.listen = Some((overlay, admin));
         self
     }
     pub fn start(self) -> Daemon {
@@ -161,8 +169,12 @@ impl Daemon {
     }
 
     fn spawn(b: DaemonBuilder) -> Daemon {
+        let (listen, admin) = match b.listen {
+            Some((o, a)) => (o.to_string(), a.to_string()),
+            None => ("127.0.0.1:0".into(), "127.0.0.1:0".into()),
+        };
         let mut cmd = Command::new(bin());
-        cmd.args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        cmd.args(["run", "--listen", &listen, "--admin", &admin])
             .args(&b.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
