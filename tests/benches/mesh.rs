@@ -95,10 +95,7 @@ fn opts() -> Opts {
     let mut is_custom = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = || {
-            args.next()
-                .unwrap_or_else(|| panic!("{a} needs a value"))
-        };
+        let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
         match a.as_str() {
             // cargo bench passes it to every harness = false target.
             "--bench" => {}
@@ -209,8 +206,11 @@ fn run(case: &Case, o: &Opts) -> Value {
     let after = mesh.settled_counters();
     let mut latencies = Vec::with_capacity(expected as usize);
     let (mut client_msgs, mut client_frames, mut sub_dups, mut sub_errors) = (0, 0, 0, Vec::new());
+    // Per node, so a loss can be placed in the ring (distance from node 0).
+    let mut by_node = Vec::with_capacity(n - 1);
     for (i, h) in subs.into_iter().enumerate() {
         let r = h.join().expect("subscriber thread");
+        by_node.push(r.latencies_us.len());
         latencies.extend_from_slice(&r.latencies_us);
         client_msgs += r.messages;
         client_frames += r.frames;
@@ -219,7 +219,10 @@ fn run(case: &Case, o: &Opts) -> Value {
             sub_errors.push(format!("node {}: {e}", i + 1));
         }
     }
-    let rss: Vec<f64> = pids.iter().filter_map(|&p| procfs::peak_rss_mib(p)).collect();
+    let rss: Vec<f64> = pids
+        .iter()
+        .filter_map(|&p| procfs::peak_rss_mib(p))
+        .collect();
     let ready_s = mesh.ready_s;
     drop(mesh);
 
@@ -300,6 +303,7 @@ fn run(case: &Case, o: &Opts) -> Value {
         "cpu_s": round(cpu_s, 2),
         "harness_cpu_s": round(harness_cpu_s, 2),
         "mesh_ready_s": round(ready_s, 2),
+        "delivered_by_node": by_node,
         "subscriber_errors": sub_errors,
     })
 }

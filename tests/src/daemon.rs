@@ -108,7 +108,8 @@ fn pump(src: impl Read + Send + 'static, out: Arc<Output>, is_stdout: bool) {
     });
 }
 
-/// How to start a daemon: `run --listen 127.0.0.1:0 --admin 127.0.0.1:0` plus extra
+/// How to start a daemon: `run --listen 127.0.0.1:0 --admin 127.0.0.1:0` (or the addresses
+/// given to `listen`) plus extra
 /// arguments and `SVC_OVERLAY_*` environment.
 #[derive(Clone, Debug, Default)]
 pub struct DaemonBuilder {

@@ -111,12 +111,7 @@ pub fn spawn(mut c: OapClient, plan: Plan, shared: Arc<Shared>) -> JoinHandle<Re
     })
 }
 
-fn run(
-    c: &mut OapClient,
-    plan: &Plan,
-    shared: &Shared,
-    r: &mut Report,
-) -> std::io::Result<()> {
+fn run(c: &mut OapClient, plan: &Plan, shared: &Shared, r: &mut Report) -> std::io::Result<()> {
     c.stream.set_nonblocking(true)?;
     let fd = c.stream.as_raw_fd();
     let mut template = payload::template(plan.size);
@@ -194,7 +189,13 @@ fn run(
             id[8..].copy_from_slice(&r.published.to_be_bytes());
             let corr = c
                 .client
-                .publish(id, &plan.topic, plan.ttl, &Bytes::copy_from_slice(&template), true)
+                .publish(
+                    id,
+                    &plan.topic,
+                    plan.ttl,
+                    &Bytes::copy_from_slice(&template),
+                    true,
+                )
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             while let Some(b) = c.client.poll_transmit() {
                 out.push(b);

@@ -1,7 +1,6 @@
 //! N `svc-overlay run` processes on loopback, node i dialing nodes i+1, i+2, i+3 (mod N),
 //! each with the default configuration: only its addresses, node id and peers are given.
 
-use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
@@ -21,12 +20,10 @@ pub struct Mesh {
     pub ready_s: f64,
 }
 
-/// The distinct nodes node `i` has a session with: those it dials and those that dial it.
-pub fn neighbours(i: usize, n: usize) -> BTreeSet<usize> {
-    (1..=DEGREE)
-        .flat_map(|d| [(i + d) % n, (i + n - d % n) % n])
-        .filter(|&j| j != i)
-        .collect()
+/// The sessions every node has once the mesh is up: one per dial it makes and one per dial
+/// it receives (in a small ring two nodes may dial each other: two sessions).
+pub fn sessions_per_node(n: usize) -> usize {
+    2 * (1..=DEGREE).filter(|d| d % n != 0).count()
 }
 
 /// Free loopback ports, found by binding `:0` and letting go. Every node must know its
@@ -59,8 +56,8 @@ impl Mesh {
             }
             nodes.push(b.start());
         }
+        let want = sessions_per_node(n) as f64;
         for (i, d) in nodes.iter().enumerate() {
-            let want = neighbours(i, n).len() as f64;
             poll_until(
                 &format!("node {i} with {want} peer sessions"),
                 Duration::from_secs(30),
