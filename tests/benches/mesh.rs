@@ -224,6 +224,19 @@ fn run(case: &Case, o: &Opts) -> Value {
         .filter_map(|&p| procfs::peak_rss_mib(p))
         .collect();
     let ready_s = mesh.ready_s;
+    // What the daemon says it is, from its `listening` line.
+    let build = mesh.nodes[0]
+        .log_lines()
+        .into_iter()
+        .find(|l| l["event"] == "listening")
+        .map(|l| {
+            format!(
+                "{} ({})",
+                l["version"].as_str().unwrap_or("?"),
+                l["git"].as_str().unwrap_or("?")
+            )
+        })
+        .unwrap_or_default();
     drop(mesh);
 
     let delivered = latencies.len() as u64;
@@ -255,7 +268,7 @@ fn run(case: &Case, o: &Opts) -> Value {
     let silently_lost = (p.accepted * (n as u64 - 1)).saturating_sub(delivered);
     json!({
         "impl": "svc-overlay",
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": build,
         "case": case.name,
         "nodes": n,
         "messages": case.messages,
