@@ -149,6 +149,7 @@ fn run(case: &Case, o: &Opts) -> Value {
         delivered: AtomicU64::new(0),
         last_recv_ns: AtomicU64::new(0),
         first_publish_ns: AtomicU64::new(u64::MAX),
+        stop_publisher: AtomicBool::new(false),
         stop: AtomicBool::new(false),
     });
     let subs: Vec<OapClient> = (1..n)
@@ -201,9 +202,10 @@ fn run(case: &Case, o: &Opts) -> Value {
     }
     let cpu_s = cpu_sum(&pids) - cpu0;
     let harness_cpu_s = procfs::cpu_s(procfs::self_pid()).unwrap_or(0.0) - self_cpu0;
-    shared.stop.store(true, Ordering::Relaxed);
+    shared.stop_publisher.store(true, Ordering::Relaxed);
     let p = pub_thread.join().expect("publisher thread");
     let after = mesh.settled_counters();
+    shared.stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::with_capacity(expected as usize);
     let (mut client_msgs, mut client_frames, mut sub_dups, mut sub_errors) = (0, 0, 0, Vec::new());
     // Per node, so a loss can be placed in the ring (distance from node 0).

@@ -136,7 +136,7 @@ fn run(c: &mut OapClient, plan: &Plan, shared: &Shared, r: &mut Report) -> std::
     let mut deadline: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if shared.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| now >= d) {
+        if shared.stop_publisher.load(Ordering::Relaxed) || deadline.is_some_and(|d| now >= d) {
             break;
         }
         let done = if plan.no_backoff {

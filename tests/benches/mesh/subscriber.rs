@@ -23,6 +23,9 @@ pub struct Shared {
     pub last_recv_ns: AtomicU64,
     /// `base`-relative time of the first publish; `u64::MAX` until then.
     pub first_publish_ns: AtomicU64,
+    /// Ends the publisher; the subscribers read on until `stop`, so that what the nodes
+    /// write after the publisher stopped is still counted by its receiver.
+    pub stop_publisher: AtomicBool,
     pub stop: AtomicBool,
 }
 
