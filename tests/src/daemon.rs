@@ -122,13 +122,17 @@ fn pump(src: impl Read + Send + 'static, out: Arc<Output>, is_stdout: bool) {
     });
 }
 
-/// How to start a daemon: `run --listen 127.0.0.1:0 --admin 127.0.0.1:0` plus extra
+/// How to start a daemon: `run --listen 127.0.0.1:0 --admin 127.0.0.1:0` (or the addresses
+/// given to `listen`) plus extra
 /// arguments and `SVC_OVERLAY_*` environment.
 #[derive(Clone, Debug, Default)]
 pub struct DaemonBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     nofile: Option<u64>,
+    /// Fixed (overlay, admin) addresses instead of `:0`: a mesh whose nodes dial each other
+    /// must know every address before any node starts.
+    listen: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl DaemonBuilder {
@@ -149,6 +153,12 @@ impl DaemonBuilder {
     /// Runs the daemon with `RLIMIT_NOFILE` (soft and hard) at `n`, as `prlimit` would.
     pub fn nofile(mut self, n: u64) -> Self {
         self.nofile = Some(n);
+        self
+    }
+
+    /// Listens on these addresses instead of `127.0.0.1:0`.
+    pub fn listen(mut self, overlay: SocketAddr, admin: SocketAddr) -> Self {
+        self.listen = Some((overlay, admin));
         self
     }
     pub fn start(self) -> Daemon {
@@ -181,8 +191,12 @@ impl Daemon {
     }
 
     fn spawn(b: DaemonBuilder) -> Daemon {
+        let (listen, admin) = match b.listen {
+            Some((o, a)) => (o.to_string(), a.to_string()),
+            None => ("127.0.0.1:0".into(), "127.0.0.1:0".into()),
+        };
         let mut cmd = Command::new(bin());
-        cmd.args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        cmd.args(["run", "--listen", &listen, "--admin", &admin])
             .args(&b.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
