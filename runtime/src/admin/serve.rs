@@ -38,8 +38,8 @@ use tokio::task::{AbortHandle, Id, JoinSet};
 use tokio::time::{Instant, Sleep};
 
 use crate::bounds::ACCEPT_ERROR_PAUSE;
-use crate::net::Listener;
-use crate::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY};
+use crate::io::net::Listener;
+use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY};
 
 /// The admin plane's bounds, from `admin.*`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use overlay_core::Event;
 
-use crate::bus::{BusEvent, BusKind, Subscription};
-use crate::logging::{truncate, LogPolicy, Sampler, SAMPLE_WINDOW};
+use crate::telemetry::bus::{BusEvent, BusKind, Subscription};
+use crate::telemetry::logging::{truncate, LogPolicy, Sampler, SAMPLE_WINDOW};
 
 /// Event kinds logged at WARN: their held-back counts are told at WARN too.
 const WARN_KINDS: [&str; 4] = ["handshake_fail", "reject", "abort", "dial_fail"];
@@ -218,8 +218,8 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::ConnCtx;
-    use crate::logging::tests::capture;
+    use crate::telemetry::bus::ConnCtx;
+    use crate::telemetry::logging::tests::capture;
     use overlay_core::observe::HandshakeFailure;
     use overlay_core::{ConnId, RejectReason};
     use std::time::Duration;

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use overlay_core::Config;
 
 use crate::node::{Node, NodeOptions};
-use crate::shutdown::{Sig, Signals};
-use crate::TokioNet;
+use crate::cli::signals::{Sig, Signals};
+use crate::io::net::TokioNet;
 
 const TOPIC: &str = "demo";
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);

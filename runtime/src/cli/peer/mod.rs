@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::corr::os_seed;
+use crate::admin::corr::os_seed;
 
 /// How long to wait for the HELLO answer, and for outstanding acks at the end.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);

@@ -5,10 +5,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod daemon;
+pub mod demo;
+pub mod peer;
+pub mod signals;
+
 use crate::config::{self, Overrides};
-use crate::daemon::{self, RunArgs};
-use crate::logging::{self, Sink};
-use crate::peer::{self, MessageLine, PublishArgs};
+use daemon::RunArgs;
+use crate::telemetry::logging::{self, Sink};
+use peer::{MessageLine, PublishArgs};
 
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -157,7 +162,7 @@ pub fn main() -> ExitCode {
         } => demo(
             nodes as usize,
             config.as_deref(),
-            crate::demo::Ports {
+            crate::cli::demo::Ports {
                 listen_base,
                 admin_base,
             },
@@ -305,7 +310,7 @@ fn subscribe(o: SubscribeOpts) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(nodes: usize, file: Option<&std::path::Path>, ports: crate::demo::Ports) -> ExitCode {
+fn demo(nodes: usize, file: Option<&std::path::Path>, ports: crate::cli::demo::Ports) -> ExitCode {
     if let Err(e) = ports.check(nodes) {
         eprintln!("svc-overlay: {e}");
         return ExitCode::from(2);
@@ -323,7 +328,7 @@ fn demo(nodes: usize, file: Option<&std::path::Path>, ports: crate::demo::Ports)
         base.log.level = "warn".into();
     }
     client(base.log.clone(), || {
-        runtime()?.block_on(crate::demo::run(nodes, base.clone(), ports))?;
+        runtime()?.block_on(crate::cli::demo::run(nodes, base.clone(), ports))?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use overlay_core::Config;
 
 use crate::config::{self, Overrides};
-use crate::logging::Logging;
+use crate::telemetry::logging::Logging;
 use crate::node::{Node, NodeControl, NodeOptions};
-use crate::shutdown::{Sig, Signals};
-use crate::TokioNet;
+use crate::cli::signals::{Sig, Signals};
+use crate::io::net::TokioNet;
 
 /// Target of lines that are logged whatever `log.level` says (see `logging::init`).
 pub const ANNOUNCE: &str = "svc_overlay::announce";

@@ -11,7 +11,7 @@ use overlay_core::{ConnId, Transmit};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::credit::{Credit, CreditPool};
+use crate::io::credit::{Credit, CreditPool};
 
 use crate::bounds::WRITE_BATCH;
 

@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::bounds::HEALTH_STALE;
-use crate::corr::{self, CorrIds};
+use corr::CorrIds;
 use crate::driver::{Heartbeat, ReadySnapshot};
 
+pub mod corr;
 mod serve;
 pub(crate) use serve::serve;
 pub use serve::AdminLimits;
@@ -218,7 +219,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn state(ready: ReadySnapshot) -> (AdminState, Arc<Snapshot<ReadySnapshot>>) {
-        let rec = crate::observe::Recorder::new().unwrap();
+        let rec = crate::telemetry::recorder::Recorder::new().unwrap();
         let tx = Arc::new(Snapshot::new(ready));
         let rx = tx.clone();
         let hb = Arc::new(Heartbeat::new());

@@ -27,14 +27,16 @@ use tokio::time::Instant;
 use tracing::{field, Span};
 
 use crate::bounds::{self, Bounds};
-use crate::bus::{BusEvent, BusKind, ConnCtx};
-use crate::conn::{self, Ingress, WriterReport};
-use crate::corr::CorrIds;
-use crate::credit::CreditPool;
-use crate::fd::FdBudget;
-use crate::net::{Listener, Net};
-use crate::supervise::Supervisor;
-use crate::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY};
+use crate::telemetry::bus::{BusEvent, BusKind, ConnCtx};
+use crate::io::conn::{self, Ingress, WriterReport};
+use crate::admin::corr::CorrIds;
+use crate::io::credit::CreditPool;
+use crate::io::fd::FdBudget;
+use crate::io::net::{Listener, Net};
+use crate::driver::supervise::Supervisor;
+use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY};
+
+pub(crate) mod supervise;
 
 /// Liveness: the driver stamps this every loop turn; `/healthz` reads its age.
 #[derive(Debug)]
@@ -363,7 +365,7 @@ impl<N: Net> Driver<N> {
             return;
         }
         let (ended_tx, ended_rx) = mpsc::channel(1);
-        let fut = crate::dial::dial_loop(
+        let fut = crate::io::dial::dial_loop(
             self.net.clone(),
             addr.clone(),
             self.ctl_tx.clone(),
@@ -1028,5 +1030,5 @@ pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     } else {
         "non-string panic payload".to_string()
     };
-    crate::logging::truncate(s)
+    crate::telemetry::logging::truncate(s)
 }

@@ -18,14 +18,14 @@ use tokio::time::Instant;
 
 use crate::admin::{self, AdminState, Scrapes, VersionInfo};
 use crate::bounds::{self, Bounds};
-use crate::bus::{BusEvent, Subscription};
-use crate::corr::{os_seed, CorrIds, WallClock};
+use crate::telemetry::bus::{BusEvent, Subscription};
+use crate::admin::corr::{os_seed, CorrIds, WallClock};
 pub use crate::driver::ShutdownReport;
 use crate::driver::{Command, Control, Driver, Heartbeat, NodeStats, Parts, ReadySnapshot};
-use crate::fd::{FdBudget, Unknown};
-use crate::logging::LogPolicy;
-use crate::net::{Listener, Net};
-use crate::observe::Recorder;
+use crate::io::fd::{FdBudget, Unknown};
+use crate::telemetry::logging::LogPolicy;
+use crate::io::net::{Listener, Net};
+use crate::telemetry::recorder::Recorder;
 
 /// How to run a node beyond its config.
 #[derive(Clone, Debug)]
@@ -167,7 +167,7 @@ impl Node {
 
         if opts.announce {
             // Before the driver runs: its start-up events (readiness) must not come first.
-            crate::daemon::announce(&node_id, overlay_addr, admin_addr);
+            crate::cli::daemon::announce(&node_id, overlay_addr, admin_addr);
         }
         let mut driver = Driver::new(Parts {
             net,
@@ -218,7 +218,7 @@ impl Node {
                 // A restarted logger subscribes anew: what it missed meanwhile is lost, and
                 // not counted as lag (nobody was subscribed).
                 while sup
-                    .run(crate::eventlog::run(
+                    .run(crate::telemetry::eventlog::run(
                         Subscription::new(bus.subscribe(), lagged.clone()),
                         policy.clone(),
                     ))

@@ -321,7 +321,7 @@ impl Logging {
 /// `log.level`, plus the announcement target at INFO whatever the level: scripts wait for
 /// the `listening` line even when the operator asked for warnings only.
 fn level_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
-    tracing_subscriber::EnvFilter::try_new(format!("{level},{}=info", crate::daemon::ANNOUNCE))
+    tracing_subscriber::EnvFilter::try_new(format!("{level},{}=info", crate::cli::daemon::ANNOUNCE))
         .map_err(|e| e.to_string())
 }
 
@@ -350,8 +350,8 @@ pub fn init(cfg: &overlay_core::config::LogConfig, sink: Sink) -> anyhow::Result
 
     #[cfg(feature = "otel")]
     let (registry, otel) = {
-        let provider = crate::otel::provider_from_env()?;
-        let layer = provider.as_ref().map(crate::otel::layer);
+        let provider = crate::telemetry::otel::provider_from_env()?;
+        let layer = provider.as_ref().map(crate::telemetry::otel::layer);
         (registry.with(layer), provider)
     };
 
