@@ -17,10 +17,12 @@ pub mod node;
 pub mod telemetry;
 
 // The paths embedders, `sim` and the tests have always used.
+pub use admin::health::Heartbeat;
+pub use admin::ready::ReadySnapshot;
 pub use cli::peer;
-pub use driver::{Heartbeat, NodeStats, ReadySnapshot, ShutdownReport};
+pub use driver::{NodeStats, ShutdownReport};
 pub use io::net::{self, Listener, Net, TokioNet};
 pub use node::{Node, NodeOptions};
+pub use telemetry::bus;
 #[cfg(feature = "otel")]
 pub use telemetry::otel;
-pub use telemetry::bus;

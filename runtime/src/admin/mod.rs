@@ -15,14 +15,15 @@ use overlay_core::sync::Snapshot;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::bounds::HEALTH_STALE;
 use corr::CorrIds;
-use crate::driver::{Heartbeat, ReadySnapshot};
+use health::{healthz, Heartbeat};
+use ready::{readyz, ReadySnapshot};
 
 pub mod corr;
+pub mod health;
+pub mod ready;
 mod serve;
 pub(crate) use serve::serve;
-pub use serve::AdminLimits;
 
 pub const CORR_HEADER: &str = "x-corr-id";
 const PROM_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -117,30 +118,6 @@ pub fn router(state: AdminState) -> Router {
 async fn metrics(State(s): State<AdminState>) -> Response {
     let text = s.scrapes.render().await;
     ([(header::CONTENT_TYPE, PROM_CONTENT_TYPE)], text).into_response()
-}
-
-async fn healthz(State(s): State<AdminState>) -> Response {
-    let age = s.heartbeat.age();
-    let (code, alive) = if age <= HEALTH_STALE {
-        (StatusCode::OK, true)
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, false)
-    };
-    let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-    let body = serde_json::json!({ "alive": alive, "tick_age_ms": age_ms });
-    json(code, body.to_string())
-}
-
-async fn readyz(State(s): State<AdminState>) -> Response {
-    let snap = s.ready.load();
-    let code = StatusCode::from_u16(snap.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let mut resp = json(code, snap.body.clone());
-    if code != StatusCode::OK {
-        if let Ok(v) = HeaderValue::from_str(&snap.retry_after.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-    }
-    resp
 }
 
 async fn version(State(s): State<AdminState>) -> Response {

@@ -11,8 +11,8 @@ pub mod peer;
 pub mod signals;
 
 use crate::config::{self, Overrides};
-use daemon::RunArgs;
 use crate::telemetry::logging::{self, Sink};
+use daemon::RunArgs;
 use peer::{MessageLine, PublishArgs};
 
 const VERSION: &str = concat!(

@@ -2,8 +2,11 @@
 //! credit, the acceptor, dialing, descriptor headroom, and the messages these tasks send
 //! the driver.
 
+pub(crate) mod accept;
 pub(crate) mod conn;
 pub(crate) mod credit;
 pub(crate) mod dial;
 pub mod fd;
+pub(crate) mod frames;
+pub(crate) mod messages;
 pub mod net;

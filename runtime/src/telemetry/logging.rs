@@ -27,6 +27,9 @@ use crate::bounds::LOG_FIELD_MAX;
 
 pub const SERVICE: &str = "svc-overlay";
 
+/// Target of lines that are logged whatever `log.level` says (see `logging::init`).
+pub const ANNOUNCE: &str = "svc_overlay::announce";
+
 /// Log policy that SIGHUP may change while the process runs.
 #[derive(Debug)]
 pub struct LogPolicy {
@@ -321,7 +324,7 @@ impl Logging {
 /// `log.level`, plus the announcement target at INFO whatever the level: scripts wait for
 /// the `listening` line even when the operator asked for warnings only.
 fn level_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
-    tracing_subscriber::EnvFilter::try_new(format!("{level},{}=info", crate::cli::daemon::ANNOUNCE))
+    tracing_subscriber::EnvFilter::try_new(format!("{level},{}=info", ANNOUNCE))
         .map_err(|e| e.to_string())
 }
 
