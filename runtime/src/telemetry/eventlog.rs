@@ -2,6 +2,9 @@
 //! once per connection or per refusal (accepts, handshakes, closes, rejects, dial failures)
 //! are sampled by time per (event, reason), at most `log.max_lines_per_sec` lines a second
 //! each, with a `suppressed` count; the counters in core still count every one.
+//!
+//! Long because: one match maps every overlay event to its line, and half of the file is
+//! the tests that pin each line's fields.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +12,8 @@ use std::time::Instant;
 use overlay_core::Event;
 
 use crate::telemetry::bus::{BusEvent, BusKind, Subscription};
-use crate::telemetry::logging::{truncate, LogPolicy, Sampler, SAMPLE_WINDOW};
+use crate::telemetry::logging::{truncate, LogPolicy};
+use crate::telemetry::sampler::{Sampler, SAMPLE_WINDOW};
 
 /// Event kinds logged at WARN: their held-back counts are told at WARN too.
 const WARN_KINDS: [&str; 4] = ["handshake_fail", "reject", "abort", "dial_fail"];

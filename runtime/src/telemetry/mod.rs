@@ -8,4 +8,5 @@ pub mod logging;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod recorder;
+pub mod sampler;
 pub(crate) mod throttle;
