@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
+use overlay_core::config::AdminConfig;
 use overlay_core::oap::HEADER_LEN;
 use overlay_core::Config;
-
-use crate::admin::AdminLimits;
 
 /// Writer wake-ups, accepts, dial results: small messages the driver must see promptly.
 pub const CONTROL_CHANNEL: usize = 1024;
@@ -81,6 +80,28 @@ impl Bounds {
             admin: AdminLimits::from_config(&cfg.admin),
             dial_backoff_base: cfg.overlay.dial_backoff_base,
             dial_backoff_max: cfg.overlay.dial_backoff_max,
+        }
+    }
+}
+
+/// The admin plane's bounds, from `admin.*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminLimits {
+    pub max_conns: usize,
+    pub header_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_pipelined: u32,
+    pub max_header_bytes: usize,
+}
+
+impl AdminLimits {
+    pub fn from_config(a: &AdminConfig) -> AdminLimits {
+        AdminLimits {
+            max_conns: a.max_conns,
+            header_timeout: a.header_timeout,
+            write_timeout: a.write_timeout,
+            max_pipelined: a.max_pipelined,
+            max_header_bytes: a.max_header_bytes,
         }
     }
 }

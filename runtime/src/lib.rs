@@ -3,32 +3,26 @@
 //!
 //! A library with a thin `main`, so that `sim` can run the same runtime over simulated
 //! sockets and tests can start nodes in-process.
+//!
+//! Folders by concern, each using only those below it (`tests/layout.rs` checks it):
+//! `cli` → `node` → `driver` → `admin` → `io` → `telemetry` → `bounds`, `config`.
 
 pub mod admin;
 pub mod bounds;
-pub mod bus;
 pub mod cli;
 pub mod config;
-mod conn;
-pub mod corr;
-mod credit;
-pub mod daemon;
-pub mod demo;
-mod dial;
 mod driver;
-mod eventlog;
-pub mod fd;
-pub mod logging;
-pub mod net;
+pub mod io;
 pub mod node;
-pub mod observe;
-#[cfg(feature = "otel")]
-pub mod otel;
-pub mod peer;
-pub mod shutdown;
-mod supervise;
-mod throttle;
+pub mod telemetry;
 
-pub use driver::{Heartbeat, NodeStats, ReadySnapshot, ShutdownReport};
-pub use net::{Listener, Net, TokioNet};
+// The paths embedders, `sim` and the tests have always used.
+pub use admin::health::Heartbeat;
+pub use admin::ready::ReadySnapshot;
+pub use cli::peer;
+pub use driver::{NodeStats, ShutdownReport};
+pub use io::net::{self, Listener, Net, TokioNet};
 pub use node::{Node, NodeOptions};
+pub use telemetry::bus;
+#[cfg(feature = "otel")]
+pub use telemetry::otel;

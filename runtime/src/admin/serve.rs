@@ -31,37 +31,14 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use overlay_core::config::AdminConfig;
 use overlay_core::observe::{AdminRefusal, HttpMetrics};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::{AbortHandle, Id, JoinSet};
 use tokio::time::{Instant, Sleep};
 
-use crate::bounds::ACCEPT_ERROR_PAUSE;
-use crate::net::Listener;
-use crate::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY};
-
-/// The admin plane's bounds, from `admin.*`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AdminLimits {
-    pub max_conns: usize,
-    pub header_timeout: Duration,
-    pub write_timeout: Duration,
-    pub max_pipelined: u32,
-    pub max_header_bytes: usize,
-}
-
-impl AdminLimits {
-    pub fn from_config(a: &AdminConfig) -> AdminLimits {
-        AdminLimits {
-            max_conns: a.max_conns,
-            header_timeout: a.header_timeout,
-            write_timeout: a.write_timeout,
-            max_pipelined: a.max_pipelined,
-            max_header_bytes: a.max_header_bytes,
-        }
-    }
-}
+use crate::bounds::{AdminLimits, ACCEPT_ERROR_PAUSE};
+use crate::io::net::Listener;
+use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY};
 
 /// What the accept loop and a connection's IO and service share.
 struct ConnState {

@@ -1,31 +1,39 @@
 //! A running node: binds its listeners, starts the driver, the admin plane, the logger and
 //! the samplers, and hands back a handle. The daemon, `demo`, the tests and the simulator
 //! all start nodes through here.
+//!
+//! `handle` is what callers hold once it runs; `samplers` are the node's periodic tasks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
-use overlay_core::oap::MsgId;
 use overlay_core::observe::Metrics;
 use overlay_core::sync::Snapshot;
-use overlay_core::{Config, Overlay, Probe, PublishError, Time};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use overlay_core::{Config, Overlay, Probe, Time};
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::admin::corr::{os_seed, CorrIds, WallClock};
+use crate::admin::health::Heartbeat;
+use crate::admin::ready::ReadySnapshot;
 use crate::admin::{self, AdminState, Scrapes, VersionInfo};
 use crate::bounds::{self, Bounds};
-use crate::bus::{BusEvent, Subscription};
-use crate::corr::{os_seed, CorrIds, WallClock};
 pub use crate::driver::ShutdownReport;
-use crate::driver::{Command, Control, Driver, Heartbeat, NodeStats, Parts, ReadySnapshot};
-use crate::fd::{FdBudget, Unknown};
-use crate::logging::LogPolicy;
-use crate::net::{Listener, Net};
-use crate::observe::Recorder;
+use crate::driver::{Driver, Parts};
+use crate::io::fd::FdBudget;
+use crate::io::net::{Listener, Net};
+use crate::telemetry::bus::{BusEvent, Subscription};
+use crate::telemetry::logging::LogPolicy;
+use crate::telemetry::recorder::Recorder;
+use samplers::{fd_sampler, upkeep};
+
+mod handle;
+mod samplers;
+
+pub use handle::NodeControl;
 
 /// How to run a node beyond its config.
 #[derive(Clone, Debug)]
@@ -76,21 +84,6 @@ pub struct Node {
     prometheus: PrometheusHandle,
     ready: Arc<Snapshot<ReadySnapshot>>,
     done: JoinHandle<ShutdownReport>,
-}
-
-/// A cloneable handle for commands, usable while another task waits on the `Node`.
-#[derive(Clone)]
-pub struct NodeControl {
-    overlay_addr: SocketAddr,
-    node_id: String,
-    cmd: mpsc::Sender<Command>,
-}
-
-impl std::ops::Deref for Node {
-    type Target = NodeControl;
-    fn deref(&self) -> &NodeControl {
-        &self.ctl
-    }
 }
 
 impl Node {
@@ -167,7 +160,7 @@ impl Node {
 
         if opts.announce {
             // Before the driver runs: its start-up events (readiness) must not come first.
-            crate::daemon::announce(&node_id, overlay_addr, admin_addr);
+            announce(&node_id, overlay_addr, admin_addr);
         }
         let mut driver = Driver::new(Parts {
             net,
@@ -218,7 +211,7 @@ impl Node {
                 // A restarted logger subscribes anew: what it missed meanwhile is lost, and
                 // not counted as lag (nobody was subscribed).
                 while sup
-                    .run(crate::eventlog::run(
+                    .run(crate::telemetry::eventlog::run(
                         Subscription::new(bus.subscribe(), lagged.clone()),
                         policy.clone(),
                     ))
@@ -242,151 +235,22 @@ impl Node {
             done,
         })
     }
-
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
-    }
-    pub fn control(&self) -> NodeControl {
-        self.ctl.clone()
-    }
-    /// This node's recorder, for embedders that scrape without HTTP.
-    pub fn prometheus(&self) -> &PrometheusHandle {
-        &self.prometheus
-    }
-    pub fn ready(&self) -> ReadySnapshot {
-        (*self.ready.load()).clone()
-    }
-
-    /// Events from now on; lag is counted in `bus_lagged_total`.
-    pub fn subscribe(&self) -> Subscription {
-        Subscription::new(self.bus.subscribe(), self.metrics.bus_lagged.clone())
-    }
-
-    /// Drains, shuts down and waits for the end.
-    pub async fn shutdown(self) -> anyhow::Result<ShutdownReport> {
-        self.begin_shutdown().await;
-        self.wait().await
-    }
-
-    /// Waits for the node to stop (after a drain was begun).
-    pub async fn wait(self) -> anyhow::Result<ShutdownReport> {
-        let Node { done, ctl, .. } = self;
-        // Keep the command channel open while waiting: closing it would itself drain.
-        let r = done.await;
-        drop(ctl);
-        r.map_err(|e| anyhow::anyhow!("driver failed: {e}"))
-    }
 }
 
-impl NodeControl {
-    pub fn overlay_addr(&self) -> SocketAddr {
-        self.overlay_addr
-    }
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
-    async fn ask<T>(&self, f: impl FnOnce(oneshot::Sender<T>) -> Command) -> anyhow::Result<T> {
-        let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(f(tx))
-            .await
-            .map_err(|_| anyhow::anyhow!("node has stopped"))?;
-        rx.await.map_err(|_| anyhow::anyhow!("node has stopped"))
-    }
-
-    /// Publishes a message from this node.
-    pub async fn publish(
-        &self,
-        topic: &str,
-        data: Bytes,
-        ttl: Option<u8>,
-    ) -> anyhow::Result<Result<MsgId, PublishError>> {
-        let topic = topic.to_string();
-        self.ask(|reply| Command::Publish {
-            topic,
-            data,
-            ttl,
-            reply,
-        })
-        .await
-    }
-
-    /// Applies a new config; returns the keys that need a restart to take effect.
-    pub async fn reconfigure(&self, mut cfg: Config) -> anyhow::Result<Vec<&'static str>> {
-        cfg.validate()?;
-        // An empty node id was filled in at start; an unchanged file must not read as a
-        // change of id.
-        crate::config::fill_node_id(&mut cfg, self.overlay_addr);
-        if cfg.overlay.node_id == format!("node-{}", self.overlay_addr) {
-            cfg.overlay.node_id = self.node_id.clone();
-        }
-        self.ask(|reply| Command::Reconfigure {
-            cfg: Box::new(cfg),
-            reply,
-        })
-        .await
-    }
-
-    pub async fn stats(&self) -> anyhow::Result<NodeStats> {
-        self.ask(Command::Stats).await
-    }
-
-    /// Reports whether the running config is the one the operator last asked for: a
-    /// reload that failed leaves `cfg_loaded` false until one succeeds.
-    pub async fn config_loaded(&self, ok: bool) {
-        let _ = self.cmd.send(Command::Probe(Probe::CfgLoaded, ok)).await;
-    }
-
-    /// Starts draining (idempotent): readiness goes down, peers hear GOAWAY.
-    pub async fn begin_shutdown(&self) {
-        let _ = self.cmd.send(Command::Drain).await;
-    }
-}
-
-async fn upkeep(prom: &PrometheusHandle) {
-    let mut t = tokio::time::interval(bounds::UPKEEP_EVERY);
-    loop {
-        t.tick().await;
-        prom.run_upkeep();
-    }
-}
-
-/// Counts descriptors every `FD_SAMPLE_EVERY` for readiness and the acceptor. A count that
-/// cannot be taken is no headroom.
-async fn fd_sampler<S>(ctl: &mpsc::Sender<Control<S>>, fds: &FdBudget) {
-    let mut t = tokio::time::interval(bounds::FD_SAMPLE_EVERY);
-    let mut failing = false;
-    loop {
-        t.tick().await;
-        let ok = match fds.sample() {
-            Ok(ok) => {
-                failing = false;
-                ok
-            }
-            Err(why) => {
-                if !failing {
-                    failing = true;
-                    let reason = match why {
-                        Unknown::Exhausted => "exhausted".to_string(),
-                        Unknown::Unavailable(e) => e.to_string(),
-                    };
-                    tracing::warn!(
-                        event = "fd_sampler",
-                        reason = "unavailable",
-                        detail = %reason,
-                        "cannot count open descriptors; fd_headroom reported missing"
-                    );
-                }
-                false
-            }
-        };
-        if ctl
-            .send(Control::Probe(Probe::FdHeadroom, ok))
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
+/// The `listening` line: where the node listens, logged whatever `log.level` says.
+fn announce(
+    node: &str,
+    overlay_addr: std::net::SocketAddr,
+    admin_addr: Option<std::net::SocketAddr>,
+) {
+    tracing::info!(
+        target: crate::telemetry::logging::ANNOUNCE,
+        event = "listening",
+        node,
+        overlay_addr = %overlay_addr,
+        admin_addr = admin_addr.map(|a| a.to_string()).as_deref(),
+        version = env!("CARGO_PKG_VERSION"),
+        git = env!("OVERLAY_BUILD_GIT"),
+        "svc-overlay listening"
+    );
 }

@@ -1,30 +1,22 @@
-//! `publish` and `subscribe`: OAP/1 clients over TCP, speaking through core's sans-IO
-//! `Client` (role `client`).
+//! `publish`: messages to a node, acked (a window of answers outstanding) or not (refusal
+//! notices still heard), at a rate or as fast as the node takes them, with a summary.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use overlay_core::client::{Client, ClientEvent};
-use overlay_core::oap::{Message, Role};
+use bytes::Bytes;
+use overlay_core::client::ClientEvent;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::corr::os_seed;
+use super::Conn;
+use crate::admin::corr::os_seed;
 
-/// How long to wait for the HELLO answer, and for outstanding acks at the end.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for outstanding acks at the end.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// First and largest pause between connection attempts while the node is not up yet.
-const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(25);
-const CONNECT_RETRY_MAX: Duration = Duration::from_millis(500);
 /// Messages published per loop turn when no rate is set.
 const BURST: usize = 64;
 /// Runs this long (or longer) get a progress bar, when stderr is a terminal.
@@ -121,118 +113,6 @@ impl PublishSummary {
             m.push_str(&format!(" unconfirmed {in_doubt}"));
         }
         m
-    }
-}
-
-/// A connected, established client: reads on this task, writes on a writer task so a
-/// long write never stops us reading acks.
-struct Conn {
-    client: Client,
-    rd: OwnedReadHalf,
-    buf: BytesMut,
-    tx: mpsc::Sender<Bytes>,
-    writer: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-/// Connects, retrying with a short doubling pause until `within` has passed: a client
-/// started together with its node (a pasted quick start) waits for it to listen.
-async fn connect(to: &str, within: Duration) -> anyhow::Result<TcpStream> {
-    let deadline = Instant::now() + within;
-    let mut pause = CONNECT_RETRY_FIRST;
-    loop {
-        match TcpStream::connect(to).await {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() + pause >= deadline => {
-                anyhow::bail!("cannot connect to {to} within {within:?}: {e}")
-            }
-            Err(e) => {
-                tracing::debug!(event = "connect_retry", reason = %e, "node not reachable yet");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(CONNECT_RETRY_MAX);
-            }
-        }
-    }
-}
-
-impl Conn {
-    async fn open(
-        to: &str,
-        topics: Vec<String>,
-        connect_timeout: Duration,
-    ) -> anyhow::Result<Conn> {
-        let stream = connect(to, connect_timeout).await?;
-        let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Bytes>(64);
-        let writer = tokio::spawn(async move {
-            while let Some(b) = rx.recv().await {
-                wr.write_all(&b).await?;
-            }
-            wr.shutdown().await
-        });
-        let name = format!("cli-{}", std::process::id());
-        let mut c = Conn {
-            client: Client::new(&name, Role::Client, topics, None),
-            rd,
-            buf: BytesMut::with_capacity(64 << 10),
-            tx,
-            writer,
-        };
-        c.client.start();
-        c.flush().await?;
-        let hello = async {
-            loop {
-                c.read().await?;
-                c.flush().await?;
-                while let Some(ev) = c.client.poll_event() {
-                    match ev {
-                        ClientEvent::Established(_) => return Ok(()),
-                        ClientEvent::Refused {
-                            code,
-                            error,
-                            retry_after,
-                        } => anyhow::bail!(
-                            "node refused the HELLO: {code} {error} (retry_after {retry_after:?})"
-                        ),
-                        ClientEvent::Broken(e) => anyhow::bail!("protocol error: {e}"),
-                        _ => {}
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(HELLO_TIMEOUT, hello)
-            .await
-            .map_err(|_| anyhow::anyhow!("no HELLO answer from {to} within {HELLO_TIMEOUT:?}"))??;
-        Ok(c)
-    }
-
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        while let Some(b) = self.client.poll_transmit() {
-            self.tx
-                .send(b)
-                .await
-                .map_err(|_| anyhow::anyhow!("connection closed"))?;
-        }
-        Ok(())
-    }
-
-    /// Reads once and feeds the client; an EOF is an error. Cancel-safe (it is raced
-    /// against the send timer): whatever the client queues in answer (PONG) goes out
-    /// with the next `flush`.
-    async fn read(&mut self) -> anyhow::Result<()> {
-        let n = self.rd.read_buf(&mut self.buf).await?;
-        if n == 0 {
-            anyhow::bail!("the node closed the connection");
-        }
-        self.client.handle_bytes(&mut self.buf);
-        Ok(())
-    }
-
-    async fn close(mut self) {
-        self.client.goaway();
-        let _ = self.flush().await;
-        drop(self.tx);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer).await;
     }
 }
 
@@ -394,87 +274,6 @@ pub async fn publish(args: &PublishArgs) -> anyhow::Result<PublishSummary> {
     Ok(s)
 }
 
-/// One received message as `subscribe` prints it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct MessageLine {
-    pub topic: String,
-    pub msg_id: String,
-    pub ttl: u8,
-    pub bytes: usize,
-    pub data: String,
-    /// `utf8` when the data is valid UTF-8, else `hex`.
-    pub encoding: &'static str,
-}
-
-impl MessageLine {
-    pub fn new(m: &Message) -> MessageLine {
-        let (data, encoding) = match std::str::from_utf8(&m.data) {
-            Ok(s) => (s.to_string(), "utf8"),
-            Err(_) => (hex(&m.data), "hex"),
-        };
-        MessageLine {
-            topic: m.header.topic_str().to_string(),
-            msg_id: hex(&m.header.msg_id),
-            ttl: m.header.ttl,
-            bytes: m.data.len(),
-            data,
-            encoding,
-        }
-    }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(D[(x >> 4) as usize] as char);
-        s.push(D[(x & 15) as usize] as char);
-    }
-    s
-}
-
-/// Receives messages on `topics` (all, if empty) and hands each to `out` until `count`
-/// have arrived (forever if `None`) or the node closes; waits up to `connect_timeout` for
-/// the node to listen.
-pub async fn subscribe(
-    to: &str,
-    topics: Vec<String>,
-    count: Option<u64>,
-    connect_timeout: Duration,
-    mut out: impl FnMut(&Message),
-) -> anyhow::Result<u64> {
-    let mut conn = Conn::open(to, topics, connect_timeout).await?;
-    tracing::info!(event = "subscribed", to, "subscribed");
-    let mut got = 0u64;
-    loop {
-        if count.is_some_and(|c| got >= c) {
-            break;
-        }
-        if let Err(e) = conn.read().await {
-            if conn.client.is_done() || e.to_string().contains("closed") {
-                break;
-            }
-            return Err(e);
-        }
-        conn.flush().await?;
-        while let Some(ev) = conn.client.poll_event() {
-            match ev {
-                ClientEvent::Message(m) if count.map_or(true, |c| got < c) => {
-                    out(&m);
-                    got += 1;
-                }
-                ClientEvent::Goaway => {
-                    tracing::info!(event = "goaway", "the node is draining");
-                }
-                ClientEvent::Broken(e) => anyhow::bail!("protocol error: {e}"),
-                _ => {}
-            }
-        }
-    }
-    conn.close().await;
-    Ok(got)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,25 +307,5 @@ mod tests {
             s.progress(0),
             "acked 10 refused 6 (busy 1, ratelimit 5) unconfirmed 0"
         );
-    }
-
-    #[test]
-    fn message_lines_use_utf8_or_hex() {
-        let header = overlay_core::oap::GossipHeader::new([0xab; 16], 2, "feed").unwrap();
-        let mut m = Message {
-            corr_id: 1,
-            tenant_id: 0,
-            header,
-            data: Bytes::from_static(b"hello"),
-            ack_req: false,
-            frames: 1,
-        };
-        let l = MessageLine::new(&m);
-        assert_eq!(l.data, "hello");
-        assert_eq!(l.encoding, "utf8");
-        assert_eq!(l.msg_id, "ab".repeat(16));
-        m.data = Bytes::from_static(&[0xff, 0x00]);
-        let l = MessageLine::new(&m);
-        assert_eq!((l.data.as_str(), l.encoding, l.bytes), ("ff00", "hex", 2));
     }
 }

@@ -105,7 +105,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lagging_subscriber_counts_what_it_missed() {
-        let rec = crate::observe::Recorder::new().unwrap();
+        let rec = crate::telemetry::recorder::Recorder::new().unwrap();
         let (tx, rx) = broadcast::channel(2);
         let mut sub = Subscription::new(rx, rec.metrics.bus_lagged.clone());
         for _ in 0..5 {

@@ -12,7 +12,7 @@ use overlay_core::Probe;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::driver::{panic_message, AfterPanic, Control};
+use crate::io::messages::{AfterPanic, Control};
 
 /// First pause before a restart; doubled per consecutive panic up to `RESTART_MAX`, so a
 /// task that panics at once on every start cannot spin.
@@ -70,4 +70,15 @@ impl<S> Supervisor<S> {
         }
         true
     }
+}
+
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    let s = if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    };
+    crate::telemetry::logging::truncate(s)
 }

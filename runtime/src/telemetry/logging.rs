@@ -1,18 +1,19 @@
 //! JSON log lines with the fields of OBSERVABILITY.md section 3.1 (`ts level service event
-//! reason corr_id peer_addr latency_ms bytes dir`), the redaction policy, and time-based
-//! sampling of repetitive events.
+//! reason corr_id peer_addr latency_ms bytes dir`), the redaction policy, and installing
+//! the process's subscriber (`init`); the sampling of repetitive events is in `sampler`.
 //!
 //! A small `Layer` of our own rather than `tracing_subscriber::fmt().json()`: the required
 //! field names (`ts`, `level`, `service`) and the flattening of span fields into each line
 //! are not what the stock formatter emits, and the peer-address policy must be enforced at
 //! the one place every line passes through.
+//!
+//! Long because: a third of it is tests of the line format, which need the private
+//! rendering and share their capture helper with `eventlog`'s tests.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracing::field::{Field, Visit};
@@ -26,6 +27,9 @@ use tracing_subscriber::Layer;
 use crate::bounds::LOG_FIELD_MAX;
 
 pub const SERVICE: &str = "svc-overlay";
+
+/// Target of lines that are logged whatever `log.level` says (see `logging::init`).
+pub const ANNOUNCE: &str = "svc_overlay::announce";
 
 /// Log policy that SIGHUP may change while the process runs.
 #[derive(Debug)]
@@ -66,68 +70,6 @@ pub fn truncate(mut s: String) -> String {
     s.truncate(end);
     s.push_str("...[truncated]");
     s
-}
-
-/// The window of `log.max_lines_per_sec`.
-pub const SAMPLE_WINDOW: Duration = Duration::from_secs(1);
-
-/// Time-based sampling per event kind (event, reason): at most `per_sec` lines of a kind
-/// in each one-second window, whatever the flood; what is held back is counted and told as
-/// `suppressed` on the next line of that kind, or by [`Sampler::flush`] once the window is
-/// over, so a burst followed by silence is still reported. Keys come from closed label
-/// sets, so the map stays small.
-#[derive(Debug, Default)]
-pub struct Sampler {
-    kinds: HashMap<(&'static str, &'static str), Window>,
-}
-
-#[derive(Debug)]
-struct Window {
-    start: Instant,
-    lines: u32,
-    suppressed: u64,
-}
-
-impl Sampler {
-    /// `Some(suppressed)` when this occurrence should be logged, with how many of its kind
-    /// were held back since the last line of it; `None` to drop it.
-    pub fn admit(
-        &mut self,
-        now: Instant,
-        per_sec: u32,
-        event: &'static str,
-        reason: &'static str,
-    ) -> Option<u64> {
-        let w = self.kinds.entry((event, reason)).or_insert(Window {
-            start: now,
-            lines: 0,
-            suppressed: 0,
-        });
-        if now.saturating_duration_since(w.start) >= SAMPLE_WINDOW {
-            w.start = now;
-            w.lines = 0;
-        }
-        if w.lines < per_sec.max(1) {
-            w.lines += 1;
-            Some(std::mem::take(&mut w.suppressed))
-        } else {
-            w.suppressed += 1;
-            None
-        }
-    }
-
-    /// Kinds whose window is over with occurrences held back: `(event, reason,
-    /// suppressed)`, each count taken (it will not be reported twice).
-    pub fn flush(&mut self, now: Instant) -> Vec<(&'static str, &'static str, u64)> {
-        let mut out = Vec::new();
-        for ((event, reason), w) in self.kinds.iter_mut() {
-            if w.suppressed > 0 && now.saturating_duration_since(w.start) >= SAMPLE_WINDOW {
-                out.push((*event, *reason, std::mem::take(&mut w.suppressed)));
-            }
-        }
-        out.sort();
-        out
-    }
 }
 
 #[derive(Default)]
@@ -321,7 +263,7 @@ impl Logging {
 /// `log.level`, plus the announcement target at INFO whatever the level: scripts wait for
 /// the `listening` line even when the operator asked for warnings only.
 fn level_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
-    tracing_subscriber::EnvFilter::try_new(format!("{level},{}=info", crate::daemon::ANNOUNCE))
+    tracing_subscriber::EnvFilter::try_new(format!("{level},{}=info", ANNOUNCE))
         .map_err(|e| e.to_string())
 }
 
@@ -350,8 +292,8 @@ pub fn init(cfg: &overlay_core::config::LogConfig, sink: Sink) -> anyhow::Result
 
     #[cfg(feature = "otel")]
     let (registry, otel) = {
-        let provider = crate::otel::provider_from_env()?;
-        let layer = provider.as_ref().map(crate::otel::layer);
+        let provider = crate::telemetry::otel::provider_from_env()?;
+        let layer = provider.as_ref().map(crate::telemetry::otel::layer);
         (registry.with(layer), provider)
     };
 
@@ -507,42 +449,6 @@ pub(crate) mod tests {
         let l = &cap.lines()[0];
         assert_eq!(l["service"], "svc-overlay");
         assert_eq!(l["level"], "INFO");
-    }
-
-    #[test]
-    fn sampler_allows_n_lines_per_second_per_kind_and_counts_the_rest() {
-        let mut s = Sampler::default();
-        let t0 = Instant::now();
-        let ms = |n| t0 + Duration::from_millis(n);
-        // A flood of 1000 a second for 3 s, at most 5 lines a second.
-        let mut logged = vec![0u32; 3];
-        let mut reported = 0;
-        for i in 0..3000u64 {
-            if let Some(sup) = s.admit(ms(i), 5, "reject", "ratelimit") {
-                logged[(i / 1000) as usize] += 1;
-                reported += sup;
-            }
-        }
-        assert_eq!(logged, vec![5, 5, 5]);
-        assert_eq!(
-            reported,
-            2 * 995,
-            "told on the first line of the next window"
-        );
-        // The tail of the flood is told by the flush once its window is over.
-        assert!(s.flush(ms(2999)).is_empty(), "window not over yet");
-        assert_eq!(s.flush(ms(3000)), vec![("reject", "ratelimit", 995)]);
-        assert!(s.flush(ms(5000)).is_empty(), "reported once");
-        assert_eq!(
-            reported + 995,
-            3000 - 15,
-            "every occurrence logged or counted"
-        );
-        // Another kind has its own budget.
-        assert_eq!(s.admit(ms(1), 5, "reject", "oversize"), Some(0));
-        assert_eq!(s.admit(ms(1), 1, "accept", ""), Some(0));
-        assert_eq!(s.admit(ms(2), 1, "accept", ""), None);
-        assert_eq!(s.admit(ms(1002), 1, "accept", ""), Some(1));
     }
 
     #[test]

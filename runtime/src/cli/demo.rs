@@ -6,9 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use overlay_core::Config;
 
+use crate::cli::signals::{Sig, Signals};
+use crate::io::net::TokioNet;
 use crate::node::{Node, NodeOptions};
-use crate::shutdown::{Sig, Signals};
-use crate::TokioNet;
 
 const TOPIC: &str = "demo";
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);

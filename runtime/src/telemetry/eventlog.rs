@@ -2,14 +2,18 @@
 //! once per connection or per refusal (accepts, handshakes, closes, rejects, dial failures)
 //! are sampled by time per (event, reason), at most `log.max_lines_per_sec` lines a second
 //! each, with a `suppressed` count; the counters in core still count every one.
+//!
+//! Long because: one match maps every overlay event to its line, and half of the file is
+//! the tests that pin each line's fields.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use overlay_core::Event;
 
-use crate::bus::{BusEvent, BusKind, Subscription};
-use crate::logging::{truncate, LogPolicy, Sampler, SAMPLE_WINDOW};
+use crate::telemetry::bus::{BusEvent, BusKind, Subscription};
+use crate::telemetry::logging::{truncate, LogPolicy};
+use crate::telemetry::sampler::{Sampler, SAMPLE_WINDOW};
 
 /// Event kinds logged at WARN: their held-back counts are told at WARN too.
 const WARN_KINDS: [&str; 4] = ["handshake_fail", "reject", "abort", "dial_fail"];
@@ -218,8 +222,8 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::ConnCtx;
-    use crate::logging::tests::capture;
+    use crate::telemetry::bus::ConnCtx;
+    use crate::telemetry::logging::tests::capture;
     use overlay_core::observe::HandshakeFailure;
     use overlay_core::{ConnId, RejectReason};
     use std::time::Duration;

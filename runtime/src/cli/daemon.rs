@@ -5,14 +5,11 @@ use std::path::PathBuf;
 
 use overlay_core::Config;
 
+use crate::cli::signals::{Sig, Signals};
 use crate::config::{self, Overrides};
-use crate::logging::Logging;
+use crate::io::net::TokioNet;
 use crate::node::{Node, NodeControl, NodeOptions};
-use crate::shutdown::{Sig, Signals};
-use crate::TokioNet;
-
-/// Target of lines that are logged whatever `log.level` says (see `logging::init`).
-pub const ANNOUNCE: &str = "svc_overlay::announce";
+use crate::telemetry::logging::Logging;
 
 /// Lifts the soft `RLIMIT_NOFILE` to the hard limit: the common soft default of 1024 is
 /// what `overlay.max_conns` defaults to, so without this a connection flood would exhaust
@@ -30,24 +27,6 @@ fn raise_fd_limit(cfg: &Config) {
         Ok(_) => {}
         Err(e) => tracing::warn!(event = "fd_limit", error = %e, "could not raise RLIMIT_NOFILE"),
     }
-}
-
-/// The `listening` line: where the node listens, logged whatever `log.level` says.
-pub(crate) fn announce(
-    node: &str,
-    overlay_addr: std::net::SocketAddr,
-    admin_addr: Option<std::net::SocketAddr>,
-) {
-    tracing::info!(
-        target: ANNOUNCE,
-        event = "listening",
-        node,
-        overlay_addr = %overlay_addr,
-        admin_addr = admin_addr.map(|a| a.to_string()).as_deref(),
-        version = env!("CARGO_PKG_VERSION"),
-        git = env!("OVERLAY_BUILD_GIT"),
-        "svc-overlay listening"
-    );
 }
 
 pub struct RunArgs {

@@ -11,7 +11,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 fn resource() -> Resource {
     Resource::new(vec![
-        KeyValue::new("service.name", crate::logging::SERVICE),
+        KeyValue::new("service.name", crate::telemetry::logging::SERVICE),
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
     ])
 }

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 
 use crate::bounds::Bounds;
 use crate::bounds::DIAL_JITTER;
-use crate::driver::Control;
-use crate::net::Net;
+use crate::io::messages::Control;
+use crate::io::net::Net;
 
 /// Exponential backoff with +-`DIAL_JITTER` jitter, so peers that lost the same node do
 /// not all redial it in the same instant.

@@ -11,32 +11,10 @@ use overlay_core::{ConnId, Transmit};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::credit::{Credit, CreditPool};
+use crate::io::credit::CreditPool;
+use crate::io::messages::{Ingress, WriterReport};
 
 use crate::bounds::WRITE_BATCH;
-
-/// Reader to driver, on one channel shared by every connection.
-pub(crate) enum Ingress {
-    /// Bytes read. The permit is one of the connection's credits: it returns when the
-    /// driver has consumed the chunk, which is what stops one socket from filling the
-    /// shared channel.
-    Data {
-        conn: ConnId,
-        chunk: BytesMut,
-        credit: Credit,
-    },
-    /// The peer closed or the read failed. On the data channel, behind the last bytes, so
-    /// nothing read before the close is lost.
-    Eof { conn: ConnId, error: Option<String> },
-}
-
-/// What writers tell the driver.
-pub(crate) enum WriterReport {
-    /// `n` transmits are on the wire: their egress permits come back.
-    Written { conn: ConnId, n: usize },
-    /// The writer stopped: after a requested close (`error: None`) or a write error.
-    Done { conn: ConnId, error: Option<String> },
-}
 
 pub(crate) async fn reader<R: AsyncRead + Unpin>(
     conn: ConnId,

@@ -15,13 +15,15 @@ use overlay_core::sync::Snapshot;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::bounds::HEALTH_STALE;
-use crate::corr::{self, CorrIds};
-use crate::driver::{Heartbeat, ReadySnapshot};
+use corr::CorrIds;
+use health::{healthz, Heartbeat};
+use ready::{readyz, ReadySnapshot};
 
+pub mod corr;
+pub mod health;
+pub mod ready;
 mod serve;
 pub(crate) use serve::serve;
-pub use serve::AdminLimits;
 
 pub const CORR_HEADER: &str = "x-corr-id";
 const PROM_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -118,30 +120,6 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     ([(header::CONTENT_TYPE, PROM_CONTENT_TYPE)], text).into_response()
 }
 
-async fn healthz(State(s): State<AdminState>) -> Response {
-    let age = s.heartbeat.age();
-    let (code, alive) = if age <= HEALTH_STALE {
-        (StatusCode::OK, true)
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, false)
-    };
-    let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-    let body = serde_json::json!({ "alive": alive, "tick_age_ms": age_ms });
-    json(code, body.to_string())
-}
-
-async fn readyz(State(s): State<AdminState>) -> Response {
-    let snap = s.ready.load();
-    let code = StatusCode::from_u16(snap.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let mut resp = json(code, snap.body.clone());
-    if code != StatusCode::OK {
-        if let Ok(v) = HeaderValue::from_str(&snap.retry_after.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-    }
-    resp
-}
-
 async fn version(State(s): State<AdminState>) -> Response {
     json(
         StatusCode::OK,
@@ -218,7 +196,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn state(ready: ReadySnapshot) -> (AdminState, Arc<Snapshot<ReadySnapshot>>) {
-        let rec = crate::observe::Recorder::new().unwrap();
+        let rec = crate::telemetry::recorder::Recorder::new().unwrap();
         let tx = Arc::new(Snapshot::new(ready));
         let rx = tx.clone();
         let hb = Arc::new(Heartbeat::new());

@@ -1,0 +1,202 @@
+//! One handler per input channel of the loop: writer reports, control messages from the
+//! runtime's tasks (sockets, dial outcomes, probes, panics), reader chunks, and commands
+//! from the `Node` handle, reconfiguration included.
+
+use bytes::BytesMut;
+use tracing::field;
+
+use super::{Command, Driver, NodeStats};
+use crate::bounds::Bounds;
+use crate::io::frames::log_frames_rx;
+use crate::io::messages::{AfterPanic, Control, Ingress, WriterReport};
+use crate::io::net::Net;
+use crate::telemetry::bus::BusKind;
+
+impl<N: Net> Driver<N> {
+    pub(super) fn on_report(&mut self, r: WriterReport) {
+        let now = self.now();
+        match r {
+            WriterReport::Written { conn, n } => {
+                self.overlay.handle_written(now, conn, n);
+                self.flush_pending(conn);
+            }
+            WriterReport::Done { conn, error } => {
+                if let (Some(e), Some(c)) = (error, self.conns.get(&conn)) {
+                    c.span.in_scope(
+                        || tracing::debug!(event = "write_error", error = %e, "write failed"),
+                    );
+                }
+                self.to_close.push(conn);
+            }
+        }
+    }
+
+    pub(super) fn on_control(&mut self, c: Control<N::Stream>) {
+        let now = self.now();
+        match c {
+            Control::Accepted { stream, peer } => {
+                let ctx = self.new_ctx(peer.to_string(), true);
+                let span = self.session_span(&ctx);
+                let accept = tracing::info_span!(parent: &span, "svc.overlay.accept",
+                    corr_id = %ctx.corr_id, dir = "in");
+                let conn = accept.in_scope(|| self.overlay.handle_accept(now));
+                self.attach(conn, stream, ctx, span, None);
+                self.publish(Some(conn), BusKind::Accepted);
+            }
+            Control::Connected { stream, addr } => {
+                if self.drain.is_some() {
+                    return;
+                }
+                let ctx = self.new_ctx(addr.clone(), false);
+                let span = self.session_span(&ctx);
+                let conn = span.in_scope(|| self.overlay.handle_connected(now));
+                self.attach(conn, stream, ctx, span, Some(addr));
+                self.publish(Some(conn), BusKind::Connected);
+            }
+            Control::DialFailed {
+                addr,
+                error,
+                failures,
+            } => {
+                self.overlay.metrics().dial_failures.increment(1);
+                self.publish(
+                    None,
+                    BusKind::DialFailed {
+                        addr,
+                        error,
+                        failures,
+                    },
+                );
+            }
+            Control::Probe(p, ok) => self.overlay.set_probe(now, p, ok),
+            Control::Panicked {
+                task,
+                reason,
+                after,
+            } => self.on_panic(task, reason, after),
+        }
+    }
+
+    pub(super) fn on_panic(&mut self, task: &'static str, reason: String, after: AfterPanic) {
+        let now = self.now();
+        let restarted = match after {
+            AfterPanic::Close(c) => {
+                self.to_close.push(c);
+                true
+            }
+            AfterPanic::Redial(addr) => {
+                self.dials.remove(&addr);
+                // A dialer of a peer no longer configured is not restarted, so not counted.
+                let again = self.cfg.overlay.peers.contains(&addr);
+                if again {
+                    self.spawn_dialer(addr);
+                }
+                again
+            }
+            AfterPanic::Restart(probe) => {
+                if let Some(p) = probe {
+                    // Down until the supervisor reports it running again.
+                    self.overlay.set_probe(now, p, false);
+                }
+                true
+            }
+            AfterPanic::Lost => false,
+        };
+        if restarted {
+            self.overlay.metrics().service_restarts.increment(1);
+        }
+        tracing::error!(
+            event = "task_panic",
+            reason = if restarted { "panic" } else { "lost" },
+            task,
+            detail = %reason,
+            node = %self.node,
+            "a runtime task panicked; contained"
+        );
+    }
+
+    pub(super) fn on_ingress(&mut self, i: Ingress) {
+        self.ingress_q.take();
+        let now = self.now();
+        match i {
+            Ingress::Data {
+                conn,
+                chunk,
+                credit,
+            } => {
+                self.overlay.set_ingress_depth(self.ingress_q.depth());
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                let n = chunk.len();
+                c.buf.unsplit(chunk);
+                let span = tracing::debug_span!(parent: &c.span, "svc.overlay.gossip.ingress",
+                    corr_id = %c.ctx.corr_id, dir = "rx", frame_bytes = n, fanout = field::Empty);
+                let _g = span.enter();
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    log_frames_rx(&c.buf);
+                }
+                self.overlay.handle_bytes(now, conn, &mut c.buf);
+                if c.buf.is_empty() {
+                    // Let go of the reader's allocation; payload slices keep what they need.
+                    c.buf = BytesMut::new();
+                }
+                drop(credit);
+                let fanout = self.drain_outputs(now);
+                span.record("fanout", fanout);
+            }
+            Ingress::Eof { conn, error } => {
+                if let (Some(e), Some(c)) = (error, self.conns.get(&conn)) {
+                    c.span.in_scope(
+                        || tracing::debug!(event = "read_error", error = %e, "read failed"),
+                    );
+                }
+                self.to_close.push(conn);
+            }
+        }
+    }
+
+    pub(super) fn on_command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Publish {
+                topic,
+                data,
+                ttl,
+                reply,
+            } => {
+                let r = self.overlay.publish(now, &topic, data, ttl);
+                let _ = reply.send(r);
+            }
+            Command::Reconfigure { cfg, reply } => {
+                let restart = self.overlay.reconfigure(now, *cfg);
+                let old_peers = std::mem::take(&mut self.cfg.overlay.peers);
+                self.cfg = self.overlay.config().clone();
+                self.bounds = Bounds::from_config(&self.cfg);
+                for gone in old_peers
+                    .iter()
+                    .filter(|p| !self.cfg.overlay.peers.contains(p))
+                {
+                    if let Some(d) = self.dials.remove(gone) {
+                        d.task.abort();
+                    }
+                }
+                self.spawn_dialers();
+                let _ = reply.send(restart);
+            }
+            Command::Drain => self.begin_drain(),
+            Command::Probe(p, ok) => self.overlay.set_probe(now, p, ok),
+            Command::Stats(reply) => {
+                let _ = reply.send(NodeStats {
+                    established: self.overlay.established(),
+                    peers: self.overlay.peer_count(),
+                    sessions: self.overlay.session_count(),
+                    connections: self.conns.len(),
+                    stats: self.overlay.stats().clone(),
+                    balance: self.overlay.balance(),
+                    draining: self.overlay.is_draining(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The messages between the runtime's tasks and the driver, in one leaf module so that the
+//! tasks (readers, writers, acceptor, dialers, supervisors) and the driver depend on it
+//! rather than on each other.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use overlay_core::{ConnId, Probe};
+
+use crate::io::credit::Credit;
+
+/// Sockets, dial outcomes, panics and probe samples, from the runtime's own tasks.
+pub(crate) enum Control<S> {
+    Accepted {
+        stream: S,
+        peer: SocketAddr,
+    },
+    Connected {
+        stream: S,
+        addr: String,
+    },
+    DialFailed {
+        addr: String,
+        error: String,
+        failures: u32,
+    },
+    Probe(Probe, bool),
+    Panicked {
+        task: &'static str,
+        reason: String,
+        after: AfterPanic,
+    },
+}
+
+/// What becomes of a task that panicked. Only the first three count in
+/// `service_restarts_total`: something takes its place.
+#[derive(Clone, Debug)]
+pub(crate) enum AfterPanic {
+    /// A connection's reader or writer: the connection is closed; new ones are served.
+    Close(ConnId),
+    /// A dialer: restarted if its peer is still configured.
+    Redial(String),
+    /// A singleton task restarted by its `Supervisor`; the probe it upholds reads false
+    /// until it runs again.
+    Restart(Option<Probe>),
+    /// Nothing restarts it (a supervisor itself failed): logged, never counted as
+    /// restarted.
+    Lost,
+}
+
+/// Reader to driver, on one channel shared by every connection.
+pub(crate) enum Ingress {
+    /// Bytes read. The permit is one of the connection's credits: it returns when the
+    /// driver has consumed the chunk, which is what stops one socket from filling the
+    /// shared channel.
+    Data {
+        conn: ConnId,
+        chunk: BytesMut,
+        credit: Credit,
+    },
+    /// The peer closed or the read failed. On the data channel, behind the last bytes, so
+    /// nothing read before the close is lost.
+    Eof { conn: ConnId, error: Option<String> },
+}
+
+/// What writers tell the driver.
+pub(crate) enum WriterReport {
+    /// `n` transmits are on the wire: their egress permits come back.
+    Written { conn: ConnId, n: usize },
+    /// The writer stopped: after a requested close (`error: None`) or a write error.
+    Done { conn: ConnId, error: Option<String> },
+}

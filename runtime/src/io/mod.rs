@@ -1,0 +1,12 @@
+//! Bytes in and out: the network trait, each connection's reader and writer with its read
+//! credit, the acceptor, dialing, descriptor headroom, and the messages these tasks send
+//! the driver.
+
+pub(crate) mod accept;
+pub(crate) mod conn;
+pub(crate) mod credit;
+pub(crate) mod dial;
+pub mod fd;
+pub(crate) mod frames;
+pub(crate) mod messages;
+pub mod net;
