@@ -26,7 +26,7 @@ pub mod time;
 
 pub use config::{Config, ConfigError};
 pub use event::Event;
-pub use node::{Overlay, PublishError, Transmit, TICK};
+pub use node::{Overlay, PublishError, Transmit, PRESSURE_GRACE, TICK};
 pub use ready::{Probe, ReadyState, ReadyView};
 pub use reason::RejectReason;
 pub use session::{CloseReason, ConnId};

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Tree peers a message that starts at this node is pushed to whole, at the least.
+const ORIGIN_PUSHES: usize = 2;
+
 impl Overlay {
     pub(super) fn on_gossip(&mut self, now: Time, conn: ConnId, frame: Frame) {
         if frame.flags.kind() == Some(FrameKind::Resp) {
@@ -235,6 +238,13 @@ impl Overlay {
             }
         }
         candidates.truncate(k);
+        // A message that starts here goes whole to at least two tree peers: announced only,
+        // it would wait a graft timeout for its first pull, and be lost if this node went
+        // down before then.
+        let origin = from.map_or(true, |c| self.clients.contains(&c));
+        while origin && eager.len() < ORIGIN_PUSHES && !lazy.is_empty() {
+            eager.push(lazy.remove(0));
+        }
         self.fanout_buf = candidates;
         self.plan_eager = eager;
         self.plan_lazy = lazy;
@@ -402,7 +412,6 @@ impl Overlay {
             s.over_watermark = over;
             if over {
                 self.over_watermark += 1;
-                self.pressure_seen = true;
             } else {
                 self.over_watermark -= 1;
             }

@@ -57,7 +57,7 @@ const SHED_WINDOW: Duration = Duration::from_secs(2);
 
 /// How long pressure must be absent before readiness forgets it: dips shorter than this do
 /// not restart the sustain window, and recovery follows the end of pressure by about this.
-const PRESSURE_GRACE: Duration = Duration::from_secs(1);
+pub const PRESSURE_GRACE: Duration = Duration::from_secs(1);
 
 /// Bytes to send on one connection. Write `head` then `body`; if `close` is set, shut the
 /// connection down after writing and report it with `handle_closed`. Every transmit with
@@ -142,8 +142,6 @@ pub struct Overlay {
     probes: Probes,
     queues_bad: Sustained,
     shed_bad: Sustained,
-    /// A session went over its watermark since the last tick (however briefly).
-    pressure_seen: bool,
     shed_window: RateWindow,
     queues_ok: bool,
     shed_rate_ok: bool,
@@ -209,7 +207,6 @@ impl Overlay {
             probes,
             queues_bad: Sustained::new(sustain, PRESSURE_GRACE),
             shed_bad: Sustained::new(sustain, PRESSURE_GRACE),
-            pressure_seen: false,
             shed_window: RateWindow::new(SHED_WINDOW),
             queues_ok: true,
             shed_rate_ok: true,
@@ -550,7 +547,6 @@ impl Overlay {
         }
         self.tree_tick(now);
         self.refresh_readiness(now);
-        self.pressure_seen = false;
         self.update_gauges();
         self.debug_check_balance();
     }
@@ -599,6 +595,7 @@ impl Overlay {
             ack_req: false,
             frames: 0,
         };
+        self.tree_accept(now, &message);
         self.deliver_plan(&message);
         if self.local_delivery {
             self.events.push_back(Event::Message {

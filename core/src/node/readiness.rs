@@ -4,8 +4,9 @@ use super::*;
 
 impl Overlay {
     pub(super) fn refresh_readiness(&mut self, now: Time) {
-        let pressure = self.over_watermark > 0 || self.pressure_seen;
-        self.queues_ok = !self.queues_bad.observe(now, pressure);
+        // Sampled when readiness is refreshed (every tick at least): dips between samples
+        // shorter than the grace do not end the episode (see `Sustained`).
+        self.queues_ok = !self.queues_bad.observe(now, self.over_watermark > 0);
         let (busy, total) = self.shed_window.totals(now);
         let shedding = busy > 0 && busy as f64 > self.cfg.readiness.shed_rate_max * total as f64;
         self.shed_rate_ok = !self.shed_bad.observe(now, shedding);
