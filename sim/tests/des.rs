@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sim::des::{Miss, Report, Sim, SimConfig};
+use sim::des::{Report, Sim, SimConfig};
 
 fn seed() -> u64 {
     std::env::var("SIM_SEED")
