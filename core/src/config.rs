@@ -302,7 +302,7 @@ impl Default for PeerLimits {
     fn default() -> PeerLimits {
         PeerLimits {
             inflight_frames: 32,
-            max_rps: 200,
+            max_rps: 20_000,
             send_window_frames: 16,
             egress_queue_frames: 1024,
             egress_queue_bytes: 8 << 20,

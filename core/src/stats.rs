@@ -27,6 +27,9 @@ pub struct Stats {
     pub published: u64,
     /// New messages accepted (first sight of their `msg_id`), from sessions or `publish`.
     pub accepted_messages: u64,
+    /// Writes (messages with ACK_REQ, local publishes) refused `503 busy` by the shedding
+    /// decision: not connections refused at `max_conns`, which share the reason.
+    pub writes_busy: u64,
 }
 
 impl Stats {

@@ -124,6 +124,11 @@ fn one_slow_consumer_refuses_only_writes_that_would_reach_it() {
         "a write to the slow topic hears busy"
     );
     assert_eq!(net.counter(0, REJECTED_TOTAL, &[("reason", "busy")]), 1);
+    assert_eq!(
+        net.nodes[0].stats().writes_busy,
+        1,
+        "what shutdown_end reports as busy"
+    );
     net.assert_balance();
 }
 

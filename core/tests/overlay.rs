@@ -593,6 +593,11 @@ fn max_conns_refuses_with_503_busy() {
         .iter()
         .any(|e| matches!(e, ClientEvent::Refused { code: 503, error, .. } if error == "busy")));
     assert_eq!(net.counter(0, REJECTED_TOTAL, &[("reason", "busy")]), 1);
+    assert_eq!(
+        net.nodes[0].stats().writes_busy,
+        0,
+        "a connection refused at max_conns is not a write refused busy"
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ impl Overlay {
     /// counter see the same writes.
     pub(super) fn record_write(&mut self, now: Time, busy: bool) {
         self.shed_window.record(now, busy);
+        self.stats.writes_busy += busy as u64;
         let o = if busy {
             WriteOutcome::Busy
         } else {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use overlay_core::{Overlay, RejectReason, Stats};
+use overlay_core::{Overlay, Stats};
 use tokio::time::Instant;
 
 use super::Driver;
@@ -108,6 +108,8 @@ impl<N: Net> Driver<N> {
             egress_dropped: queued + unwritten,
         };
         let s = &report.stats;
+        // Totals since start, and apart from them what the end itself cost: one line must
+        // not add a lifetime count to a drain-time one.
         tracing::info!(
             event = "shutdown_end",
             node = %self.node,
@@ -118,8 +120,9 @@ impl<N: Net> Driver<N> {
             published = s.published,
             accepted_messages = s.accepted_messages,
             rx_dropped = s.dropped.iter().sum::<u64>(),
-            egress_dropped = report.egress_dropped,
-            busy = s.rejected(RejectReason::Busy) + s.refused[RejectReason::Busy.index()],
+            egress_dropped = s.egress_dropped.iter().sum::<u64>() + unwritten,
+            drain_egress_dropped = report.egress_dropped,
+            busy = s.writes_busy,
             "stopped"
         );
         report
