@@ -108,8 +108,6 @@ pub struct Session {
     pub last_write: Time,
     /// Since when an incomplete frame has sat in the receive buffer.
     pub partial_since: Option<Time>,
-    /// Since when partial gossip streams have made no progress.
-    pub stream_progress: Time,
     pub ping: Option<(u64, Time)>,
     pub next_stream: u64,
     /// They sent GOAWAY: no new streams go to them.
@@ -160,7 +158,6 @@ impl Session {
             last_rx: now,
             last_write: now,
             partial_since: None,
-            stream_progress: now,
             ping: None,
             next_stream: 1,
             peer_draining: false,

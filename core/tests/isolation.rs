@@ -265,3 +265,43 @@ fn frames_in_flight_at_close_are_shed_not_transmitted() {
     assert_eq!(shed, 5, "the five frames counted once, as shed");
     net.assert_balance();
 }
+
+/// A partial stream times out on its own: complete messages on the same session now and
+/// then do not keep a stalled stream alive (before the fix the timer was per session).
+#[test]
+fn a_stalled_stream_times_out_while_its_session_keeps_sending() {
+    use bytes::{BufMut, BytesMut};
+    let cfg = cfg_with(|c| c.timeouts.read = Duration::from_secs(3));
+    let mut net = Net::new(47, 1, move |_| cfg.clone());
+    let c = net.client(0, Role::Client, &[]);
+    net.settle();
+    let conn = net.clients[c].conn;
+    let mut p = BytesMut::new();
+    p.put_slice(&msg_id(9_999));
+    p.put_u8(3);
+    p.put_u8(1);
+    p.put_slice(b"t");
+    p.put_slice(b"half");
+    let start = Frame::new(
+        AppProto::GOSSIP,
+        Flags::EVENT | Flags::START,
+        77,
+        p.freeze(),
+    )
+    .to_bytes(u32::MAX)
+    .unwrap();
+    net.feed(0, conn, &start);
+    let timed_out = |net: &Net| net.counter(0, RX_DROPPED_TOTAL, &[("reason", "timeout")]);
+    for k in 0..5 {
+        publish(&mut net, c, k, "t", false);
+        net.advance(Duration::from_secs(1));
+    }
+    assert_eq!(
+        timed_out(&net),
+        1,
+        "the stalled stream's frame, dropped with timeout"
+    );
+    assert!(!net.clients[c].closed, "the session itself is fine");
+    assert_eq!(net.nodes[0].balance().pending, 0);
+    net.assert_balance();
+}

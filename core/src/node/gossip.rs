@@ -20,20 +20,16 @@ impl Overlay {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if s.reasm.partial_streams() == 0 {
-            s.stream_progress = now;
-        }
         let app_proto = frame.app_proto;
         let tenant = frame.tenant_id;
         let (before, before_frames) = (s.reasm.buffered_bytes(), s.reasm.partial_frames());
-        let pushed = s.reasm.push(frame);
+        let pushed = s.reasm.push_at(frame, now);
         // Running totals, not sums over sessions per chunk: those sums are CPU a peer could
         // multiply by opening sessions.
         self.partial_bytes = self.partial_bytes - before + s.reasm.buffered_bytes();
         self.partial_frames = self.partial_frames - before_frames + s.reasm.partial_frames();
         match pushed {
             Ok(None) => {
-                s.stream_progress = now;
                 let held = s.reasm.partial_frames();
                 let over_session = held as usize > self.cfg.overlay.peer.inflight_frames;
                 let over_node = !over_session
@@ -63,7 +59,6 @@ impl Overlay {
                 }
             }
             Ok(Some(m)) => {
-                s.stream_progress = now;
                 self.on_message(now, conn, m);
             }
             Err(rej) => {

@@ -29,7 +29,7 @@ impl Overlay {
                 let others = [
                     write,
                     s.partial_since.map(|p| p + t.read),
-                    (s.reasm.partial_streams() > 0).then(|| s.stream_progress + t.read),
+                    s.reasm.oldest_progress().map(|p| p + t.read),
                     s.notices.deadline(self.cfg.overlay.peer.notice_interval),
                 ];
                 Some(others.into_iter().flatten().fold(d, Time::min))
@@ -154,8 +154,18 @@ impl Overlay {
                 "frame not finished within timeouts.read",
             );
         }
-        if s.reasm.partial_streams() > 0 && now.saturating_since(s.stream_progress) >= t.read {
-            let n = self.clear_partials(id);
+        if s.reasm
+            .oldest_progress()
+            .is_some_and(|p| now.saturating_since(p) >= t.read)
+        {
+            // Per stream: only the streams that stalled go.
+            let cutoff = Time::from_duration(
+                now.since_epoch().saturating_sub(t.read) + Duration::from_nanos(1),
+            );
+            let (before, before_frames) = (s.reasm.buffered_bytes(), s.reasm.partial_frames());
+            let n = s.reasm.expire(cutoff);
+            self.partial_bytes -= before - s.reasm.buffered_bytes();
+            self.partial_frames -= before_frames - s.reasm.partial_frames();
             self.metrics
                 .queue_drop(Queue::GossipIngress, DropReason::Timeout, n);
             self.rx_dropped(RxDrop::Timeout, n);

@@ -3,6 +3,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::time::Time;
+
 use super::error::{EncodeError, StreamError};
 use super::frame::Frame;
 use super::gossip::GossipHeader;
@@ -180,6 +182,9 @@ struct Partial {
     /// Owned, grown exactly (capacity == len): what the bounds count is what it holds.
     data: Vec<u8>,
     frames: u32,
+    /// When a frame of this stream last arrived: each stream must progress on its own, so
+    /// one complete message now and then cannot keep a session's stalled streams alive.
+    progress: Time,
 }
 
 /// Puts chunk frames back together per stream id (`corr_id`), refusing anything that would
@@ -228,6 +233,32 @@ impl Reassembler {
 
     /// Takes one gossip frame; returns the message when its stream ends.
     pub fn push(&mut self, frame: Frame) -> Result<Option<Message>, StreamReject> {
+        self.push_at(frame, Time::ZERO)
+    }
+
+    /// When the stream least recently making progress last did.
+    pub fn oldest_progress(&self) -> Option<Time> {
+        self.streams.iter().map(|s| s.progress).min()
+    }
+
+    /// Drops the streams whose last frame came before `cutoff`; returns the frames they held.
+    pub fn expire(&mut self, cutoff: Time) -> u64 {
+        let mut frames = 0;
+        let mut buffered = self.buffered;
+        self.streams.retain(|s| {
+            let keep = s.progress >= cutoff;
+            if !keep {
+                frames += s.frames as u64;
+                buffered -= s.data.len();
+            }
+            keep
+        });
+        self.buffered = buffered;
+        frames
+    }
+
+    /// [`push`](Self::push), noting `now` as the stream's last progress.
+    pub fn push_at(&mut self, frame: Frame, now: Time) -> Result<Option<Message>, StreamReject> {
         let corr_id = frame.corr_id;
         let reject = |error, frames| StreamReject {
             error,
@@ -294,6 +325,7 @@ impl Reassembler {
                 header: header.to_owned_topic(),
                 data,
                 frames: 1,
+                progress: now,
             });
             return Ok(None);
         }
@@ -329,6 +361,7 @@ impl Reassembler {
         s.data.reserve_exact(add);
         s.data.extend_from_slice(&frame.payload);
         s.frames += 1;
+        s.progress = now;
         if !end {
             return Ok(None);
         }
