@@ -305,3 +305,35 @@ fn a_stalled_stream_times_out_while_its_session_keeps_sending() {
     assert_eq!(net.nodes[0].balance().pending, 0);
     net.assert_balance();
 }
+
+/// While a client of a node is over its watermark, the node asks the runtime to stop
+/// reading from its peers (the pressure goes back to the writer through TCP and the
+/// upstream queues) and never from its clients; reads resume once the client caught up.
+#[test]
+fn a_client_over_its_watermark_pauses_reads_from_peers_only() {
+    let cfg = cfg_with(|c| c.overlay.peer.egress_queue_frames = 20);
+    let mut net = Net::new(48, 2, move |_| cfg.clone());
+    let (peer_at_0, _) = net.connect(0, 1);
+    let slow = net.client(0, Role::Client, &["slow"]);
+    let publisher = net.client(0, Role::Client, &[]);
+    net.settle();
+    let slow_conn = net.clients[slow].conn;
+    assert!(!net.nodes[0].reads_paused());
+    net.stall(End::Node(0, slow_conn), true);
+    fill(&mut net, publisher, "slow", 0, 40);
+    assert!(net.nodes[0].reads_paused());
+    assert!(net.nodes[0].read_paused(peer_at_0), "the peer is paused");
+    assert!(
+        !net.nodes[0].read_paused(net.clients[publisher].conn),
+        "clients are always read"
+    );
+    net.stall(End::Node(0, slow_conn), false);
+    let now = net.now;
+    net.nodes[0].handle_written(now, slow_conn, 1_000);
+    net.settle();
+    assert!(
+        !net.nodes[0].reads_paused(),
+        "resumed once the client caught up"
+    );
+    net.assert_balance();
+}

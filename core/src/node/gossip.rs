@@ -248,9 +248,13 @@ impl Overlay {
     /// Whether a session the planned message would go to is over its high watermark:
     /// a write is refused only for the pressure it would itself run into.
     pub(super) fn plan_pressured(&self) -> bool {
+        // Eager tree peers count too: one backed up means the mesh beyond it is not keeping
+        // up (a node with a slow subscriber stops reading from its peers), and the writer
+        // must hear it here rather than have the message wait in stores that may evict it.
         self.plan_clients
             .iter()
             .chain(self.fanout_buf.iter())
+            .chain(self.plan_eager.iter())
             .any(|c| self.sessions.get(c).is_some_and(|s| s.over_watermark))
     }
 
@@ -405,6 +409,13 @@ impl Overlay {
                 >= wm;
         if over != s.over_watermark {
             s.over_watermark = over;
+            if s.role == Some(Role::Client) {
+                if over {
+                    self.client_pressure += 1;
+                } else {
+                    self.client_pressure -= 1;
+                }
+            }
             if over {
                 self.over_watermark += 1;
             } else {

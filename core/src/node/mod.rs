@@ -151,6 +151,8 @@ pub struct Overlay {
     local_delivery: bool,
     ingress_depth: usize,
     over_watermark: usize,
+    /// Client sessions over their watermark: while there is one, reads from peers pause.
+    client_pressure: usize,
     /// The planned destinations of the message being handled (see `gossip::plan`).
     fanout_buf: Vec<ConnId>,
     plan_clients: Vec<ConnId>,
@@ -216,6 +218,7 @@ impl Overlay {
             local_delivery: false,
             ingress_depth: 0,
             over_watermark: 0,
+            client_pressure: 0,
             fanout_buf: Vec::new(),
             plan_clients: Vec::new(),
             plan_eager: Vec::new(),
@@ -267,6 +270,21 @@ impl Overlay {
     pub fn permits(&self) -> &Permits {
         &self.permits
     }
+    /// Whether the runtime should stop reading from `conn` for now: a peer, while some
+    /// client of this node is over its watermark. What the clients cannot take then waits
+    /// in the peers' queues and TCP windows instead of arriving here to be dropped, and the
+    /// pressure travels back to the writer, who hears `503 busy` at its own node (its
+    /// node's eager tree peers are over their watermark). Clients are always read (their
+    /// PINGs, acks and writes), so the waiting never forms a cycle.
+    pub fn read_paused(&self, conn: ConnId) -> bool {
+        self.reads_paused() && self.sessions.get(&conn).is_some_and(|s| s.is_peer())
+    }
+
+    /// Whether any read is paused (`read_paused`); the runtime resumes them when not.
+    pub fn reads_paused(&self) -> bool {
+        self.client_pressure > 0
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining
     }
@@ -524,6 +542,9 @@ impl Overlay {
         self.rx_dropped(RxDrop::Closed, partial);
         if s.over_watermark {
             self.over_watermark -= 1;
+            if s.role == Some(Role::Client) {
+                self.client_pressure -= 1;
+            }
         }
         let reason = s.close_reason.unwrap_or(CloseReason::PeerClosed);
         self.events.push_back(Event::Closed { conn, reason });

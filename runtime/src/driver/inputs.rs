@@ -141,7 +141,12 @@ impl<N: Net> Driver<N> {
                     // Let go of the reader's allocation; payload slices keep what they need.
                     c.buf = BytesMut::new();
                 }
-                drop(credit);
+                if self.overlay.read_paused(conn) {
+                    // Held, not returned: the reader waits, and TCP pushes back on the peer.
+                    self.held_credits.push(credit);
+                } else {
+                    drop(credit);
+                }
                 let fanout = self.drain_outputs(now);
                 span.record("fanout", fanout);
             }

@@ -90,6 +90,8 @@ pub(crate) struct Driver<N: Net> {
     heartbeat: Arc<Heartbeat>,
     corr: Arc<CorrIds>,
     to_close: Vec<ConnId>,
+    /// Read credits of peers held back while the core pauses reads (`read_paused`).
+    held_credits: Vec<crate::io::credit::Credit>,
     drain: Option<(Instant, Instant)>,
     startup: Vec<Event>,
 }
@@ -128,6 +130,7 @@ impl<N: Net> Driver<N> {
             heartbeat: p.heartbeat,
             corr: p.corr,
             to_close: Vec::new(),
+            held_credits: Vec::new(),
             drain: None,
             startup: p.startup,
         }

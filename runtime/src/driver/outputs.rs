@@ -33,6 +33,10 @@ impl<N: Net> Driver<N> {
                 break;
             }
         }
+        if !self.held_credits.is_empty() && !self.overlay.reads_paused() {
+            // The clients caught up: paused readers go on.
+            self.held_credits.clear();
+        }
         touched.len()
     }
 
