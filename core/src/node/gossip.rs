@@ -303,6 +303,7 @@ impl Overlay {
                     .get(&p)
                     .is_some_and(|s| s.egress.fill(lim_f, lim_b) < wm);
                 let pushed = room
+                    && self.fits(p, &m.header, &m.data)
                     && self
                         .enqueue_message(p, &m.header, m.tenant_id, &m.data, true)
                         .is_ok();
@@ -322,6 +323,20 @@ impl Overlay {
             self.plan_lazy = lazy;
         }
         (relayed, delivered, refusal)
+    }
+
+    /// Whether `dest`'s queue has room for the whole message under its hard bounds. For
+    /// sends that have somewhere else to go when it does not (an eager push becomes an
+    /// announcement; a refused pull is asked again), so that nothing is counted as dropped
+    /// that was not.
+    pub(super) fn fits(&self, dest: ConnId, header: &GossipHeader, data: &Bytes) -> bool {
+        let peer = &self.cfg.overlay.peer;
+        self.sessions.get(&dest).is_some_and(|s| {
+            oap::Chunks::new(header, data, s.chunk).is_ok_and(|c| {
+                s.egress.gossip_frames() + c.frames() <= peer.egress_queue_frames
+                    && s.egress.gossip_bytes() + c.wire_len() <= peer.egress_queue_bytes
+            })
+        })
     }
 
     pub(super) fn enqueue_message(

@@ -155,10 +155,12 @@ impl Overlay {
                 continue;
             };
             let (header, tenant, data) = (s.header.clone(), s.tenant_id, s.data.clone());
-            // A pull is what the peer has room for: only the hard bound applies.
-            if self
-                .enqueue_message(conn, &header, tenant, &data, false)
-                .is_ok()
+            // A pull is what the peer has room for: only the hard bound applies. One that
+            // finds no room is not a loss: the puller asks again after its graft timeout.
+            if self.fits(conn, &header, &data)
+                && self
+                    .enqueue_message(conn, &header, tenant, &data, false)
+                    .is_ok()
             {
                 self.metrics.tree_pulls[PullOutcome::Served.index()].increment(1);
             }
