@@ -92,6 +92,10 @@ pub struct PeerLimits {
     /// how many messages were refused without flooding it with one answer per refusal.
     #[serde(with = "humantime_serde")]
     pub notice_interval: Duration,
+    /// Messages a subscriber whose queue is full may be owed: kept as ids, sent from the
+    /// message store as its queue drains. Past it (or once the store lets one go) they are
+    /// dropped and counted. 0: a full queue drops, as the spec's plain relay does.
+    pub owed_messages: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -308,6 +312,7 @@ impl Default for PeerLimits {
             egress_queue_bytes: 8 << 20,
             read_credit_chunks: 4,
             notice_interval: Duration::from_secs(1),
+            owed_messages: 8192,
         }
     }
 }

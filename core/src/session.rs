@@ -1,7 +1,7 @@
 //! One connection's state: where it is in the handshake, what it has told us, and the
 //! bounds that apply to it.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -75,6 +75,14 @@ pub struct TreeLink {
     pub digested: bool,
 }
 
+/// A message a session is owed (its queue had no room) and the frames it will take, for the
+/// drop count should the store let it go first.
+#[derive(Clone, Copy, Debug)]
+pub struct Owed {
+    pub id: MsgId,
+    pub frames: u32,
+}
+
 /// A frame the writer has and has not yet reported written.
 #[derive(Clone, Copy, Debug)]
 pub struct Unwritten {
@@ -127,6 +135,17 @@ pub struct Session {
     pub tree: Option<TreeLink>,
     /// Refusals this writer has not been told about yet.
     pub notices: NoticeLedger,
+    /// Messages this session is owed, oldest first, sent from the store as its queue drains
+    /// (bounded by `overlay.peer.owed_messages`).
+    pub owed: VecDeque<Owed>,
+    /// The same ids, so that a pull asked again is not owed twice.
+    pub owed_ids: HashSet<MsgId>,
+    /// A peer that stayed over its watermark past `PEER_PRESSURE_MAX`: it no longer pauses
+    /// the node's other reads (it gets announcements and pulls at its own pace) until its
+    /// queue is under the watermark again.
+    pub demoted: bool,
+    /// Ticks in a row this peer was over its watermark.
+    pub pressured_ticks: u32,
 }
 
 impl Session {
@@ -170,6 +189,10 @@ impl Session {
             armed: None,
             tree: None,
             notices: NoticeLedger::default(),
+            owed: VecDeque::new(),
+            owed_ids: HashSet::new(),
+            demoted: false,
+            pressured_ticks: 0,
         }
     }
 

@@ -104,6 +104,18 @@ impl Store {
         Some(id)
     }
 
+    /// Whether keeping `bytes` more would let go of a message younger than `floor`: one
+    /// that peers it was announced to may still pull.
+    pub fn would_evict_younger(&self, now: Time, bytes: usize, floor: Duration) -> bool {
+        if self.bytes + bytes + ENTRY_OVERHEAD <= self.max_bytes {
+            return false;
+        }
+        self.order
+            .front()
+            .and_then(|id| self.map.get(id))
+            .is_some_and(|s| now.saturating_since(s.at) < floor)
+    }
+
     /// Lets go of messages older than the age bound; returns how many.
     pub fn expire(&mut self, now: Time) -> usize {
         let mut n = 0;

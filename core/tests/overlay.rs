@@ -327,6 +327,9 @@ fn drr_shares_egress_between_heavy_and_light_sessions() {
 fn writes_fail_first_then_relayed_traffic_is_shed() {
     let mut cfg = test_config();
     cfg.overlay.peer.egress_queue_frames = 20;
+    // Owing off: this is the spec's plain relay, where a full queue drops (tests/owed.rs
+    // covers owing).
+    cfg.overlay.peer.owed_messages = 0;
     cfg.overlay.peer.max_rps = 100_000;
     cfg.timeouts.write = Duration::from_secs(600);
     let mut net = Net::new(10, 2, move |_| cfg.clone());

@@ -205,6 +205,13 @@ fn run(case: &Case, o: &Opts) -> Value {
     shared.stop_publisher.store(true, Ordering::Relaxed);
     let p = pub_thread.join().expect("publisher thread");
     let after = mesh.settled_counters();
+    if let Ok(dir) = std::env::var("MESH_DUMP") {
+        // Every node's exposition after the run, to place a loss (debugging aid).
+        for (i, d) in mesh.nodes.iter().enumerate() {
+            let body = d.get("/metrics").body;
+            let _ = std::fs::write(format!("{dir}/{}-node{i}.prom", case.name), body);
+        }
+    }
     shared.stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::with_capacity(expected as usize);
     let (mut client_msgs, mut client_frames, mut sub_dups, mut sub_errors) = (0, 0, 0, Vec::new());

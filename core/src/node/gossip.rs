@@ -113,6 +113,20 @@ impl Overlay {
             }
             return;
         }
+        if self.store_pressed(now, conn, &m) {
+            if m.ack_req {
+                self.record_write(now, true);
+            }
+            let retry = self.cfg.readiness.retry_after;
+            return self.refuse_message(
+                now,
+                conn,
+                &m,
+                RejectReason::Busy,
+                retry,
+                "the message store would let go of messages peers may still pull",
+            );
+        }
         self.plan(Some(conn), &m.header);
         if m.ack_req {
             // Writes fail first: the writer hears 503 before relayed traffic is shed, but
@@ -143,7 +157,7 @@ impl Overlay {
             m.data = Bytes::copy_from_slice(&m.data);
         }
         self.tree_accept(now, &m);
-        let (relayed, delivered, refusal) = self.deliver_plan(&m);
+        let (relayed, delivered, refusal) = self.deliver_plan(&m, now);
         match (relayed, delivered, refusal) {
             (true, _, _) => self.outcome(Outcome::Relayed, frames),
             (false, true, _) | (false, false, None) => self.outcome(Outcome::Delivered, frames),
@@ -159,6 +173,24 @@ impl Overlay {
                 message: m,
             });
         }
+    }
+
+    /// Whether a new message from a client would push out of the store one young enough
+    /// that a tree peer it was announced to may still pull it. The store is what lazy links
+    /// and repair are served from: a writer faster than it can hold for one pull round is
+    /// refused where it writes (503) instead of its messages being lost further on.
+    fn store_pressed(&self, now: Time, conn: ConnId, m: &Message) -> bool {
+        let client = self
+            .sessions
+            .get(&conn)
+            .is_some_and(|s| s.role == Some(Role::Client));
+        if self.tree_links == 0 || !client {
+            return false;
+        }
+        let g = &self.cfg.overlay.gossip;
+        let floor = g.graft_timeout * 3 + TICK * 2;
+        let bytes = m.data.len() + m.header.topic.len();
+        self.store.would_evict_younger(now, bytes, floor)
     }
 
     /// Refuses a whole message without ending the session: its frames are counted under
@@ -259,11 +291,20 @@ impl Overlay {
     }
 
     /// Admits the planned message to each destination's queue.
-    pub(super) fn deliver_plan(&mut self, m: &Message) -> (bool, bool, Option<Refusal>) {
+    pub(super) fn deliver_plan(&mut self, m: &Message, now: Time) -> (bool, bool, Option<Refusal>) {
         let mut refusal = None;
         let mut delivered = false;
         let clients = std::mem::take(&mut self.plan_clients);
         for &c in &clients {
+            // A client already owed earlier messages gets this one after them; one whose
+            // queue has no room is owed it rather than dropped from.
+            let owing = self.owing(c);
+            if (owing || !self.fits(c, &m.header, &m.data))
+                && self.owe(c, &m.header, m.tenant_id, &m.data, now)
+            {
+                delivered = true;
+                continue;
+            }
             match self.enqueue_message(c, &m.header, m.tenant_id, &m.data, false) {
                 Ok(()) => delivered = true,
                 Err(r) => {
@@ -286,9 +327,9 @@ impl Overlay {
                 }
             }
             self.fanout_buf = peers;
-            // Tree links: the payload whole to eager peers, unless one is over its
-            // watermark (it is told the id instead and pulls when it has room); the id to
-            // lazy ones. The ttl is not spent on tree links: reachability does not depend
+            // Tree links: the payload whole to eager peers; one over its watermark is owed
+            // it (sent from the store as its queue drains), or told the id if even that
+            // is full (it pulls when it has room); the id to lazy ones. The ttl is not spent on tree links: reachability does not depend
             // on which copy arrived first.
             let id = m.header.msg_id;
             let wm = self.cfg.readiness.queue_high_watermark;
@@ -302,11 +343,12 @@ impl Overlay {
                     .sessions
                     .get(&p)
                     .is_some_and(|s| s.egress.fill(lim_f, lim_b) < wm);
-                let pushed = room
-                    && self.fits(p, &m.header, &m.data)
-                    && self
-                        .enqueue_message(p, &m.header, m.tenant_id, &m.data, true)
-                        .is_ok();
+                let pushed = if room && !self.owing(p) && self.fits(p, &m.header, &m.data) {
+                    self.enqueue_message(p, &m.header, m.tenant_id, &m.data, true)
+                        .is_ok()
+                } else {
+                    self.owe(p, &m.header, m.tenant_id, &m.data, now)
+                };
                 if pushed {
                     self.metrics.tree_pushes[crate::observe::PushMode::Eager.index()].increment(1);
                 } else {
@@ -418,10 +460,13 @@ impl Overlay {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        // A client that is owed messages stays under pressure until they are sent: its node
+        // keeps its peer reads paused so that the debt stops growing.
         let over = s.phase != Phase::Closing
-            && s.egress
-                .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
-                >= wm;
+            && (!s.owed.is_empty()
+                || s.egress
+                    .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
+                    >= wm);
         if over != s.over_watermark {
             s.over_watermark = over;
             if s.role == Some(Role::Client) {
@@ -429,6 +474,16 @@ impl Overlay {
                     self.client_pressure += 1;
                 } else {
                     self.client_pressure -= 1;
+                }
+            } else if s.role == Some(Role::Peer) {
+                if over {
+                    self.peer_pressure += 1;
+                } else {
+                    if !s.demoted {
+                        self.peer_pressure -= 1;
+                    }
+                    s.demoted = false;
+                    s.pressured_ticks = 0;
                 }
             }
             if over {

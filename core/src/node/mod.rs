@@ -12,6 +12,8 @@ mod gossip;
 mod handshake;
 mod ingress;
 mod notice;
+mod owed;
+mod pressure;
 mod readiness;
 mod sessions;
 mod timers;
@@ -161,6 +163,11 @@ pub struct Overlay {
     plan_lazy: Vec<ConnId>,
     /// One copy of each recent message, for pulls and repair.
     store: Store,
+    /// Messages owed to clients, over all sessions (for the gauge).
+    owed_total: usize,
+    /// Peers over their watermark and not demoted: while any, reads from the other peers
+    /// pause, so the pressure travels back hop by hop to the writers.
+    peer_pressure: usize,
     /// Announced messages not yet arrived, and their pull deadlines in order.
     missing: HashMap<MsgId, tree::Missing, KeyedHasher>,
     missing_order: VecDeque<(Time, MsgId)>,
@@ -224,6 +231,8 @@ impl Overlay {
             plan_eager: Vec::new(),
             plan_lazy: Vec::new(),
             store: Store::new(g.store_bytes, g.store_ttl, hasher.clone()),
+            owed_total: 0,
+            peer_pressure: 0,
             missing: HashMap::with_hasher(hasher.clone()),
             missing_order: VecDeque::new(),
             tree_links: 0,
@@ -277,12 +286,18 @@ impl Overlay {
     /// node's eager tree peers are over their watermark). Clients are always read (their
     /// PINGs, acks and writes), so the waiting never forms a cycle.
     pub fn read_paused(&self, conn: ConnId) -> bool {
-        self.reads_paused() && self.sessions.get(&conn).is_some_and(|s| s.is_peer())
+        // A client backed up pauses every peer: its pace does not depend on the mesh. A peer
+        // backed up pauses the others but not itself: reading from it is how two nodes
+        // that wait on each other drain.
+        self.sessions.get(&conn).is_some_and(|s| {
+            s.is_peer()
+                && (self.client_pressure > 0 || (self.peer_pressure > 0 && !s.over_watermark))
+        })
     }
 
     /// Whether any read is paused (`read_paused`); the runtime resumes them when not.
     pub fn reads_paused(&self) -> bool {
-        self.client_pressure > 0
+        self.client_pressure > 0 || self.peer_pressure > 0
     }
 
     pub fn is_draining(&self) -> bool {
@@ -404,7 +419,8 @@ impl Overlay {
         // must be accepted the moment the new bounds allow them.
         let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
         for id in ids {
-            self.recheck_watermark(id);
+            // Room the new bounds give goes to what clients are owed first.
+            self.repay(id);
         }
         self.refresh_readiness(now);
         self.update_gauges();
@@ -540,10 +556,13 @@ impl Overlay {
         self.partial_frames -= s.reasm.partial_frames();
         let partial = s.reasm.clear();
         self.rx_dropped(RxDrop::Closed, partial);
+        self.forgive(std::mem::take(&mut s.owed));
         if s.over_watermark {
             self.over_watermark -= 1;
             if s.role == Some(Role::Client) {
                 self.client_pressure -= 1;
+            } else if s.role == Some(Role::Peer) && !s.demoted {
+                self.peer_pressure -= 1;
             }
         }
         let reason = s.close_reason.unwrap_or(CloseReason::PeerClosed);
@@ -567,6 +586,7 @@ impl Overlay {
             self.close_drained(now);
         }
         self.tree_tick(now);
+        self.demote_slow_peers();
         self.refresh_readiness(now);
         self.update_gauges();
         self.debug_check_balance();
@@ -617,7 +637,7 @@ impl Overlay {
             frames: 0,
         };
         self.tree_accept(now, &message);
-        self.deliver_plan(&message);
+        self.deliver_plan(&message, now);
         if self.local_delivery {
             self.events.push_back(Event::Message {
                 from: None,

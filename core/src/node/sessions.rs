@@ -46,9 +46,15 @@ impl Overlay {
                 self.queued.remove(&id);
             }
         }
+        let owed = if drop_gossip {
+            std::mem::take(&mut s.owed)
+        } else {
+            VecDeque::new()
+        };
         s.egress.mark_close();
         let partial = self.clear_partials(id);
         self.egress_drop(DropReason::Shed, dropped as u64);
+        self.forgive(owed);
         if was_established {
             self.peers.retain(|p| *p != id);
             self.clients.retain(|c| *c != id);

@@ -127,6 +127,12 @@ impl Overlay {
                 continue;
             }
             let f = s.egress.pop_gossip()?;
+            if !s.owed.is_empty() {
+                self.repay(id);
+            }
+            let Some(s) = self.sessions.get_mut(&id) else {
+                return Some(self.hand_out(now, id, f));
+            };
             if s.egress.is_empty() {
                 self.queued.remove(&id);
             }

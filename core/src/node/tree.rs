@@ -94,7 +94,7 @@ impl Overlay {
         self.outcome(Outcome::Delivered, 1);
         match f {
             TreeFrame::IHave(ids) => self.on_ihave(now, conn, ids),
-            TreeFrame::Graft(ids) => self.on_graft(conn, ids),
+            TreeFrame::Graft(ids) => self.on_graft(now, conn, ids),
             TreeFrame::Prune => self.set_eager(conn, false),
             TreeFrame::Digest(theirs, settle_ms) => {
                 self.metrics.reconcile_bytes[Dir::Rx.index()].increment(frame.payload.len() as u64);
@@ -147,7 +147,7 @@ impl Overlay {
         }
     }
 
-    fn on_graft(&mut self, conn: ConnId, ids: Vec<MsgId>) {
+    fn on_graft(&mut self, now: Time, conn: ConnId, ids: Vec<MsgId>) {
         self.set_eager(conn, true);
         for id in ids {
             let Some(s) = self.store.get(&id) else {
@@ -156,12 +156,15 @@ impl Overlay {
             };
             let (header, tenant, data) = (s.header.clone(), s.tenant_id, s.data.clone());
             // A pull is what the peer has room for: only the hard bound applies. One that
-            // finds no room is not a loss: the puller asks again after its graft timeout.
-            if self.fits(conn, &header, &data)
-                && self
-                    .enqueue_message(conn, &header, tenant, &data, false)
+            // finds no room is owed (sent as the queue drains); one that cannot be owed
+            // either is asked again after the puller's graft timeout.
+            let served = if !self.owing(conn) && self.fits(conn, &header, &data) {
+                self.enqueue_message(conn, &header, tenant, &data, false)
                     .is_ok()
-            {
+            } else {
+                self.owe(conn, &header, tenant, &data, now)
+            };
+            if served {
                 self.metrics.tree_pulls[PullOutcome::Served.index()].increment(1);
             }
         }
@@ -232,11 +235,14 @@ impl Overlay {
     /// Tick work: announcements out, pulls for what did not arrive, digests, the store's
     /// age bound.
     pub(super) fn tree_tick(&mut self, now: Time) {
+        // The store also keeps what clients are owed, tree or not.
+        let aged = self.store.expire(now);
+        self.metrics.store_evictions[StoreEviction::Age.index()].increment(aged as u64);
+        self.metrics.store_bytes.set(self.store.bytes() as f64);
+        self.metrics.owed.set(self.owed_total as f64);
         if self.tree_links == 0 && self.missing.is_empty() {
             return;
         }
-        let aged = self.store.expire(now);
-        self.metrics.store_evictions[StoreEviction::Age.index()].increment(aged as u64);
         let links: Vec<ConnId> = self
             .peers
             .iter()
@@ -272,7 +278,6 @@ impl Overlay {
                 self.send_tree(c, &TreeFrame::Digest(d, settle_ms));
             }
         }
-        self.metrics.store_bytes.set(self.store.bytes() as f64);
     }
 
     /// GRAFTs for announced messages past their deadline, grouped per announcer; each goes
@@ -280,6 +285,11 @@ impl Overlay {
     fn pull_missing(&mut self, now: Time) {
         let mut grafts: BTreeMap<ConnId, Vec<MsgId>> = BTreeMap::new();
         let timeout = self.cfg.overlay.gossip.graft_timeout;
+        if self.reads_paused() {
+            // This node is the one behind: what was announced is most likely in its unread
+            // socket buffers already, and a pull would add load where there is too much.
+            return;
+        }
         while let Some(&(deadline, id)) = self.missing_order.front() {
             if deadline > now {
                 break;

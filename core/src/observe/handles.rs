@@ -44,6 +44,8 @@ pub struct Metrics {
     pub tree_peers: [Gauge; 2],
     pub announce_dropped: Counter,
     pub store_bytes: Gauge,
+    pub owed: Gauge,
+    pub peer_demotions: Counter,
     pub store_evictions: [Counter; 2],
     pub reconcile_rounds: Counter,
     pub reconcile_bytes: [Counter; 2],
@@ -151,6 +153,8 @@ impl Metrics {
             }),
             announce_dropped: metrics::counter!(ANNOUNCE_DROPPED_TOTAL),
             store_bytes: metrics::gauge!(STORE_BYTES),
+            owed: metrics::gauge!(OWED_MESSAGES),
+            peer_demotions: metrics::counter!(PEER_DEMOTIONS_TOTAL),
             store_evictions: std::array::from_fn(|i| {
                 metrics::counter!(STORE_EVICTIONS_TOTAL, "reason" => StoreEviction::ALL[i].as_str())
             }),

@@ -295,6 +295,8 @@ pub const TREE_PULLS_TOTAL: &str = "overlay_tree_pulls_total";
 pub const TREE_PEERS: &str = "overlay_tree_peers";
 pub const ANNOUNCE_DROPPED_TOTAL: &str = "overlay_announce_dropped_total";
 pub const STORE_BYTES: &str = "overlay_store_bytes";
+pub const OWED_MESSAGES: &str = "overlay_owed_messages";
+pub const PEER_DEMOTIONS_TOTAL: &str = "overlay_peer_demotions_total";
 pub const STORE_EVICTIONS_TOTAL: &str = "overlay_store_evictions_total";
 pub const RECONCILE_ROUNDS_TOTAL: &str = "overlay_reconcile_rounds_total";
 pub const RECONCILE_BYTES_TOTAL: &str = "overlay_reconcile_bytes_total";
@@ -529,6 +531,18 @@ pub const INVENTORY: &[MetricSpec] = &[
         STORE_BYTES,
         Kind::Gauge,
         "Bytes held by the message store (payloads, topics and bookkeeping).",
+        &[],
+    ),
+    spec(
+        OWED_MESSAGES,
+        Kind::Gauge,
+        "Messages owed to subscribers whose queues were full, waiting in the store to be sent.",
+        &[],
+    ),
+    spec(
+        PEER_DEMOTIONS_TOTAL,
+        Kind::Counter,
+        "Peers that stayed over their egress watermark long enough to stop pausing the node's other reads (slow, not busy).",
         &[],
     ),
     spec(

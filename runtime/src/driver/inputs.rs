@@ -143,7 +143,7 @@ impl<N: Net> Driver<N> {
                 }
                 if self.overlay.read_paused(conn) {
                     // Held, not returned: the reader waits, and TCP pushes back on the peer.
-                    self.held_credits.push(credit);
+                    self.held_credits.push((conn, credit));
                 } else {
                     drop(credit);
                 }

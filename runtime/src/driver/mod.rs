@@ -91,7 +91,7 @@ pub(crate) struct Driver<N: Net> {
     corr: Arc<CorrIds>,
     to_close: Vec<ConnId>,
     /// Read credits of peers held back while the core pauses reads (`read_paused`).
-    held_credits: Vec<crate::io::credit::Credit>,
+    held_credits: Vec<(ConnId, crate::io::credit::Credit)>,
     drain: Option<(Instant, Instant)>,
     startup: Vec<Event>,
 }

@@ -33,9 +33,10 @@ impl<N: Net> Driver<N> {
                 break;
             }
         }
-        if !self.held_credits.is_empty() && !self.overlay.reads_paused() {
-            // The clients caught up: paused readers go on.
-            self.held_credits.clear();
+        if !self.held_credits.is_empty() {
+            // What held them caught up: those readers go on.
+            let overlay = &self.overlay;
+            self.held_credits.retain(|(c, _)| overlay.read_paused(*c));
         }
         touched.len()
     }
