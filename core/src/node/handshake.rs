@@ -250,7 +250,7 @@ impl Overlay {
     }
 
     pub(super) fn chunk_for(&self, max_frame: u32, theirs: Option<usize>) -> usize {
-        let fit = (max_frame as usize).saturating_sub(HEADER_LEN + 18 + 255);
+        let fit = (max_frame as usize).saturating_sub(GOSSIP_FRAME_OVERHEAD);
         let mut c = self.cfg.overlay.gossip.chunk_bytes.min(fit);
         if let Some(t) = theirs.filter(|t| *t >= 512) {
             c = c.min(t);

@@ -31,7 +31,7 @@ use crate::event::Event;
 use crate::limiter::TokenBucket;
 use crate::oap::{
     self, AppProto, Ctrl, Decoder, Flags, Frame, FrameError, FrameKind, GossipHeader, Header,
-    Hello, HelloError, HelloOk, Message, MsgId, Reassembler, Role, StreamLimits, HEADER_LEN,
+    Hello, HelloError, HelloOk, Message, MsgId, Reassembler, Role, StreamLimits, GOSSIP_FRAME_OVERHEAD, HEADER_LEN,
     VERSION,
 };
 use crate::observe::{
@@ -176,7 +176,7 @@ impl Overlay {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let hasher = KeyedHasher::new(rng.next_u64(), rng.next_u64());
         let g = &cfg.overlay.gossip;
-        let quantum = g.chunk_bytes + HEADER_LEN + 18 + 255;
+        let quantum = g.chunk_bytes + GOSSIP_FRAME_OVERHEAD;
         let sustain = cfg.readiness.sustain;
         let probes = Probes {
             pq_ready: (cfg.overlay.pq_mode == PqModeConfig::Hybrid).then_some(false),
@@ -378,7 +378,7 @@ impl Overlay {
         }
         let g = &cfg.overlay.gossip;
         self.drr = {
-            let mut d = Drr::new(g.chunk_bytes + HEADER_LEN + 18 + 255, g.burst_budget_frames);
+            let mut d = Drr::new(g.chunk_bytes + GOSSIP_FRAME_OVERHEAD, g.burst_budget_frames);
             for (id, s) in self.sessions.iter_mut() {
                 s.drr.queued = false;
                 if s.egress.gossip_frames() > 0 {
