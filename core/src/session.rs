@@ -108,14 +108,11 @@ pub struct Session {
     pub last_write: Time,
     /// Since when an incomplete frame has sat in the receive buffer.
     pub partial_since: Option<Time>,
-    pub ping: Option<(u64, Time)>,
+    /// The nonce of the PING awaiting its PONG: while one is out, no other is sent.
+    pub ping: Option<u64>,
     pub next_stream: u64,
-    /// They sent GOAWAY: no new streams go to them.
-    pub peer_draining: bool,
     /// Gossip payload bytes per frame toward them (their max_frame may be smaller than ours).
     pub chunk: usize,
-    /// The most they accept in one frame.
-    pub max_frame: u32,
     pub tx_bytes: u64,
     pub over_watermark: bool,
     /// In the node's control round robin.
@@ -130,7 +127,6 @@ pub struct Session {
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: ConnId,
         inbound: bool,
@@ -139,7 +135,6 @@ impl Session {
         reasm: Reassembler,
         rate: TokenBucket,
         chunk: usize,
-        max_frame: u32,
     ) -> Session {
         Session {
             id,
@@ -160,9 +155,7 @@ impl Session {
             partial_since: None,
             ping: None,
             next_stream: 1,
-            peer_draining: false,
             chunk,
-            max_frame,
             tx_bytes: 0,
             over_watermark: false,
             ctrl_queued: false,

@@ -77,25 +77,16 @@ impl Overlay {
         };
         match op {
             Ctrl::Ping(nonce) => {
-                let pong = Frame::new(
-                    AppProto::CTRL,
-                    Flags::EVENT,
-                    frame.corr_id,
-                    Ctrl::Pong(nonce).to_payload(),
-                );
-                self.send_ctrl(conn, &pong);
+                self.send_ctrl(conn, &Ctrl::Pong(nonce).to_frame(frame.corr_id));
             }
             Ctrl::Pong(nonce) => {
                 if let Some(s) = self.sessions.get_mut(&conn) {
-                    if s.ping.is_some_and(|(n, _)| n == nonce) {
+                    if s.ping == Some(nonce) {
                         s.ping = None;
                     }
                 }
             }
             Ctrl::Goaway => {
-                if let Some(s) = self.sessions.get_mut(&conn) {
-                    s.peer_draining = true;
-                }
                 self.peers.retain(|p| *p != conn);
                 self.events.push_back(Event::PeerDraining { conn });
             }

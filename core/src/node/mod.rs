@@ -639,8 +639,7 @@ impl Overlay {
         let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
         for id in ids {
             if self.sessions.get(&id).is_some_and(|s| s.is_established()) {
-                let f = Frame::new(AppProto::CTRL, Flags::EVENT, 0, Ctrl::Goaway.to_payload());
-                self.send_ctrl(id, &f);
+                self.send_ctrl(id, &Ctrl::goaway());
             }
         }
     }

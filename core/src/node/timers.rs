@@ -179,14 +179,8 @@ impl Overlay {
         }
         if quiet >= keepalive && s.ping.is_none() {
             let nonce = self.rng.next_u64();
-            s.ping = Some((nonce, now));
-            let ping = Frame::new(
-                AppProto::CTRL,
-                Flags::EVENT,
-                0,
-                Ctrl::Ping(nonce).to_payload(),
-            );
-            self.send_ctrl(id, &ping);
+            s.ping = Some(nonce);
+            self.send_ctrl(id, &Ctrl::Ping(nonce).to_frame(0));
         }
     }
 
