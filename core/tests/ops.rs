@@ -152,10 +152,12 @@ fn run(seed: u64, ops: &[Op]) {
         while net.step() {}
         check_bounds(&net);
         net.assert_balance();
+        net.assert_counts_exported();
     }
     net.advance(Duration::from_secs(30));
     check_bounds(&net);
     net.assert_balance();
+    net.assert_counts_exported();
 }
 
 proptest! {

@@ -43,6 +43,7 @@ use crate::reason::RejectReason;
 use crate::seen::{KeyedHasher, SeenCache};
 use crate::session::{CloseReason, ConnId, Phase, Session, Unwritten};
 use crate::stats::{Balance, Stats};
+use accounting::{Count, Counts};
 use crate::store::Store;
 use crate::time::Time;
 
@@ -138,7 +139,7 @@ pub struct Overlay {
     /// Arena for frame heads: many small heads share one allocation.
     scratch: BytesMut,
     events: VecDeque<Event>,
-    stats: Stats,
+    counts: Counts,
     probes: Probes,
     queues_bad: Sustained,
     shed_bad: Sustained,
@@ -176,6 +177,7 @@ impl Overlay {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let hasher = KeyedHasher::new(rng.next_u64(), rng.next_u64());
         let g = &cfg.overlay.gossip;
+        let counts = Counts::new(&metrics);
         let quantum = g.chunk_bytes + GOSSIP_FRAME_OVERHEAD;
         let sustain = cfg.readiness.sustain;
         let probes = Probes {
@@ -205,7 +207,7 @@ impl Overlay {
             ),
             scratch: BytesMut::new(),
             events: VecDeque::new(),
-            stats: Stats::default(),
+            counts,
             probes,
             queues_bad: Sustained::new(sustain, PRESSURE_GRACE),
             shed_bad: Sustained::new(sustain, PRESSURE_GRACE),
@@ -246,12 +248,12 @@ impl Overlay {
         &self.metrics
     }
     pub fn stats(&self) -> &Stats {
-        &self.stats
+        self.counts.stats()
     }
     /// The balance of counts now, with frames still held in partial streams.
     pub fn balance(&self) -> Balance {
         Balance {
-            stats: self.stats.clone(),
+            stats: self.stats().clone(),
             pending: self.partial_frames,
         }
     }
@@ -582,8 +584,7 @@ impl Overlay {
         ttl: Option<u8>,
     ) -> Result<MsgId, PublishError> {
         if self.draining {
-            self.stats.refused[RejectReason::NotReady.index()] += 1;
-            self.metrics.reject(RejectReason::NotReady);
+            self.count(Count::Refused(RejectReason::NotReady), 1);
             return Err(PublishError::NotReady);
         }
         if data.len() > self.cfg.limits.max_body_bytes {
@@ -601,13 +602,12 @@ impl Overlay {
         let busy = self.plan_pressured();
         self.record_write(now, busy);
         if busy {
-            self.stats.refused[RejectReason::Busy.index()] += 1;
-            self.metrics.reject(RejectReason::Busy);
+            self.count(Count::Refused(RejectReason::Busy), 1);
             return Err(PublishError::Busy);
         }
         self.seen.insert(msg_id, now);
-        self.stats.published += 1;
-        self.stats.accepted_messages += 1;
+        self.count(Count::Published, 1);
+        self.count(Count::Accepted, 1);
         let message = Message {
             corr_id: 0,
             tenant_id: 0,
