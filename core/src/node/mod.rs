@@ -5,11 +5,13 @@
 //! This file holds the node's state and its public API; the decisions live in one module per
 //! concern: `ingress` (dispatch and rejects), `handshake`, `gossip` (dedupe, fanout, egress
 //! admission), `notice` (refusals told without an answer), `transmit` (control first, then DRR within permits), `timers`, `readiness`,
-//! `sessions` (lifecycle) and `accounting` (the balance of counts).
+//! `sessions` (lifecycle), `accounting` (the balance of counts) and `held` (what a session
+//! holds, for readers outside the node).
 
 mod accounting;
 mod gossip;
 mod handshake;
+mod held;
 mod ingress;
 mod notice;
 mod readiness;
@@ -17,6 +19,8 @@ mod sessions;
 mod timers;
 mod transmit;
 mod tree;
+
+pub use held::Held;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -265,9 +269,6 @@ impl Overlay {
     }
     pub fn peer_count(&self) -> usize {
         self.peers.len()
-    }
-    pub fn session(&self, conn: ConnId) -> Option<&Session> {
-        self.sessions.get(&conn)
     }
     pub fn permits(&self) -> &Permits {
         &self.permits
