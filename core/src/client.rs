@@ -238,7 +238,9 @@ impl Client {
             },
             (_, AppProto::Ctrl, Some(FrameKind::Event)) => match Ctrl::parse(&f.payload) {
                 Some(Ctrl::Ping(n)) => {
-                    let _ = Ctrl::Pong(n).to_frame(f.corr_id).encode(u32::MAX, &mut self.out);
+                    let _ = Ctrl::Pong(n)
+                        .to_frame(f.corr_id)
+                        .encode(u32::MAX, &mut self.out);
                 }
                 Some(Ctrl::Goaway) => self.events.push_back(ClientEvent::Goaway),
                 _ => {}

@@ -99,15 +99,39 @@ fn every_count_in_stats_is_the_series_exported_for_it() {
         ("delivered", total(&|s| s.outcome(Outcome::Delivered))),
         ("relayed", total(&|s| s.outcome(Outcome::Relayed))),
         ("duplicate", total(&|s| s.outcome(Outcome::Duplicate))),
-        ("dropped unroutable", total(&|s| s.dropped(RxDrop::Unroutable))),
-        ("rejected proto", total(&|s| s.rejected(RejectReason::Proto))),
-        ("rejected ratelimit", total(&|s| s.rejected(RejectReason::Ratelimit))),
+        (
+            "dropped unroutable",
+            total(&|s| s.dropped(RxDrop::Unroutable)),
+        ),
+        (
+            "rejected proto",
+            total(&|s| s.rejected(RejectReason::Proto)),
+        ),
+        (
+            "rejected ratelimit",
+            total(&|s| s.rejected(RejectReason::Ratelimit)),
+        ),
         ("rejected busy", total(&|s| s.rejected(RejectReason::Busy))),
-        ("refused busy", total(&|s| s.refused[RejectReason::Busy.index()])),
-        ("refused timeout", total(&|s| s.refused[RejectReason::Timeout.index()])),
-        ("refused not_ready", total(&|s| s.refused[RejectReason::NotReady.index()])),
-        ("egress full", total(&|s| s.egress_dropped[DropReason::Full.index()])),
-        ("egress timeout", total(&|s| s.egress_dropped[DropReason::Timeout.index()])),
+        (
+            "refused busy",
+            total(&|s| s.refused[RejectReason::Busy.index()]),
+        ),
+        (
+            "refused timeout",
+            total(&|s| s.refused[RejectReason::Timeout.index()]),
+        ),
+        (
+            "refused not_ready",
+            total(&|s| s.refused[RejectReason::NotReady.index()]),
+        ),
+        (
+            "egress full",
+            total(&|s| s.egress_dropped[DropReason::Full.index()]),
+        ),
+        (
+            "egress timeout",
+            total(&|s| s.egress_dropped[DropReason::Timeout.index()]),
+        ),
         ("writes busy", total(&|s| s.writes_busy)),
         ("writes accepted", total(&|s| s.writes_accepted)),
         ("published", total(&|s| s.published)),
@@ -196,5 +220,8 @@ fn the_gossip_frame_overhead_and_goaway_are_defined_once() {
         files_with(&dirs, "HEADER_LEN + GOSSIP_HEADER_FIXED"),
         ["core/src/oap/gossip.rs"]
     );
-    assert_eq!(files_with(&dirs, "Ctrl::Goaway.to_"), ["core/src/oap/ctrl.rs"]);
+    assert_eq!(
+        files_with(&dirs, "Ctrl::Goaway.to_"),
+        ["core/src/oap/ctrl.rs"]
+    );
 }

@@ -586,9 +586,9 @@ impl Sim {
     fn queue_over(&self, i: usize) -> bool {
         let n = &self.nodes[i];
         let wm = n.overlay.config().readiness.queue_high_watermark;
-        n.links.keys().any(|c| {
-            n.overlay.held(*c).is_some_and(|h| h.fill >= wm)
-        })
+        n.links
+            .keys()
+            .any(|c| n.overlay.held(*c).is_some_and(|h| h.fill >= wm))
     }
 
     /// `queues_ok` is the truth at the node's tick, both ways. The simulator samples the

@@ -57,6 +57,6 @@ impl Overlay {
     pub fn is_closed_or_closing(&self, conn: ConnId) -> bool {
         self.sessions
             .get(&conn)
-            .is_none_or(|s| s.phase == Phase::Closing)
+            .map_or(true, |s| s.phase == Phase::Closing)
     }
 }

@@ -35,8 +35,8 @@ use crate::event::Event;
 use crate::limiter::TokenBucket;
 use crate::oap::{
     self, AppProto, Ctrl, Decoder, Flags, Frame, FrameError, FrameKind, GossipHeader, Header,
-    Hello, HelloError, HelloOk, Message, MsgId, Reassembler, Role, StreamLimits, GOSSIP_FRAME_OVERHEAD, HEADER_LEN,
-    VERSION,
+    Hello, HelloError, HelloOk, Message, MsgId, Reassembler, Role, StreamLimits,
+    GOSSIP_FRAME_OVERHEAD, HEADER_LEN, VERSION,
 };
 use crate::observe::{
     Dir, DropReason, FrameClass, HandshakeFailure, Metrics, Outcome, PermitState, PqOutcome, Queue,
@@ -47,9 +47,9 @@ use crate::reason::RejectReason;
 use crate::seen::{KeyedHasher, SeenCache};
 use crate::session::{CloseReason, ConnId, Phase, Session, Unwritten};
 use crate::stats::{Balance, Stats};
-use accounting::{Count, Counts};
 use crate::store::Store;
 use crate::time::Time;
+use accounting::{Count, Counts};
 
 /// Housekeeping period: timeouts, keepalives, readiness sampling and gauges. Deadlines are
 /// checked at this granularity.

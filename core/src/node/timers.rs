@@ -166,7 +166,7 @@ impl Overlay {
             let n = s.reasm.expire(cutoff);
             self.partial_bytes -= before - s.reasm.buffered_bytes();
             self.partial_frames -= before_frames - s.reasm.partial_frames();
-            self.count(Count::Expired, n as u64);
+            self.count(Count::Expired, n);
         }
         let Some(s) = self.sessions.get_mut(&id) else {
             return;

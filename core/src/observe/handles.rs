@@ -71,15 +71,15 @@ pub(crate) struct Counted {
 impl Counted {
     fn new() -> Counted {
         Counted {
-            rx_frames: std::array::from_fn(|k| {
-                metrics::counter!(FRAMES_TOTAL, "dir" => Dir::Rx.as_str(), "kind" => FrameClass::ALL[k].as_str())
-            }),
-            outcomes: std::array::from_fn(|i| {
-                metrics::counter!(RX_OUTCOMES_TOTAL, "outcome" => Outcome::ALL[i].as_str())
-            }),
-            rx_dropped: std::array::from_fn(|i| {
-                metrics::counter!(RX_DROPPED_TOTAL, "reason" => RxDrop::ALL[i].as_str())
-            }),
+            rx_frames: std::array::from_fn(
+                |k| metrics::counter!(FRAMES_TOTAL, "dir" => Dir::Rx.as_str(), "kind" => FrameClass::ALL[k].as_str()),
+            ),
+            outcomes: std::array::from_fn(
+                |i| metrics::counter!(RX_OUTCOMES_TOTAL, "outcome" => Outcome::ALL[i].as_str()),
+            ),
+            rx_dropped: std::array::from_fn(
+                |i| metrics::counter!(RX_DROPPED_TOTAL, "reason" => RxDrop::ALL[i].as_str()),
+            ),
             rejected: RejectReason::ALL
                 .map(|r| metrics::counter!(REJECTED_TOTAL, "reason" => r.as_str())),
             queue_dropped: std::array::from_fn(|q| {
@@ -88,9 +88,9 @@ impl Counted {
                         "queue" => Queue::ALL[q].as_str(), "reason" => DropReason::ALL[r].as_str())
                 })
             }),
-            writes: std::array::from_fn(|i| {
-                metrics::counter!(WRITES_TOTAL, "outcome" => WriteOutcome::ALL[i].as_str())
-            }),
+            writes: std::array::from_fn(
+                |i| metrics::counter!(WRITES_TOTAL, "outcome" => WriteOutcome::ALL[i].as_str()),
+            ),
         }
     }
 }

@@ -473,7 +473,7 @@ impl Net {
         use overlay_core::RejectReason;
         for (i, node) in self.nodes.iter().enumerate() {
             // One snapshot per node: this runs after every step of the property test.
-            let snap: Vec<(String, Vec<(String, String)>, u64)> = self.snapshotters[i]
+            let snap: Vec<CounterValue> = self.snapshotters[i]
                 .snapshot()
                 .into_vec()
                 .into_iter()
@@ -523,8 +523,18 @@ impl Net {
                 assert_eq!(s.egress_dropped[r.index()], m, "{}", at(r.as_str()));
             }
             let writes = |o: WriteOutcome| counter(WRITES_TOTAL, &[("outcome", o.as_str())]);
-            assert_eq!(s.writes_busy, writes(WriteOutcome::Busy), "{}", at("busy writes"));
-            assert_eq!(s.writes_accepted, writes(WriteOutcome::Accepted), "{}", at("writes"));
+            assert_eq!(
+                s.writes_busy,
+                writes(WriteOutcome::Busy),
+                "{}",
+                at("busy writes")
+            );
+            assert_eq!(
+                s.writes_accepted,
+                writes(WriteOutcome::Accepted),
+                "{}",
+                at("writes")
+            );
         }
     }
 
@@ -539,6 +549,9 @@ impl Net {
         }
     }
 }
+
+/// A counter's name, labels and value, from one snapshot.
+type CounterValue = (String, Vec<(String, String)>, u64);
 
 fn is_single_gossip(b: &[u8]) -> bool {
     b.len() >= HEADER_LEN && {
