@@ -1,7 +1,7 @@
 //! The balance of counts. Every count the balance needs is kept twice, as a `Stats` field
 //! (plain numbers, for the balance law, tests, simulators and the shutdown report) and as
-//! an exported series; both are bumped here, in one match arm of [`Counts::count`], and the
-//! fields and handles are private to this module, so the two cannot drift apart.
+//! an exported series. Both are bumped here, in one match arm of [`Counts::count`], and
+//! `Counts` holds both in fields private to this module, so the two cannot drift apart.
 
 use super::*;
 use crate::observe::{Counted, WriteOutcome};
@@ -127,6 +127,11 @@ impl Overlay {
     }
 
     pub(super) fn outcome(&mut self, o: Outcome, frames: u64) {
+        // Dropped and rejected frames are counted by reason, which counts their outcome.
+        debug_assert!(
+            !matches!(o, Outcome::Dropped | Outcome::Rejected),
+            "{o:?} is counted through rx_dropped or count_rejected"
+        );
         self.count(Count::Resolved(o), frames);
     }
 
