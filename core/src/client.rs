@@ -157,8 +157,7 @@ impl Client {
 
     /// Queues GOAWAY (we are leaving).
     pub fn goaway(&mut self) {
-        let f = Frame::new(AppProto::CTRL, Flags::EVENT, 0, Ctrl::Goaway.to_payload());
-        let _ = f.encode(u32::MAX, &mut self.out);
+        let _ = Ctrl::goaway().encode(u32::MAX, &mut self.out);
     }
 
     /// Bytes read from the node.
@@ -239,13 +238,9 @@ impl Client {
             },
             (_, AppProto::Ctrl, Some(FrameKind::Event)) => match Ctrl::parse(&f.payload) {
                 Some(Ctrl::Ping(n)) => {
-                    let pong = Frame::new(
-                        AppProto::CTRL,
-                        Flags::EVENT,
-                        f.corr_id,
-                        Ctrl::Pong(n).to_payload(),
-                    );
-                    let _ = pong.encode(u32::MAX, &mut self.out);
+                    let _ = Ctrl::Pong(n)
+                        .to_frame(f.corr_id)
+                        .encode(u32::MAX, &mut self.out);
                 }
                 Some(Ctrl::Goaway) => self.events.push_back(ClientEvent::Goaway),
                 _ => {}

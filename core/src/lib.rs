@@ -18,7 +18,7 @@ pub mod observe;
 pub mod ready;
 pub mod reason;
 pub mod seen;
-pub mod session;
+pub(crate) mod session;
 pub mod stats;
 pub mod store;
 pub mod sync;
@@ -26,7 +26,7 @@ pub mod time;
 
 pub use config::{Config, ConfigError};
 pub use event::Event;
-pub use node::{Overlay, PublishError, Transmit, PRESSURE_GRACE, TICK};
+pub use node::{Held, Overlay, PublishError, Transmit, PRESSURE_GRACE, TICK};
 pub use ready::{Probe, ReadyState, ReadyView};
 pub use reason::RejectReason;
 pub use session::{CloseReason, ConnId};

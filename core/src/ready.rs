@@ -1,5 +1,5 @@
-//! Readiness: the eight keys of the seed document, the sustained windows, and the exact
-//! `/readyz` bodies.
+//! Readiness: the eight keys of `/readyz`, the sustained windows, and the exact bodies
+//! (docs/ARCHITECTURE.md section 5).
 
 use std::time::Duration;
 
@@ -143,8 +143,8 @@ pub struct ReadyView {
 }
 
 impl ReadyView {
-    /// The keys that are false, in the seed document's order; `draining` last while the
-    /// node shuts down.
+    /// The keys that are false, in a fixed order (the order docs/ARCHITECTURE.md section 5
+    /// lists them), so the 503 body is stable; `draining` last while the node shuts down.
     pub fn missing(&self) -> Vec<&'static str> {
         let mut m = Vec::new();
         let mut need = |ok: bool, k| {

@@ -1,7 +1,8 @@
 //! Canonical reject reasons: the closed label set of `rejected_total{reason}`.
 
 /// Why a frame, request or connection was refused. The string form is the metric label
-/// and the `reason` log field; the set is closed (see DESIGN section 4).
+/// and the `reason` log field. The set is closed so dashboards and alerts can list every
+/// value (docs/ARCHITECTURE.md section 6 says when each is counted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RejectReason {
     Oversize,

@@ -64,93 +64,89 @@ impl CloseReason {
 
 /// A session's place in the broadcast tree, when both HELLOs listed the `tree` feature.
 #[derive(Debug)]
-pub struct TreeLink {
+pub(crate) struct TreeLink {
     /// New messages go to this peer whole; otherwise they are announced (IHAVE).
-    pub eager: bool,
+    pub(crate) eager: bool,
     /// Ids waiting to be announced, bounded by `overlay.gossip.announce_queue`.
-    pub announce: VecDeque<MsgId>,
+    pub(crate) announce: VecDeque<MsgId>,
     /// When this peer is next sent a DIGEST of the store.
-    pub next_digest: Time,
+    pub(crate) next_digest: Time,
     /// The first DIGEST (of the whole store) has gone out.
-    pub digested: bool,
+    pub(crate) digested: bool,
 }
 
 /// A message a session is owed (its queue had no room) and the frames it will take, for the
 /// drop count should the store let it go first.
 #[derive(Clone, Copy, Debug)]
-pub struct Owed {
-    pub id: MsgId,
-    pub frames: u32,
+pub(crate) struct Owed {
+    pub(crate) id: MsgId,
+    pub(crate) frames: u32,
 }
 
 /// A frame the writer has and has not yet reported written.
 #[derive(Clone, Copy, Debug)]
-pub struct Unwritten {
-    pub class: FrameClass,
-    pub len: usize,
+pub(crate) struct Unwritten {
+    pub(crate) class: FrameClass,
+    pub(crate) len: usize,
     /// Gossip chunk bytes in it, for `overlay_chunk_bytes`.
-    pub chunk: Option<usize>,
+    pub(crate) chunk: Option<usize>,
 }
 
 #[derive(Debug)]
-pub struct Session {
-    pub id: ConnId,
-    pub inbound: bool,
-    pub phase: Phase,
-    pub opened: Time,
+pub(crate) struct Session {
+    pub(crate) id: ConnId,
+    pub(crate) inbound: bool,
+    pub(crate) phase: Phase,
+    pub(crate) opened: Time,
     /// Their role and node id, once HELLO has told us.
-    pub role: Option<Role>,
-    pub node: String,
+    pub(crate) role: Option<Role>,
+    pub(crate) node: String,
     /// Client topic filters; empty means every topic.
-    pub topics: Vec<Bytes>,
-    pub decoder: Decoder,
-    pub reasm: Reassembler,
-    pub rate: TokenBucket,
-    pub egress: EgressQueue,
-    pub drr: DrrSlot,
+    pub(crate) topics: Vec<Bytes>,
+    pub(crate) decoder: Decoder,
+    pub(crate) reasm: Reassembler,
+    pub(crate) rate: TokenBucket,
+    pub(crate) egress: EgressQueue,
+    pub(crate) drr: DrrSlot,
     /// Frames handed to the writer and not yet reported written, oldest first: they count
     /// as transmitted only once the writer says so.
-    pub unwritten: VecDeque<Unwritten>,
-    pub last_rx: Time,
+    pub(crate) unwritten: VecDeque<Unwritten>,
+    pub(crate) last_rx: Time,
     /// Last time the writer made progress (or the session had nothing in flight).
-    pub last_write: Time,
+    pub(crate) last_write: Time,
     /// Since when an incomplete frame has sat in the receive buffer.
-    pub partial_since: Option<Time>,
-    pub ping: Option<(u64, Time)>,
-    pub next_stream: u64,
-    /// They sent GOAWAY: no new streams go to them.
-    pub peer_draining: bool,
+    pub(crate) partial_since: Option<Time>,
+    /// The nonce of the PING awaiting its PONG: while one is out, no other is sent.
+    pub(crate) ping: Option<u64>,
+    pub(crate) next_stream: u64,
     /// Gossip payload bytes per frame toward them (their max_frame may be smaller than ours).
-    pub chunk: usize,
-    /// The most they accept in one frame.
-    pub max_frame: u32,
-    pub tx_bytes: u64,
-    pub over_watermark: bool,
+    pub(crate) chunk: usize,
+    pub(crate) tx_bytes: u64,
+    pub(crate) over_watermark: bool,
     /// In the node's control round robin.
-    pub ctrl_queued: bool,
-    pub close_reason: Option<CloseReason>,
+    pub(crate) ctrl_queued: bool,
+    pub(crate) close_reason: Option<CloseReason>,
     /// The deadline this session is filed under in the node's timer table, if any.
-    pub armed: Option<Time>,
+    pub(crate) armed: Option<Time>,
     /// Set once established with a peer that speaks the broadcast tree.
-    pub tree: Option<TreeLink>,
+    pub(crate) tree: Option<TreeLink>,
     /// Refusals this writer has not been told about yet.
-    pub notices: NoticeLedger,
-    /// Messages this session is owed, oldest first, sent from the store as its queue drains
-    /// (bounded by `overlay.peer.owed_messages`).
-    pub owed: VecDeque<Owed>,
+    pub(crate) notices: NoticeLedger,
+    /// Messages this session is owed, oldest first, sent from the store as its queue
+    /// drains (bounded by `overlay.peer.owed_messages`).
+    pub(crate) owed: VecDeque<Owed>,
     /// The same ids, so that a pull asked again is not owed twice.
-    pub owed_ids: HashSet<MsgId>,
+    pub(crate) owed_ids: HashSet<MsgId>,
     /// A peer that stayed over its watermark past `PEER_PRESSURE_MAX`: it no longer pauses
     /// the node's other reads (it gets announcements and pulls at its own pace) until its
     /// queue is under the watermark again.
-    pub demoted: bool,
+    pub(crate) demoted: bool,
     /// Ticks in a row this peer was over its watermark.
-    pub pressured_ticks: u32,
+    pub(crate) pressured_ticks: u32,
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         id: ConnId,
         inbound: bool,
         now: Time,
@@ -158,7 +154,6 @@ impl Session {
         reasm: Reassembler,
         rate: TokenBucket,
         chunk: usize,
-        max_frame: u32,
     ) -> Session {
         Session {
             id,
@@ -179,9 +174,7 @@ impl Session {
             partial_since: None,
             ping: None,
             next_stream: 1,
-            peer_draining: false,
             chunk,
-            max_frame,
             tx_bytes: 0,
             over_watermark: false,
             ctrl_queued: false,
@@ -197,35 +190,31 @@ impl Session {
     }
 
     /// Frames handed to the writer and not yet reported written (each holds a permit).
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.unwritten.len()
     }
 
-    pub fn is_established(&self) -> bool {
+    pub(crate) fn is_established(&self) -> bool {
         self.phase == Phase::Established
     }
 
-    pub fn is_peer(&self) -> bool {
+    pub(crate) fn is_peer(&self) -> bool {
         self.is_established() && self.role == Some(Role::Peer)
     }
 
-    pub fn is_client(&self) -> bool {
-        self.is_established() && self.role == Some(Role::Client)
-    }
-
     /// Whether a client asked for this topic.
-    pub fn wants(&self, topic: &[u8]) -> bool {
+    pub(crate) fn wants(&self, topic: &[u8]) -> bool {
         self.topics.is_empty() || self.topics.iter().any(|t| t.as_ref() == topic)
     }
 
-    pub fn next_stream_id(&mut self) -> u64 {
+    pub(crate) fn next_stream_id(&mut self) -> u64 {
         let id = self.next_stream;
         self.next_stream = self.next_stream.wrapping_add(1).max(1);
         id
     }
 
     /// Coarse class by bytes sent to it, for `peer_bucket` (no identity in labels).
-    pub fn bucket(&self) -> PeerBucket {
+    pub(crate) fn bucket(&self) -> PeerBucket {
         match self.tx_bytes {
             0..=1_048_575 => PeerBucket::Tiny,
             1_048_576..=104_857_599 => PeerBucket::Small,

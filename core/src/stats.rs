@@ -7,7 +7,8 @@ use crate::reason::RejectReason;
 
 /// Plain counters kept beside the exported metrics, so tests and simulators can check the
 /// balance law without scraping: `rx_frames = delivered + relayed + duplicate + dropped +
-/// rejected + pending`, reason by reason.
+/// rejected + pending`, reason by reason. The node writes each field together with its
+/// series, in one place (`core/src/node/accounting.rs`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub rx_frames: u64,
@@ -28,8 +29,11 @@ pub struct Stats {
     /// New messages accepted (first sight of their `msg_id`), from sessions or `publish`.
     pub accepted_messages: u64,
     /// Writes (messages with ACK_REQ, local publishes) refused `503 busy` by the shedding
-    /// decision: not connections refused at `max_conns`, which share the reason.
+    /// decision: not connections refused at `max_conns`, which share the reason
+    /// (`overlay_writes_total{outcome="busy"}`).
     pub writes_busy: u64,
+    /// Writes the shedding decision let through (`overlay_writes_total{outcome="accepted"}`).
+    pub writes_accepted: u64,
 }
 
 impl Stats {

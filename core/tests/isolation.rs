@@ -76,7 +76,7 @@ fn a_stalled_client_asking_for_answers_cannot_take_every_permit() {
     let share = net.nodes[0]
         .permits()
         .share(net.nodes[0].config().overlay.peer.send_window_frames, 0);
-    let held = net.nodes[0].session(stalled_conn).unwrap().in_flight();
+    let held = net.nodes[0].in_flight(stalled_conn).unwrap();
     assert!(
         held <= share,
         "the stalled client holds {held} permits, share {share}"
@@ -252,7 +252,7 @@ fn frames_in_flight_at_close_are_shed_not_transmitted() {
     let before = tx(&net);
     net.stall(End::Node(0, conn), true);
     fill(&mut net, publisher, "slow", 0, 5);
-    let in_flight = net.nodes[0].session(conn).unwrap().in_flight() as u64;
+    let in_flight = net.nodes[0].in_flight(conn).unwrap() as u64;
     assert!(in_flight > 0);
     assert_eq!(tx(&net), before, "not transmitted until the writer says so");
     net.disconnect(End::Node(0, conn));

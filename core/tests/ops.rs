@@ -68,14 +68,14 @@ fn check_bounds(net: &Net) {
         assert!(node.permits().in_use() <= node.permits().capacity());
         assert!(node.session_count() <= cfg.overlay.max_conns + 1);
         for id in 0..64u64 {
-            if let Some(s) = node.session(overlay_core::ConnId(id)) {
-                assert!(s.egress.gossip_frames() <= cfg.overlay.peer.egress_queue_frames);
-                assert!(s.egress.gossip_bytes() <= cfg.overlay.peer.egress_queue_bytes);
-                assert!(s.reasm.partial_streams() <= cfg.overlay.gossip.max_partial_streams);
-                assert!(s.reasm.buffered_bytes() <= cfg.overlay.gossip.max_partial_bytes);
+            if let Some(h) = node.held(overlay_core::ConnId(id)) {
+                assert!(h.gossip_frames <= cfg.overlay.peer.egress_queue_frames);
+                assert!(h.gossip_bytes <= cfg.overlay.peer.egress_queue_bytes);
+                assert!(h.partial_streams <= cfg.overlay.gossip.max_partial_streams);
+                assert!(h.partial_bytes <= cfg.overlay.gossip.max_partial_bytes);
                 // Every frame kind counts against the session's share: no fudge for control.
-                assert!(s.in_flight() <= cfg.overlay.peer.send_window_frames);
-                assert!(s.egress.ctrl_frames() <= cfg.overlay.peer.egress_queue_frames);
+                assert!(h.in_flight <= cfg.overlay.peer.send_window_frames);
+                assert!(h.ctrl_frames <= cfg.overlay.peer.egress_queue_frames);
             }
         }
     }
@@ -152,10 +152,12 @@ fn run(seed: u64, ops: &[Op]) {
         while net.step() {}
         check_bounds(&net);
         net.assert_balance();
+        net.assert_counts_exported();
     }
     net.advance(Duration::from_secs(30));
     check_bounds(&net);
     net.assert_balance();
+    net.assert_counts_exported();
 }
 
 proptest! {

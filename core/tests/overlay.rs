@@ -620,7 +620,7 @@ fn handshake_read_idle_and_write_timeouts() {
         1
     );
     assert_eq!(net.counter(0, REJECTED_TOTAL, &[("reason", "timeout")]), 1);
-    assert!(net.nodes[0].session(silent).is_none_or_closing());
+    assert!(net.nodes[0].is_closed_or_closing(silent));
     let qend = End::Node(0, net.clients[quiet].conn);
     net.stall(qend, true);
     net.clients[publisher]
@@ -642,15 +642,6 @@ fn handshake_read_idle_and_write_timeouts() {
         "the publisher answers PINGs"
     );
     net.assert_balance();
-}
-
-trait ClosingExt {
-    fn is_none_or_closing(&self) -> bool;
-}
-impl ClosingExt for Option<&overlay_core::session::Session> {
-    fn is_none_or_closing(&self) -> bool {
-        self.map_or(true, |s| s.phase == overlay_core::session::Phase::Closing)
-    }
 }
 
 #[test]
@@ -850,8 +841,8 @@ fn unread_answers_are_bounded_and_counted() {
             .unwrap();
     }
     net.settle();
-    let s = net.nodes[0].session(conn).unwrap();
-    assert!(s.egress.ctrl_frames() <= 16, "{}", s.egress.ctrl_frames());
+    let ctrl = net.nodes[0].held(conn).unwrap().ctrl_frames;
+    assert!(ctrl <= 16, "{ctrl}");
     // Messages whose answer finds no room are refused busy and told in a refusal notice
     // (core/tests/notice.rs), never accepted with a dropped answer.
     let refused = net.counter(0, REJECTED_TOTAL, &[("reason", "busy")]);

@@ -118,8 +118,8 @@ fn small_frames_behind_large_ones_do_not_pin_their_read_buffer() {
         net.settle();
     }
     let grown = live() - before;
-    let s = net.nodes[0].session(sub_conn).unwrap();
-    let held = s.egress.gossip_frames() + s.in_flight();
+    let h = net.nodes[0].held(sub_conn).unwrap();
+    let held = h.gossip_frames + h.in_flight;
     assert_eq!(held, 96, "every delivery is queued or with the writer");
     eprintln!("attack 2: 96 queued 4 KiB deliveries retain {grown} bytes");
     // 96 x 4 KiB of data, plus per message its header, queue entry and the harness's copy

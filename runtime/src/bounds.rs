@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use overlay_core::config::AdminConfig;
-use overlay_core::oap::HEADER_LEN;
+use overlay_core::oap::GOSSIP_FRAME_OVERHEAD;
 use overlay_core::Config;
 
 /// Writer wake-ups, accepts, dial results: small messages the driver must see promptly.
@@ -70,7 +70,7 @@ impl Bounds {
     pub fn from_config(cfg: &Config) -> Bounds {
         let g = &cfg.overlay.gossip;
         Bounds {
-            read_chunk: (g.chunk_bytes + HEADER_LEN + 18 + 255).clamp(4096, 1 << 20),
+            read_chunk: (g.chunk_bytes + GOSSIP_FRAME_OVERHEAD).clamp(4096, 1 << 20),
             ingress_channel: (cfg.overlay.max_conns * 2).clamp(64, 16_384),
             writer_queue: cfg.overlay.peer.send_window_frames + 4,
             connect_timeout: cfg.overlay.handshake_timeout,

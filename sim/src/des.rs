@@ -585,15 +585,10 @@ impl Sim {
     /// Whether one of the node's session queues is at or over the readiness watermark.
     fn queue_over(&self, i: usize) -> bool {
         let n = &self.nodes[i];
-        let cfg = n.overlay.config();
-        let (wm, peer) = (cfg.readiness.queue_high_watermark, &cfg.overlay.peer);
-        n.links.keys().any(|c| {
-            n.overlay.session(*c).is_some_and(|s| {
-                s.egress
-                    .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
-                    >= wm
-            })
-        })
+        let wm = n.overlay.config().readiness.queue_high_watermark;
+        n.links
+            .keys()
+            .any(|c| n.overlay.held(*c).is_some_and(|h| h.fill >= wm))
     }
 
     /// `queues_ok` is the truth at the node's tick, both ways. The simulator samples the

@@ -1,5 +1,5 @@
 //! The source scan behind "no metric name or label is built at run time"
-//! (OBSERVABILITY.md section 6): every `metrics::counter!/gauge!/histogram!/describe_*!` call
+//! (docs/ARCHITECTURE.md section 7): every `metrics::counter!/gauge!/histogram!/describe_*!` call
 //! must name its metric with a constant from `overlay_core::observe::names`, and every label
 //! must be a key of that metric's allowlist with a value that is either a literal from the
 //! allowlist or `.as_str()` of one of the closed label enums.

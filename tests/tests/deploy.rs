@@ -228,7 +228,7 @@ fn every_query_names_only_inventory_metrics() {
             used.insert(n);
         }
     }
-    // The starter pack of OBSERVABILITY.md section 8 is on the dashboards.
+    // The starter pack of dashboards (docs/OBSERVABILITY.md, row 8) shows these metrics.
     for n in [
         "readyz_state",
         "overlay_sessions_active",

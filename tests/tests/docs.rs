@@ -175,7 +175,10 @@ fn every_alert_links_to_a_runbook_anchor_that_exists() {
         .map(anchor)
         .collect();
     let alerts = rules.matches("- alert:").count();
-    assert!(alerts >= 4, "OBSERVABILITY.md section 5.2 has four alerts");
+    assert!(
+        alerts >= 4,
+        "the shipped rules have the four alerts docs/OPERATIONS.md lists"
+    );
     let links: Vec<&str> = rules
         .lines()
         .filter_map(|l| l.trim().strip_prefix("runbook_url:"))

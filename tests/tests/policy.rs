@@ -1,4 +1,4 @@
-//! Metric names are API (OBSERVABILITY.md section 9): a name that has shipped never
+//! Metric names are API (docs/OBSERVABILITY.md, "Names are API"): a name that has shipped never
 //! disappears without an alias, every alias is in the CHANGELOG, and the observability
 //! review date in docs/OBSERVABILITY.md is kept within 90 days of the last change to the
 //! inventory.

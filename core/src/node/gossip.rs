@@ -147,7 +147,7 @@ impl Overlay {
             }
         }
         self.seen.insert_new(m.header.msg_id, now);
-        self.stats.accepted_messages += 1;
+        self.count(Count::Accepted, 1);
         if m.frames == 1 {
             // A one-frame message is a slice of the read buffer. Kept in a queue it would
             // pin that whole allocation (say, a 1 MiB PING read in the same write) while the

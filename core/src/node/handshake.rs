@@ -36,7 +36,6 @@ impl Overlay {
                 .iter()
                 .map(|t| Bytes::copy_from_slice(t.as_bytes()))
                 .collect();
-            s.max_frame = max_frame;
             s.chunk = chunk;
         }
         self.outcome(Outcome::Delivered, 1);
@@ -239,7 +238,6 @@ impl Overlay {
         let max_frame = ok.max_frame.min(self.cfg.overlay.gossip.max_frame_bytes);
         let chunk = self.chunk_for(max_frame, Some(ok.chunk as usize));
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.max_frame = max_frame;
             s.chunk = chunk;
         }
         let tree = ok.features.iter().any(|f| f == FEATURE_TREE);
@@ -250,7 +248,7 @@ impl Overlay {
     }
 
     pub(super) fn chunk_for(&self, max_frame: u32, theirs: Option<usize>) -> usize {
-        let fit = (max_frame as usize).saturating_sub(HEADER_LEN + 18 + 255);
+        let fit = (max_frame as usize).saturating_sub(GOSSIP_FRAME_OVERHEAD);
         let mut c = self.cfg.overlay.gossip.chunk_bytes.min(fit);
         if let Some(t) = theirs.filter(|t| *t >= 512) {
             c = c.min(t);
@@ -291,8 +289,7 @@ impl Overlay {
             node,
         });
         if self.draining {
-            let f = Frame::new(AppProto::CTRL, Flags::EVENT, 0, Ctrl::Goaway.to_payload());
-            self.send_ctrl(conn, &f);
+            self.send_ctrl(conn, &Ctrl::goaway());
         }
     }
 }

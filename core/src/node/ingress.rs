@@ -5,14 +5,13 @@ use super::*;
 impl Overlay {
     pub(super) fn on_frame(&mut self, now: Time, conn: ConnId, frame: Frame) {
         let class = frame_class(frame.app_proto);
+        self.count(Count::Received(class), 1);
         let m = &self.metrics;
-        m.frames[Dir::Rx.index()][class.index()].increment(1);
         m.bytes[Dir::Rx.index()].increment(frame.wire_len as u64);
         m.frame_size[Dir::Rx.index()].record(frame.wire_len as f64);
         if class == FrameClass::Gossip {
             m.chunk_size[Dir::Rx.index()].record(frame.payload.len() as f64);
         }
-        self.stats.rx_frames += 1;
         let Some(phase) = self.sessions.get(&conn).map(|s| s.phase) else {
             return;
         };
@@ -39,8 +38,7 @@ impl Overlay {
 
     pub(super) fn on_frame_error(&mut self, now: Time, conn: ConnId, e: FrameError) {
         // The bad frame counts as received and rejected, so the balance covers it.
-        self.stats.rx_frames += 1;
-        self.metrics.frames[Dir::Rx.index()][frame_class(e.app_proto).index()].increment(1);
+        self.count(Count::Received(frame_class(e.app_proto)), 1);
         let phase = self.sessions.get(&conn).map(|s| s.phase);
         if matches!(phase, Some(Phase::AwaitHello | Phase::AwaitAnswer { .. })) {
             self.metrics.handshake_failure(HandshakeFailure::Proto);
@@ -77,25 +75,16 @@ impl Overlay {
         };
         match op {
             Ctrl::Ping(nonce) => {
-                let pong = Frame::new(
-                    AppProto::CTRL,
-                    Flags::EVENT,
-                    frame.corr_id,
-                    Ctrl::Pong(nonce).to_payload(),
-                );
-                self.send_ctrl(conn, &pong);
+                self.send_ctrl(conn, &Ctrl::Pong(nonce).to_frame(frame.corr_id));
             }
             Ctrl::Pong(nonce) => {
                 if let Some(s) = self.sessions.get_mut(&conn) {
-                    if s.ping.is_some_and(|(n, _)| n == nonce) {
+                    if s.ping == Some(nonce) {
                         s.ping = None;
                     }
                 }
             }
             Ctrl::Goaway => {
-                if let Some(s) = self.sessions.get_mut(&conn) {
-                    s.peer_draining = true;
-                }
                 self.peers.retain(|p| *p != conn);
                 self.events.push_back(Event::PeerDraining { conn });
             }

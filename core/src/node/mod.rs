@@ -5,11 +5,13 @@
 //! This file holds the node's state and its public API; the decisions live in one module per
 //! concern: `ingress` (dispatch and rejects), `handshake`, `gossip` (dedupe, fanout, egress
 //! admission), `notice` (refusals told without an answer), `transmit` (control first, then DRR within permits), `timers`, `readiness`,
-//! `sessions` (lifecycle) and `accounting` (the balance of counts).
+//! `sessions` (lifecycle), `accounting` (the balance of counts) and `held` (what a session
+//! holds, for readers outside the node).
 
 mod accounting;
 mod gossip;
 mod handshake;
+mod held;
 mod ingress;
 mod notice;
 mod owed;
@@ -19,6 +21,8 @@ mod sessions;
 mod timers;
 mod transmit;
 mod tree;
+
+pub use held::Held;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -33,8 +37,8 @@ use crate::event::Event;
 use crate::limiter::TokenBucket;
 use crate::oap::{
     self, AppProto, Ctrl, Decoder, Flags, Frame, FrameError, FrameKind, GossipHeader, Header,
-    Hello, HelloError, HelloOk, Message, MsgId, Reassembler, Role, StreamLimits, HEADER_LEN,
-    VERSION,
+    Hello, HelloError, HelloOk, Message, MsgId, Reassembler, Role, StreamLimits,
+    GOSSIP_FRAME_OVERHEAD, HEADER_LEN, VERSION,
 };
 use crate::observe::{
     Dir, DropReason, FrameClass, HandshakeFailure, Metrics, Outcome, PermitState, PqOutcome, Queue,
@@ -47,6 +51,7 @@ use crate::session::{CloseReason, ConnId, Phase, Session, Unwritten};
 use crate::stats::{Balance, Stats};
 use crate::store::Store;
 use crate::time::Time;
+use accounting::{Count, Counts};
 
 /// Housekeeping period: timeouts, keepalives, readiness sampling and gauges. Deadlines are
 /// checked at this granularity.
@@ -140,7 +145,7 @@ pub struct Overlay {
     /// Arena for frame heads: many small heads share one allocation.
     scratch: BytesMut,
     events: VecDeque<Event>,
-    stats: Stats,
+    counts: Counts,
     probes: Probes,
     queues_bad: Sustained,
     shed_bad: Sustained,
@@ -183,7 +188,8 @@ impl Overlay {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let hasher = KeyedHasher::new(rng.next_u64(), rng.next_u64());
         let g = &cfg.overlay.gossip;
-        let quantum = g.chunk_bytes + HEADER_LEN + 18 + 255;
+        let counts = Counts::new(&metrics);
+        let quantum = g.chunk_bytes + GOSSIP_FRAME_OVERHEAD;
         let sustain = cfg.readiness.sustain;
         let probes = Probes {
             pq_ready: (cfg.overlay.pq_mode == PqModeConfig::Hybrid).then_some(false),
@@ -212,7 +218,7 @@ impl Overlay {
             ),
             scratch: BytesMut::new(),
             events: VecDeque::new(),
-            stats: Stats::default(),
+            counts,
             probes,
             queues_bad: Sustained::new(sustain, PRESSURE_GRACE),
             shed_bad: Sustained::new(sustain, PRESSURE_GRACE),
@@ -255,12 +261,12 @@ impl Overlay {
         &self.metrics
     }
     pub fn stats(&self) -> &Stats {
-        &self.stats
+        self.counts.stats()
     }
     /// The balance of counts now, with frames still held in partial streams.
     pub fn balance(&self) -> Balance {
         Balance {
-            stats: self.stats.clone(),
+            stats: self.stats().clone(),
             pending: self.partial_frames,
         }
     }
@@ -272,9 +278,6 @@ impl Overlay {
     }
     pub fn peer_count(&self) -> usize {
         self.peers.len()
-    }
-    pub fn session(&self, conn: ConnId) -> Option<&Session> {
-        self.sessions.get(&conn)
     }
     pub fn permits(&self) -> &Permits {
         &self.permits
@@ -393,7 +396,7 @@ impl Overlay {
         }
         let g = &cfg.overlay.gossip;
         self.drr = {
-            let mut d = Drr::new(g.chunk_bytes + HEADER_LEN + 18 + 255, g.burst_budget_frames);
+            let mut d = Drr::new(g.chunk_bytes + GOSSIP_FRAME_OVERHEAD, g.burst_budget_frames);
             for (id, s) in self.sessions.iter_mut() {
                 s.drr.queued = false;
                 if s.egress.gossip_frames() > 0 {
@@ -602,8 +605,7 @@ impl Overlay {
         ttl: Option<u8>,
     ) -> Result<MsgId, PublishError> {
         if self.draining {
-            self.stats.refused[RejectReason::NotReady.index()] += 1;
-            self.metrics.reject(RejectReason::NotReady);
+            self.count(Count::Refused(RejectReason::NotReady), 1);
             return Err(PublishError::NotReady);
         }
         if data.len() > self.cfg.limits.max_body_bytes {
@@ -621,13 +623,12 @@ impl Overlay {
         let busy = self.plan_pressured();
         self.record_write(now, busy);
         if busy {
-            self.stats.refused[RejectReason::Busy.index()] += 1;
-            self.metrics.reject(RejectReason::Busy);
+            self.count(Count::Refused(RejectReason::Busy), 1);
             return Err(PublishError::Busy);
         }
         self.seen.insert(msg_id, now);
-        self.stats.published += 1;
-        self.stats.accepted_messages += 1;
+        self.count(Count::Published, 1);
+        self.count(Count::Accepted, 1);
         let message = Message {
             corr_id: 0,
             tenant_id: 0,
@@ -659,8 +660,7 @@ impl Overlay {
         let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
         for id in ids {
             if self.sessions.get(&id).is_some_and(|s| s.is_established()) {
-                let f = Frame::new(AppProto::CTRL, Flags::EVENT, 0, Ctrl::Goaway.to_payload());
-                self.send_ctrl(id, &f);
+                self.send_ctrl(id, &Ctrl::goaway());
             }
         }
     }

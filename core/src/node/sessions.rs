@@ -19,7 +19,6 @@ impl Overlay {
             }),
             TokenBucket::new(cfg.overlay.peer.max_rps, cfg.overlay.peer.max_rps, now),
             cfg.overlay.gossip.chunk_bytes,
-            cfg.overlay.gossip.max_frame_bytes,
         );
         self.sessions.insert(id, s);
         self.arm(id);

@@ -166,9 +166,7 @@ impl Overlay {
             let n = s.reasm.expire(cutoff);
             self.partial_bytes -= before - s.reasm.buffered_bytes();
             self.partial_frames -= before_frames - s.reasm.partial_frames();
-            self.metrics
-                .queue_drop(Queue::GossipIngress, DropReason::Timeout, n);
-            self.rx_dropped(RxDrop::Timeout, n);
+            self.count(Count::Expired, n);
         }
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
@@ -179,14 +177,8 @@ impl Overlay {
         }
         if quiet >= keepalive && s.ping.is_none() {
             let nonce = self.rng.next_u64();
-            s.ping = Some((nonce, now));
-            let ping = Frame::new(
-                AppProto::CTRL,
-                Flags::EVENT,
-                0,
-                Ctrl::Ping(nonce).to_payload(),
-            );
-            self.send_ctrl(id, &ping);
+            s.ping = Some(nonce);
+            self.send_ctrl(id, &Ctrl::Ping(nonce).to_frame(0));
         }
     }
 
@@ -207,8 +199,7 @@ impl Overlay {
     /// Refuses a connection with no frame to blame: answers `503`/`408`-style where the
     /// peer can hear it, counts the reason and closes.
     pub(super) fn refuse_conn(&mut self, now: Time, id: ConnId, reason: RejectReason, why: &str) {
-        self.stats.refused[reason.index()] += 1;
-        self.metrics.reject(reason);
+        self.count(Count::Refused(reason), 1);
         self.events.push_back(Event::Rejected {
             conn: id,
             reason,

@@ -180,7 +180,7 @@ impl Overlay {
         let n = n.min(s.unwritten.len());
         let m = &self.metrics;
         for w in s.unwritten.drain(..n) {
-            m.frames[Dir::Tx.index()][w.class.index()].increment(1);
+            m.frames_tx[w.class.index()].increment(1);
             m.bytes[Dir::Tx.index()].increment(w.len as u64);
             m.frame_size[Dir::Tx.index()].record(w.len as f64);
             if let Some(c) = w.chunk {

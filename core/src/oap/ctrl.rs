@@ -2,6 +2,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::frame::Frame;
+use super::header::{AppProto, Flags};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ctrl {
     Ping(u64),
@@ -42,5 +45,16 @@ impl Ctrl {
             Ctrl::Goaway => b.put_u8(Self::GOAWAY),
         }
         b.freeze()
+    }
+
+    /// The frame carrying this op: every CTRL op is an EVENT; a PONG echoes its PING's
+    /// `corr_id`.
+    pub fn to_frame(self, corr_id: u64) -> Frame {
+        Frame::new(AppProto::CTRL, Flags::EVENT, corr_id, self.to_payload())
+    }
+
+    /// GOAWAY, as the node and the client both send it: no request to answer, so `corr_id` 0.
+    pub fn goaway() -> Frame {
+        Ctrl::Goaway.to_frame(0)
     }
 }

@@ -7,7 +7,8 @@ use super::error::{FrameError, FrameErrorKind};
 use super::frame::Frame;
 use super::header::{Flags, Header, DEFAULT_MAX_FRAME, HEADER_LEN, VERSION};
 
-/// The bounds a decoder enforces (spec section 1; config keys in DESIGN section 3).
+/// The bounds a decoder enforces (docs/OAP1.md, "Limits"; their config keys are in
+/// docs/OPERATIONS.md, "Keys").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// `overlay.gossip.max_frame_bytes`: largest frame on the wire, header included.

@@ -7,6 +7,18 @@ use super::error::{EncodeError, StreamError};
 /// Unique per message; the origin picks it, every node dedupes on it.
 pub type MsgId = [u8; 16];
 
+/// `msg_id`, `ttl` and the topic's length byte: the gossip header without its topic.
+pub const GOSSIP_HEADER_FIXED: usize = 18;
+
+/// The longest topic: its length is one byte.
+pub const MAX_TOPIC_LEN: usize = 255;
+
+/// The most a gossip frame carries besides its chunk: the frame header and the largest
+/// gossip header. Chunks are sized so that a first frame with the longest topic still fits
+/// in `max_frame`, and the read buffer and the DRR quantum are sized so that one whole
+/// frame of `chunk_bytes` fits in one read or one turn.
+pub const GOSSIP_FRAME_OVERHEAD: usize = super::HEADER_LEN + GOSSIP_HEADER_FIXED + MAX_TOPIC_LEN;
+
 /// `msg_id`, `ttl` and `topic` of a gossip message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GossipHeader {
@@ -18,7 +30,7 @@ pub struct GossipHeader {
 
 impl GossipHeader {
     pub fn new(msg_id: MsgId, ttl: u8, topic: &str) -> Result<GossipHeader, EncodeError> {
-        if topic.is_empty() || topic.len() > 255 {
+        if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
             return Err(EncodeError::Topic(topic.len()));
         }
         Ok(GossipHeader {
@@ -30,7 +42,7 @@ impl GossipHeader {
 
     /// Encoded size: 16 + 1 + 1 + topic.
     pub fn len(&self) -> usize {
-        18 + self.topic.len()
+        GOSSIP_HEADER_FIXED + self.topic.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -57,7 +69,6 @@ impl GossipHeader {
         dst.put_slice(&self.topic);
     }
 
-    /// Splits a first-frame payload into its header and the data that follows.
     /// The same header with a topic of its own, for keeping past the frame it came in.
     pub fn to_owned_topic(&self) -> GossipHeader {
         GossipHeader {
@@ -66,8 +77,9 @@ impl GossipHeader {
         }
     }
 
+    /// Splits a first-frame payload into its header and the data that follows.
     pub fn parse(payload: &Bytes) -> Result<(GossipHeader, Bytes), StreamError> {
-        if payload.len() < 18 {
+        if payload.len() < GOSSIP_HEADER_FIXED {
             return Err(StreamError::Header("shorter than 18 bytes"));
         }
         let mut msg_id = [0u8; 16];
@@ -77,18 +89,18 @@ impl GossipHeader {
         if topic_len == 0 {
             return Err(StreamError::Header("empty topic"));
         }
-        let end = 18 + topic_len;
+        let end = GOSSIP_HEADER_FIXED + topic_len;
         if payload.len() < end {
             return Err(StreamError::Header("topic runs past the payload"));
         }
-        if std::str::from_utf8(&payload[18..end]).is_err() {
+        if std::str::from_utf8(&payload[GOSSIP_HEADER_FIXED..end]).is_err() {
             return Err(StreamError::Header("topic is not UTF-8"));
         }
         Ok((
             GossipHeader {
                 msg_id,
                 ttl,
-                topic: payload.slice(18..end),
+                topic: payload.slice(GOSSIP_HEADER_FIXED..end),
             },
             payload.slice(end..),
         ))

@@ -17,7 +17,7 @@ pub use ctrl::Ctrl;
 pub use decoder::{validate, Decoder, Limits};
 pub use error::{EncodeError, FrameError, FrameErrorKind, StreamError};
 pub use frame::{put_header, Frame};
-pub use gossip::{GossipHeader, MsgId};
+pub use gossip::{GossipHeader, MsgId, GOSSIP_FRAME_OVERHEAD, GOSSIP_HEADER_FIXED, MAX_TOPIC_LEN};
 pub use header::{AppProto, Flags, FrameKind, Header, DEFAULT_MAX_FRAME, HEADER_LEN, VERSION};
 pub use hello::{Hello, HelloError, HelloOk, Role, FEATURE_TREE};
 pub use tree::{bucket_of, fingerprint, TreeFrame, DIGEST_BUCKETS, DIGEST_SETTLE_MS, MAX_IDS};

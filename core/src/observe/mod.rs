@@ -4,5 +4,6 @@
 mod handles;
 pub mod names;
 
+pub(crate) use handles::Counted;
 pub use handles::{HttpMetrics, Metrics};
 pub use names::*;

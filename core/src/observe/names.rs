@@ -1,7 +1,7 @@
 //! Metric names and their closed label sets: the API operators build dashboards on.
 //! Everything that emits a metric takes its name and labels from here.
 
-/// Histogram buckets for `request_latency_seconds`: the seed's (section 1.1) from 5 ms up,
+/// Histogram buckets for `request_latency_seconds`: the usual service buckets from 5 ms up,
 /// and finer ones below, since admin requests and loopback handshakes take well under 5 ms
 /// and would otherwise all land in the first bucket.
 pub const LATENCY_BUCKETS: &[f64] = &[

@@ -466,6 +466,78 @@ impl Net {
             .collect()
     }
 
+    /// Every count `Stats` keeps equals the series exported for it, on every node: the
+    /// balance tests check and the dashboards show are the same numbers.
+    pub fn assert_counts_exported(&self) {
+        use overlay_core::observe::*;
+        use overlay_core::RejectReason;
+        for (i, node) in self.nodes.iter().enumerate() {
+            // One snapshot per node: this runs after every step of the property test.
+            let snap: Vec<CounterValue> = self.snapshotters[i]
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .filter_map(|(k, _, _, v)| match v {
+                    DebugValue::Counter(c) => Some((
+                        k.key().name().to_string(),
+                        k.key()
+                            .labels()
+                            .map(|l| (l.key().to_string(), l.value().to_string()))
+                            .collect(),
+                        c,
+                    )),
+                    _ => None,
+                })
+                .collect();
+            let counter = |name: &str, labels: &[(&str, &str)]| -> u64 {
+                snap.iter()
+                    .filter(|(n, ls, _)| {
+                        n == name
+                            && labels
+                                .iter()
+                                .all(|(l, v)| ls.iter().any(|(k, x)| k == l && x == v))
+                    })
+                    .map(|(_, _, c)| c)
+                    .sum()
+            };
+            let s = node.stats();
+            let at = |what: &str| format!("seed {}: node {i}: {what}", self.seed);
+            let rx = counter(FRAMES_TOTAL, &[("dir", "rx")]);
+            assert_eq!(s.rx_frames, rx, "{}", at("frames received"));
+            for &o in Outcome::ALL {
+                let m = counter(RX_OUTCOMES_TOTAL, &[("outcome", o.as_str())]);
+                assert_eq!(s.outcome(o), m, "{}", at(o.as_str()));
+            }
+            for &r in RxDrop::ALL {
+                let m = counter(RX_DROPPED_TOTAL, &[("reason", r.as_str())]);
+                assert_eq!(s.dropped(r), m, "{}", at(r.as_str()));
+            }
+            for r in RejectReason::ALL {
+                let m = counter(REJECTED_TOTAL, &[("reason", r.as_str())]);
+                let counted = s.rejected(r) + s.refused[r.index()];
+                assert_eq!(counted, m, "{}", at(r.as_str()));
+            }
+            for &r in DropReason::ALL {
+                let labels = [("queue", "egress"), ("reason", r.as_str())];
+                let m = counter(QUEUE_DROPPED_TOTAL, &labels);
+                assert_eq!(s.egress_dropped[r.index()], m, "{}", at(r.as_str()));
+            }
+            let writes = |o: WriteOutcome| counter(WRITES_TOTAL, &[("outcome", o.as_str())]);
+            assert_eq!(
+                s.writes_busy,
+                writes(WriteOutcome::Busy),
+                "{}",
+                at("busy writes")
+            );
+            assert_eq!(
+                s.writes_accepted,
+                writes(WriteOutcome::Accepted),
+                "{}",
+                at("writes")
+            );
+        }
+    }
+
     pub fn assert_balance(&self) {
         for (i, n) in self.nodes.iter().enumerate() {
             let b = n.balance();
@@ -477,6 +549,9 @@ impl Net {
         }
     }
 }
+
+/// A counter's name, labels and value, from one snapshot.
+type CounterValue = (String, Vec<(String, String)>, u64);
 
 fn is_single_gossip(b: &[u8]) -> bool {
     b.len() >= HEADER_LEN && {

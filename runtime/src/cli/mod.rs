@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md section 7: the contract scripts rely on): `main` and what
+//! The command line (docs/OPERATIONS.md, "Running": the contract scripts rely on): `main` and what
 //! each subcommand runs. The grammar is in `args`, the daemon in `daemon`, the local mesh
 //! in `demo`, the OAP/1 clients in `peer`.
 

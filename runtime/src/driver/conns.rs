@@ -148,7 +148,7 @@ impl<N: Net> Driver<N> {
         };
         c.reader.abort();
         c.writer_task.abort();
-        if self.overlay.session(conn).is_some() {
+        if self.overlay.has_session(conn) {
             // The Closed event that follows removes the entry, after it is logged.
             self.overlay.handle_closed(now, conn);
         } else {

@@ -90,8 +90,8 @@ impl<N: Net> Driver<N> {
         let unwritten: u64 = self
             .conns
             .keys()
-            .filter_map(|c| self.overlay.session(*c))
-            .map(|s| s.in_flight() as u64)
+            .filter_map(|c| self.overlay.in_flight(*c))
+            .map(|n| n as u64)
             .sum();
         // Give the logger a moment to write the last events (closes) before it is
         // aborted with the other tasks; bounded, since a subscriber may never read.

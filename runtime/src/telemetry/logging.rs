@@ -1,4 +1,4 @@
-//! JSON log lines with the fields of OBSERVABILITY.md section 3.1 (`ts level service event
+//! JSON log lines with the fields listed in docs/OPERATIONS.md, "Logs" (`ts level service event
 //! reason corr_id peer_addr latency_ms bytes dir`), the redaction policy, and installing
 //! the process's subscriber (`init`); the sampling of repetitive events is in `sampler`.
 //!
