@@ -20,6 +20,8 @@ fn config(_: usize) -> Config {
     c.overlay.max_conns = 12;
     c.overlay.peer.max_rps = 60;
     c.overlay.peer.egress_queue_frames = 8;
+    // A few owed, the rest past the bound dropped (`full`): both paths count.
+    c.overlay.peer.owed_messages = 4;
     c
 }
 
