@@ -16,7 +16,13 @@ use crate::telemetry::logging::{truncate, LogPolicy};
 use crate::telemetry::sampler::{Sampler, SAMPLE_WINDOW};
 
 /// Event kinds logged at WARN: their held-back counts are told at WARN too.
-const WARN_KINDS: [&str; 4] = ["handshake_fail", "reject", "abort", "dial_fail"];
+const WARN_KINDS: [&str; 5] = [
+    "handshake_fail",
+    "reject",
+    "abort",
+    "dial_fail",
+    "resolve_fail",
+];
 
 pub(crate) async fn run(mut sub: Subscription, policy: Arc<LogPolicy>) {
     let mut sampler = Sampler::default();
@@ -95,6 +101,28 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
                 let addr = policy.peer_addr().then_some(addr.as_str());
                 tracing::warn!(event = "dial_fail", reason = "connect", node, peer_addr = addr,
                     error = %truncate(error.clone()), failures, suppressed);
+            }
+        }
+        BusKind::ResolveFailed {
+            name,
+            error,
+            failures,
+        } => {
+            // One lookup per name per `overlay.peer_resolve_interval`: a DNS outage logs
+            // one line a name an interval, with its count in a row.
+            if let Some(suppressed) = admit("resolve_fail", "lookup") {
+                let name = policy.peer_addr().then_some(name.as_str());
+                tracing::warn!(event = "resolve_fail", reason = "lookup", node, peer_name = name,
+                    error = %truncate(error.clone()), failures, suppressed);
+            }
+        }
+        BusKind::Resolved { name, addrs } => {
+            if policy.peer_addr() {
+                let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                tracing::info!(event = "peer_resolved", node, peer_name = name.as_str(),
+                    addrs = %truncate(addrs.join(",")), count = addrs.len());
+            } else {
+                tracing::info!(event = "peer_resolved", node, count = addrs.len());
             }
         }
         BusKind::Overlay(e) => match e {
