@@ -791,6 +791,14 @@ mod tests {
     }
 
     #[test]
+    fn peer_names_are_looked_up_again_at_a_real_interval() {
+        let mut c = Config::default();
+        assert_eq!(c.overlay.peer_resolve_interval, Duration::from_secs(30));
+        c.overlay.peer_resolve_interval = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().key, "overlay.peer_resolve_interval");
+    }
+
+    #[test]
     fn hybrid_pq_is_refused_until_something_can_set_pq_ready() {
         let mut c = Config::default();
         c.overlay.pq_mode = PqModeConfig::Hybrid;

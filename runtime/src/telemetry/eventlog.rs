@@ -398,6 +398,44 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_peer_name_logs_each_lookup_with_the_name_as_policy_allows() {
+        let fail = |failures| {
+            ev(BusKind::ResolveFailed {
+                name: "seed.example:9444".into(),
+                error: "failed to lookup address information".into(),
+                failures,
+            })
+        };
+        for shown in [true, false] {
+            let (cap, sub) = capture(true);
+            let p = policy(shown, 5);
+            let mut s = Sampler::default();
+            let t0 = Instant::now();
+            // An hour of DNS outage at the default 30 s interval.
+            tracing::subscriber::with_default(sub, || {
+                for i in 0..120u32 {
+                    let now = t0 + Duration::from_secs(30 * u64::from(i));
+                    log_event_at(now, &fail(i + 1), &p, &mut s);
+                }
+            });
+            let lines = cap.lines();
+            let fails: Vec<_> = lines
+                .iter()
+                .filter(|l| l["event"] == "resolve_fail")
+                .collect();
+            assert_eq!(fails.len(), 120, "one line a lookup");
+            assert_eq!(count(fails[119], "failures"), 120, "with the count in a row");
+            assert_eq!(fails[0]["level"], "WARN");
+            let name = fails[0].get("peer_name");
+            if shown {
+                assert_eq!(name.and_then(|n| n.as_str()), Some("seed.example:9444"));
+            } else {
+                assert_eq!(name, None, "log.peer_addr = false omits the name");
+            }
+        }
+    }
+
+    #[test]
     fn peer_addr_and_peer_id_follow_policy() {
         let (cap, sub) = capture(true);
         let p = policy(false, 1);
