@@ -795,7 +795,10 @@ mod tests {
         let mut c = Config::default();
         assert_eq!(c.overlay.peer_resolve_interval, Duration::from_secs(30));
         c.overlay.peer_resolve_interval = Duration::ZERO;
-        assert_eq!(c.validate().unwrap_err().key, "overlay.peer_resolve_interval");
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "overlay.peer_resolve_interval"
+        );
     }
 
     #[test]

@@ -132,9 +132,10 @@ async fn a_name_follows_its_answer_and_a_failed_lookup_keeps_the_last_one() {
     })
     .await;
     let b_dead_dials = net.dials(b_dead);
-    until("the last good answer still dialed through the failures", || async {
-        resolves(&x, "error") >= errors + 4.0 && net.dials(b_dead) >= b_dead_dials + 2
-    })
+    until(
+        "the last good answer still dialed through the failures",
+        || async { resolves(&x, "error") >= errors + 4.0 && net.dials(b_dead) >= b_dead_dials + 2 },
+    )
     .await;
     assert_eq!(resolves(&x, "ok"), ok, "a failure is not counted ok");
     assert_eq!(established(&x).await, 2);

@@ -84,7 +84,10 @@ async fn script(ctx: Ctx) -> anyhow::Result<()> {
     wait_sessions(&ctx, &names(&["n1"]), 1.0, secs(3)).await?;
     lookups(&ctx, "ok", 4.0).await?;
     let failed = dial_failures(&ctx).await?;
-    ensure!(failed == 0.0, "n1 redialed n2, gone from the answer: {failed} failures");
+    ensure!(
+        failed == 0.0,
+        "n1 redialed n2, gone from the answer: {failed} failures"
+    );
 
     // The name fails: the last good answer (n3) is still what n1 dials.
     ctx.net().set_name(NAME, None);
@@ -93,14 +96,20 @@ async fn script(ctx: Ctx) -> anyhow::Result<()> {
     ctx.bounce("n3").await;
     wait_sessions(&ctx, &names(&["n1", "n3"]), 1.0, secs(10)).await?;
     ensure!(ctx.incarnation("n3")? == 2, "n3 restarted once");
-    ensure!(resolves(&ctx, "ok").await? == ok, "a failed lookup counted as ok");
+    ensure!(
+        resolves(&ctx, "ok").await? == ok,
+        "a failed lookup counted as ok"
+    );
     ensure!(resolves(&ctx, "error").await? >= 2.0);
 
     // n2 back up is still not in any answer: nobody dials it.
     ctx.bounce("n2").await;
     lookups(&ctx, "error", 2.0).await?;
     let n2 = ctx.scrape("n2").await?;
-    ensure!(n2.get("overlay_sessions_active", &[])? == 0.0, "n2 was redialed");
+    ensure!(
+        n2.get("overlay_sessions_active", &[])? == 0.0,
+        "n2 was redialed"
+    );
     ensure!(dial_failures(&ctx).await? == 0.0);
     epilogue(&ctx).await?;
     Ok(())

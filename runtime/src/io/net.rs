@@ -26,8 +26,7 @@ pub trait Net: Clone + Send + Sync + 'static {
     fn connect(&self, addr: &str) -> impl Future<Output = io::Result<Self::Stream>> + Send;
     /// The addresses `host:port` names now. Behind the trait so simulations and tests
     /// answer from a table they control, never from real DNS.
-    fn resolve(&self, host_port: &str)
-        -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
+    fn resolve(&self, host_port: &str) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
 }
 
 /// Production: tokio TCP.

@@ -138,10 +138,19 @@ mod tests {
         let a = [addr("10.0.0.7:9444"), addr("10.0.0.1:9444")];
         assert!(t.answer("seed.example:9444", &a));
         assert_eq!(t.addrs().len(), 2, "an address named twice is dialed once");
-        assert!(!t.answer("seed.example:9444", &a), "the same answer is no change");
+        assert!(
+            !t.answer("seed.example:9444", &a),
+            "the same answer is no change"
+        );
         assert!(t.answer("seed.example:9444", &[addr("10.0.0.8:9444")]));
-        assert!(!t.contains("10.0.0.7:9444"), "an address that left the answer is dropped");
-        assert!(t.contains("10.0.0.1:9444"), "still configured as an address itself");
+        assert!(
+            !t.contains("10.0.0.7:9444"),
+            "an address that left the answer is dropped"
+        );
+        assert!(
+            t.contains("10.0.0.1:9444"),
+            "still configured as an address itself"
+        );
     }
 
     #[test]
@@ -152,9 +161,15 @@ mod tests {
         t.configure(&peers(&["a.example:1", "10.0.0.3:1"]));
         let want: BTreeSet<String> = ["10.0.0.1:1", "10.0.0.3:1"].map(String::from).into();
         assert_eq!(t.addrs(), want);
-        assert!(!t.answer("b.example:1", &[addr("10.0.0.2:1")]), "no longer configured");
+        assert!(
+            !t.answer("b.example:1", &[addr("10.0.0.2:1")]),
+            "no longer configured"
+        );
         assert!(!t.contains("10.0.0.2:1"));
         assert!(!t.is_configured_name("b.example:1"));
-        assert!(!t.is_configured_name("10.0.0.3:1"), "an address is not a name");
+        assert!(
+            !t.is_configured_name("10.0.0.3:1"),
+            "an address is not a name"
+        );
     }
 }

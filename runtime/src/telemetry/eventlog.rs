@@ -424,7 +424,11 @@ mod tests {
                 .filter(|l| l["event"] == "resolve_fail")
                 .collect();
             assert_eq!(fails.len(), 120, "one line a lookup");
-            assert_eq!(count(fails[119], "failures"), 120, "with the count in a row");
+            assert_eq!(
+                count(fails[119], "failures"),
+                120,
+                "with the count in a row"
+            );
             assert_eq!(fails[0]["level"], "WARN");
             let name = fails[0].get("peer_name");
             if shown {

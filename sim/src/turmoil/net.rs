@@ -359,7 +359,9 @@ impl Net for SimNet {
                     let (host, port) = host_port
                         .rsplit_once(':')
                         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not host:port"))?;
+                        .ok_or_else(|| {
+                            io::Error::new(io::ErrorKind::InvalidInput, "not host:port")
+                        })?;
                     // turmoil's hosts, by the names the scenario gave them.
                     Ok(vec![SocketAddr::new(::turmoil::lookup(host), port)])
                 }
