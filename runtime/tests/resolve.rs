@@ -18,11 +18,12 @@ use svc_overlay::{Node, TokioNet};
 const NAME: &str = "peers.test:9444";
 
 /// TCP on loopback with names answered from `names` (`None`: the lookup fails), counting
-/// the dials to each address.
+/// the dials to each address and the lookups of each name.
 #[derive(Clone, Default)]
 struct TableNet {
     names: Arc<Mutex<BTreeMap<String, Option<Vec<SocketAddr>>>>>,
     dials: Arc<Mutex<BTreeMap<String, usize>>>,
+    lookups: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl TableNet {
@@ -33,6 +34,10 @@ impl TableNet {
     fn dials(&self, addr: SocketAddr) -> usize {
         let dials = self.dials.lock().unwrap();
         dials.get(&addr.to_string()).copied().unwrap_or(0)
+    }
+
+    fn lookups(&self, name: &str) -> usize {
+        self.lookups.lock().unwrap().get(name).copied().unwrap_or(0)
     }
 }
 
@@ -47,6 +52,12 @@ impl Net for TableNet {
         TokioNet.connect(addr).await
     }
     async fn resolve(&self, host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
+        *self
+            .lookups
+            .lock()
+            .unwrap()
+            .entry(host_port.into())
+            .or_default() += 1;
         let answer = self.names.lock().unwrap().get(host_port).cloned().flatten();
         answer.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such name"))
     }
@@ -160,4 +171,44 @@ async fn localhost_works_as_a_peer_with_the_real_resolver() {
     assert_eq!(resolves(&x, "error"), 0.0);
     x.shutdown().await.unwrap();
     y.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_applies_a_new_interval_at_once_and_a_removed_name_stops_its_lookups() {
+    let a = Node::start(TokioNet, cfg(), opts(6)).await.unwrap();
+    let b = Node::start(TokioNet, cfg(), opts(7)).await.unwrap();
+    let net = TableNet::default();
+    net.set(NAME, Some(vec![a.overlay_addr()]));
+    // A second name, answering nothing anyone listens on, whose lookups keep time.
+    const CLOCK: &str = "clock.test:9444";
+    net.set(CLOCK, Some(vec![refuser().await]));
+    let mut c = cfg();
+    c.overlay.peers = vec![NAME.into(), CLOCK.into()];
+    c.overlay.peer_resolve_interval = Duration::from_secs(3600);
+    let x = Node::start(net.clone(), c.clone(), opts(8)).await.unwrap();
+    until("a session with A", || async { established(&a).await == 1 }).await;
+
+    // An hour before the next lookup, unless the reload starts the lookups anew.
+    net.set(NAME, Some(vec![b.overlay_addr()]));
+    c.overlay.peer_resolve_interval = Duration::from_millis(50);
+    x.reconfigure(c.clone()).await.unwrap();
+    until("a session with B", || async { established(&b).await == 1 }).await;
+
+    c.overlay.peers = vec![CLOCK.into()];
+    x.reconfigure(c).await.unwrap();
+    // The reload stopped NAME's resolver in the driver's step that answered it.
+    let (name_lookups, clock_lookups) = (net.lookups(NAME), net.lookups(CLOCK));
+    until("four more lookups of the name still configured", || async {
+        net.lookups(CLOCK) >= clock_lookups + 4
+    })
+    .await;
+    assert_eq!(
+        net.lookups(NAME),
+        name_lookups,
+        "a removed name is still looked up"
+    );
+
+    x.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
