@@ -212,3 +212,56 @@ async fn a_reload_applies_a_new_interval_at_once_and_a_removed_name_stops_its_lo
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Waits for `n` more successful lookups than now.
+async fn lookups_ok(node: &Node, n: f64) {
+    let from = resolves(node, "ok");
+    until("more lookups", || async {
+        resolves(node, "ok") >= from + n
+    })
+    .await;
+}
+
+// Rotating DNS answers move an address out and back while its session is open: the
+// session is kept, and the address is not dialed a second time.
+#[tokio::test]
+async fn an_address_that_flaps_out_of_the_answer_and_back_keeps_one_connection() {
+    let a = Node::start(TokioNet, cfg(), opts(9)).await.unwrap();
+    let b = Node::start(TokioNet, cfg(), opts(10)).await.unwrap();
+    let a_addr = a.overlay_addr();
+    let net = TableNet::default();
+    net.set(NAME, Some(vec![a_addr]));
+    let mut c = cfg();
+    c.overlay.peers = vec![NAME.into()];
+    c.overlay.peer_resolve_interval = Duration::from_millis(50);
+    c.overlay.dial_backoff_base = Duration::from_millis(10);
+    c.overlay.dial_backoff_max = Duration::from_millis(40);
+    let x = Node::start(net.clone(), c, opts(11)).await.unwrap();
+    until("a session with A", || async { established(&a).await == 1 }).await;
+
+    net.set(NAME, Some(vec![b.overlay_addr()]));
+    until("a session with B", || async { established(&b).await == 1 }).await;
+    net.set(NAME, Some(vec![a_addr, b.overlay_addr()]));
+    lookups_ok(&x, 3.0).await;
+    assert_eq!(
+        net.dials(a_addr),
+        1,
+        "A, back in the answer, was dialed again"
+    );
+    assert_eq!(established(&a).await, 1);
+    assert_eq!(established(&x).await, 2);
+
+    // Out again, and then its session ends: nobody redials it.
+    net.set(NAME, Some(vec![b.overlay_addr()]));
+    lookups_ok(&x, 2.0).await;
+    a.shutdown().await.unwrap();
+    until("the session with A over", || async {
+        established(&x).await == 1
+    })
+    .await;
+    lookups_ok(&x, 3.0).await;
+    assert_eq!(net.dials(a_addr), 1, "A, out of the answer, was redialed");
+
+    x.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

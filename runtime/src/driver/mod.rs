@@ -41,10 +41,13 @@ pub(crate) use command::Command;
 pub use command::NodeStats;
 pub use shutdown::ShutdownReport;
 
-/// A configured peer's dialer task, and the channel that tells it its connection ended.
+/// A peer address's dialer task, and the channel that tells it its connection ended.
 struct Dial {
     task: AbortHandle,
     ended: mpsc::Sender<bool>,
+    /// Its address is no longer to be dialed, but its connection is still open: the dialer
+    /// ends with that connection instead of redialing (`peers`).
+    retired: bool,
 }
 
 pub(crate) struct Parts<N: Net> {

@@ -1,7 +1,11 @@
 //! Keeping the configured peers dialed: one resolver per peer given by name, and one dialer
 //! per address the entries stand for now (`io::resolve::PeerTargets`). A dialer whose
-//! address is gone is stopped; the session it made, if any, is left to end by itself.
+//! address is gone is stopped, or, while its connection is open, retired: the connection is
+//! left to end by itself, and the dialer ends with it. Retiring rather than stopping is what
+//! keeps an address that flaps out of an answer and back (rotating DNS answers) at one
+//! connection: the dialer it comes back to is the one still holding it.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use overlay_core::observe::ResolveOutcome;
@@ -34,8 +38,14 @@ impl<N: Net> Driver<N> {
             }
         }
         let addrs = self.targets.addrs();
+        let open: BTreeSet<&str> = self
+            .conns
+            .values()
+            .filter_map(|c| c.dial.as_deref())
+            .collect();
         self.dials.retain(|addr, d| {
-            let keep = addrs.contains(addr);
+            d.retired = !addrs.contains(addr);
+            let keep = !d.retired || open.contains(addr.as_str());
             if !keep {
                 d.task.abort();
             }

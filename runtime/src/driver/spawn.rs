@@ -97,6 +97,7 @@ impl<N: Net> Driver<N> {
             Dial {
                 task,
                 ended: ended_tx,
+                retired: false,
             },
         );
     }
