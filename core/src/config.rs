@@ -52,6 +52,10 @@ pub struct OverlayConfig {
     /// ...doubling (with jitter) up to this.
     #[serde(with = "humantime_serde")]
     pub dial_backoff_max: Duration,
+    /// How often a peer given by name (`host:port`) is looked up again, so a peer that
+    /// moves (a pod rescheduled, a DNS record changed) is dialed where it is now.
+    #[serde(with = "humantime_serde")]
+    pub peer_resolve_interval: Duration,
     pub peer: PeerLimits,
     pub gossip: GossipConfig,
 }
@@ -296,6 +300,7 @@ impl Default for OverlayConfig {
             pq_mode: PqModeConfig::Off,
             dial_backoff_base: Duration::from_millis(200),
             dial_backoff_max: Duration::from_secs(30),
+            peer_resolve_interval: Duration::from_secs(30),
             peer: PeerLimits::default(),
             gossip: GossipConfig::default(),
         }
@@ -413,7 +418,7 @@ fn is_host_port(peer: &str) -> bool {
 
 impl Config {
     /// Every duration key with its value, for the checks that apply to all of them.
-    fn durations(&self) -> [(&'static str, Duration); 10] {
+    fn durations(&self) -> [(&'static str, Duration); 11] {
         let o = &self.overlay;
         let t = &self.timeouts;
         [
@@ -421,6 +426,7 @@ impl Config {
             ("overlay.keepalive", o.keepalive),
             ("overlay.dial_backoff_base", o.dial_backoff_base),
             ("overlay.dial_backoff_max", o.dial_backoff_max),
+            ("overlay.peer_resolve_interval", o.peer_resolve_interval),
             ("overlay.gossip.seen_ttl", o.gossip.seen_ttl),
             ("timeouts.read", t.read),
             ("timeouts.write", t.write),
@@ -495,6 +501,11 @@ impl Config {
             o.dial_backoff_max >= o.dial_backoff_base,
             "overlay.dial_backoff_max",
             "must be >= overlay.dial_backoff_base",
+        )?;
+        check(
+            !o.peer_resolve_interval.is_zero(),
+            "overlay.peer_resolve_interval",
+            "must be > 0",
         )?;
         check(
             p.read_credit_chunks >= 1,
@@ -785,6 +796,17 @@ mod tests {
     }
 
     #[test]
+    fn peer_names_are_looked_up_again_at_a_real_interval() {
+        let mut c = Config::default();
+        assert_eq!(c.overlay.peer_resolve_interval, Duration::from_secs(30));
+        c.overlay.peer_resolve_interval = Duration::ZERO;
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "overlay.peer_resolve_interval"
+        );
+    }
+
+    #[test]
     fn hybrid_pq_is_refused_until_something_can_set_pq_ready() {
         let mut c = Config::default();
         c.overlay.pq_mode = PqModeConfig::Hybrid;
@@ -835,6 +857,7 @@ mod tests {
                     &mut o.keepalive,
                     &mut o.dial_backoff_base,
                     &mut o.dial_backoff_max,
+                    &mut o.peer_resolve_interval,
                     &mut o.gossip.seen_ttl,
                     &mut t.read,
                     &mut t.write,

@@ -249,6 +249,12 @@ mod tests {
             jail.set_env("SVC_OVERLAY_OVERLAY__PEERS", "[10.0.0.9:9, 10.0.0.8:8]");
             let env_peers = load(Some(Path::new("o.toml")), &Overrides::default()).unwrap();
             assert_eq!(env_peers.overlay.peers, vec!["10.0.0.9:9", "10.0.0.8:8"]);
+            // A key with an underscore in its last segment: only `__` nests.
+            jail.set_env("SVC_OVERLAY_OVERLAY__PEERS", "[seed.example:9444]");
+            jail.set_env("SVC_OVERLAY_OVERLAY__PEER_RESOLVE_INTERVAL", "5s");
+            let named = load(Some(Path::new("o.toml")), &Overrides::default()).unwrap();
+            assert_eq!(named.overlay.peers, vec!["seed.example:9444"]);
+            assert_eq!(named.overlay.peer_resolve_interval.as_secs(), 5);
             Ok(())
         });
     }

@@ -222,6 +222,9 @@ impl Net for PanicNet {
     async fn connect(&self, addr: &str) -> std::io::Result<PanicStream> {
         TokioNet.connect(addr).await.map(PanicStream)
     }
+    async fn resolve(&self, host_port: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        TokioNet.resolve(host_port).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,9 @@ impl Net for PanicOnceNet {
     async fn connect(&self, addr: &str) -> std::io::Result<tokio::net::TcpStream> {
         TokioNet.connect(addr).await
     }
+    async fn resolve(&self, host_port: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        TokioNet.resolve(host_port).await
+    }
 }
 
 /// Waits for a readiness change whose `missing` satisfies `pred`.

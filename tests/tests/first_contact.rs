@@ -1,5 +1,5 @@
-//! What a newcomer meets first: the README quick start pasted as one block, and a mistyped
-//! peer port that must stay visible in the logs.
+//! What a newcomer meets first: the README quick start pasted as one block, a mistyped
+//! peer port that must stay visible in the logs, and a peer given by name.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -145,4 +145,23 @@ fn a_mistyped_peer_port_stays_visible_in_the_logs() {
         .count();
     assert!(logged >= 10, "{logged} dial_fail lines for 20 failures");
     assert!(d.metric("overlay_dial_failures_total", &[]) >= 20.0);
+}
+
+#[test]
+fn a_peer_given_as_localhost_is_resolved_and_dialed() {
+    let a = Daemon::start();
+    let b = Daemon::builder()
+        .arg("--peer")
+        .arg(format!("localhost:{}", a.overlay.port()))
+        .start();
+    let line = b
+        .wait_log(Duration::from_secs(20), |l| l["event"] == "peer_resolved")
+        .unwrap_or_else(|| panic!("the name's answer not logged\n{}", b.all_output()));
+    assert_eq!(line["peer_name"], format!("localhost:{}", a.overlay.port()));
+    e2e::poll_until("a session over the name", Duration::from_secs(20), || {
+        (a.metric("overlay_sessions_active", &[]) == 1.0
+            && b.metric("overlay_sessions_active", &[]) >= 1.0)
+            .then_some(())
+    });
+    assert!(b.metric("overlay_peer_resolve_total", &[("outcome", "ok")]) >= 1.0);
 }

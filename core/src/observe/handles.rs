@@ -46,6 +46,7 @@ pub struct Metrics {
     pub reconcile_bytes: [Counter; 2],
     pub accept_paused: [Counter; 2],
     pub refusal_notices: [Counter; 8],
+    pub peer_resolves: [Counter; 2],
     /// `request_latency_seconds{route="handshake",method="tcp"}`.
     pub handshake_latency: Histogram,
     pub tor_bootstrap: Option<Histogram>,
@@ -188,6 +189,9 @@ impl Metrics {
             }),
             refusal_notices: RejectReason::ALL
                 .map(|r| metrics::counter!(REFUSAL_NOTICES_TOTAL, "reason" => r.as_str())),
+            peer_resolves: std::array::from_fn(|i| {
+                metrics::counter!(PEER_RESOLVE_TOTAL, "outcome" => ResolveOutcome::ALL[i].as_str())
+            }),
             handshake_latency: metrics::histogram!(REQUEST_LATENCY_SECONDS,
                 "route" => LatencyRoute::Handshake.as_str(), "method" => Transport::Tcp.as_str()),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
@@ -211,6 +215,9 @@ impl Metrics {
     }
     pub fn accept_paused(&self, r: AcceptPause) {
         self.accept_paused[r.index()].increment(1);
+    }
+    pub fn peer_resolve(&self, o: ResolveOutcome) {
+        self.peer_resolves[o.index()].increment(1);
     }
 }
 

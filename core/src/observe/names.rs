@@ -192,6 +192,13 @@ label_enum!(
 );
 
 label_enum!(
+    /// `outcome` of `overlay_peer_resolve_total`: a lookup of a peer given by name either
+    /// answered addresses or failed (an error, a timeout, or no address), and then the last
+    /// good answer stays.
+    ResolveOutcome { Ok => "ok", Error => "error" }
+);
+
+label_enum!(
     /// `outcome` of `overlay_writes_total`: a write (a message with ACK_REQ, or a local
     /// publish) either passes the shedding decision or is refused `503 busy`.
     WriteOutcome { Accepted => "accepted", Busy => "busy" }
@@ -304,6 +311,7 @@ pub const ADMIN_REFUSALS_TOTAL: &str = "admin_refusals_total";
 pub const ACCEPT_PAUSED_TOTAL: &str = "overlay_accept_paused_total";
 pub const REFUSAL_NOTICES_TOTAL: &str = "overlay_refusal_notices_total";
 pub const WRITES_TOTAL: &str = "overlay_writes_total";
+pub const PEER_RESOLVE_TOTAL: &str = "overlay_peer_resolve_total";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -604,6 +612,12 @@ pub const INVENTORY: &[MetricSpec] = &[
         Kind::Counter,
         "Writes (messages with ACK_REQ, local publishes) by shedding decision: the busy SLO's denominator.",
         &[("outcome", WriteOutcome::VALUES)],
+    ),
+    spec(
+        PEER_RESOLVE_TOTAL,
+        Kind::Counter,
+        "Lookups of peers given by name (every overlay.peer_resolve_interval), by outcome; an error keeps the last good addresses.",
+        &[("outcome", ResolveOutcome::VALUES)],
     ),
     MetricSpec {
         name: TOR_BOOTSTRAP_SECONDS,

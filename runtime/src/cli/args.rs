@@ -66,7 +66,7 @@ pub struct RunOpts {
     /// Admin plane address (admin.listen).
     #[arg(long)]
     pub admin: Option<String>,
-    /// Peer to keep dialed (repeatable; replaces overlay.peers).
+    /// Peer to keep dialed, `ip:port` or `host:port` (repeatable; replaces overlay.peers).
     #[arg(long = "peer")]
     pub peers: Vec<String>,
     /// Node id in HELLO (overlay.node_id).

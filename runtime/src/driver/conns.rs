@@ -161,8 +161,16 @@ impl<N: Net> Driver<N> {
             return;
         };
         if let Some(addr) = &c.dial {
-            if let Some(d) = self.dials.get(addr) {
-                let _ = d.ended.try_send(c.established);
+            match self.dials.get(addr) {
+                Some(d) if d.retired => {
+                    if let Some(d) = self.dials.remove(addr) {
+                        d.task.abort();
+                    }
+                }
+                Some(d) => {
+                    let _ = d.ended.try_send(c.established);
+                }
+                None => {}
             }
         }
     }

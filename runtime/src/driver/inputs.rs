@@ -68,6 +68,11 @@ impl<N: Net> Driver<N> {
                     },
                 );
             }
+            Control::Resolved {
+                name,
+                answer,
+                failures,
+            } => self.on_resolved(name, answer, failures),
             Control::Probe(p, ok) => self.overlay.set_probe(now, p, ok),
             Control::Panicked {
                 task,
@@ -86,10 +91,18 @@ impl<N: Net> Driver<N> {
             }
             AfterPanic::Redial(addr) => {
                 self.dials.remove(&addr);
-                // A dialer of a peer no longer configured is not restarted, so not counted.
-                let again = self.cfg.overlay.peers.contains(&addr);
+                // A dialer of an address no longer to dial is not restarted, so not counted.
+                let again = self.targets.contains(&addr);
                 if again {
                     self.spawn_dialer(addr);
+                }
+                again
+            }
+            AfterPanic::Resolve(name) => {
+                self.resolvers.remove(&name);
+                let again = self.targets.is_configured_name(&name);
+                if again {
+                    self.spawn_resolver(name);
                 }
                 again
             }
@@ -175,18 +188,14 @@ impl<N: Net> Driver<N> {
             }
             Command::Reconfigure { cfg, reply } => {
                 let restart = self.overlay.reconfigure(now, *cfg);
-                let old_peers = std::mem::take(&mut self.cfg.overlay.peers);
+                let old_interval = self.cfg.overlay.peer_resolve_interval;
                 self.cfg = self.overlay.config().clone();
                 self.bounds = Bounds::from_config(&self.cfg);
-                for gone in old_peers
-                    .iter()
-                    .filter(|p| !self.cfg.overlay.peers.contains(p))
-                {
-                    if let Some(d) = self.dials.remove(gone) {
-                        d.task.abort();
-                    }
+                if self.cfg.overlay.peer_resolve_interval != old_interval {
+                    self.restart_resolvers();
                 }
-                self.spawn_dialers();
+                self.targets.configure(&self.cfg.overlay.peers);
+                self.sync_peers();
                 let _ = reply.send(restart);
             }
             Command::Drain => self.begin_drain(),

@@ -4,7 +4,7 @@
 //!
 //! The loop is here; the rest of `Driver` is split by what it does: `spawn` (the tasks it
 //! starts and supervises), `inputs` (one handler per channel), `conns` (the connection
-//! table), `outputs` (draining the node to writers and the bus), `shutdown` (drain and the
+//! table), `peers` (resolvers and dialers of the configured peers), `outputs` (draining the node to writers and the bus), `shutdown` (drain and the
 //! final accounting).
 
 use std::collections::BTreeMap;
@@ -23,6 +23,7 @@ use crate::admin::ready::ReadySnapshot;
 use crate::bounds::{self, Bounds};
 use crate::io::messages::{AfterPanic, Control, Ingress, WriterReport};
 use crate::io::net::Net;
+use crate::io::resolve::PeerTargets;
 use crate::telemetry::bus::BusEvent;
 use conns::Conn;
 use supervise::panic_message;
@@ -31,6 +32,7 @@ mod command;
 mod conns;
 mod inputs;
 mod outputs;
+mod peers;
 mod shutdown;
 mod spawn;
 mod supervise;
@@ -39,10 +41,13 @@ pub(crate) use command::Command;
 pub use command::NodeStats;
 pub use shutdown::ShutdownReport;
 
-/// A configured peer's dialer task, and the channel that tells it its connection ended.
+/// A peer address's dialer task, and the channel that tells it its connection ended.
 struct Dial {
     task: AbortHandle,
     ended: mpsc::Sender<bool>,
+    /// Its address is no longer to be dialed, but its connection is still open: the dialer
+    /// ends with that connection instead of redialing (`peers`).
+    retired: bool,
 }
 
 pub(crate) struct Parts<N: Net> {
@@ -72,6 +77,10 @@ pub(crate) struct Driver<N: Net> {
     // (random per process) would make simulated runs unrepeatable.
     conns: BTreeMap<ConnId, Conn>,
     dials: BTreeMap<String, Dial>,
+    /// What the configured peer entries stand for now, names resolved.
+    targets: PeerTargets,
+    /// One resolver task per configured peer name.
+    resolvers: BTreeMap<String, AbortHandle>,
     tasks: JoinSet<()>,
     ingress_tx: mpsc::Sender<Ingress>,
     ingress_rx: mpsc::Receiver<Ingress>,
@@ -100,6 +109,7 @@ impl<N: Net> Driver<N> {
     pub(crate) fn new(p: Parts<N>) -> Driver<N> {
         use rand::SeedableRng;
         let bounds = Bounds::from_config(&p.cfg);
+        let targets = PeerTargets::new(&p.cfg.overlay.peers);
         let ingress_channel = bounds.ingress_channel;
         let (ingress_tx, ingress_rx) = mpsc::channel(bounds.ingress_channel);
         let (ctl_tx, ctl_rx) = mpsc::channel(bounds::CONTROL_CHANNEL);
@@ -114,6 +124,8 @@ impl<N: Net> Driver<N> {
             rng: ChaCha8Rng::seed_from_u64(p.seed ^ 0x5EED_D1A1),
             conns: BTreeMap::new(),
             dials: BTreeMap::new(),
+            targets,
+            resolvers: BTreeMap::new(),
             tasks: JoinSet::new(),
             ingress_tx,
             ingress_rx,

@@ -44,6 +44,7 @@ impl<N: Net> Driver<N> {
         for d in std::mem::take(&mut self.dials).into_values() {
             d.task.abort();
         }
+        self.restart_resolvers();
         self.publish_ready();
         tracing::info!(
             event = "shutdown_begin",

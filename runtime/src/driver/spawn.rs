@@ -1,6 +1,6 @@
 //! The tasks the driver starts: supervised tasks whose panic is reported and contained,
-//! singletons restarted by their `Supervisor`, the acceptor, and one dialer per configured
-//! peer.
+//! singletons restarted by their `Supervisor`, the acceptor, and the dialer of one peer
+//! address.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -78,12 +78,6 @@ impl<N: Net> Driver<N> {
         self.spawn_supervised(AfterPanic::Lost, task, fut);
     }
 
-    pub(crate) fn spawn_dialers(&mut self) {
-        for addr in self.cfg.overlay.peers.clone() {
-            self.spawn_dialer(addr);
-        }
-    }
-
     pub(super) fn spawn_dialer(&mut self, addr: String) {
         if self.dials.contains_key(&addr) || self.drain.is_some() {
             return;
@@ -103,6 +97,7 @@ impl<N: Net> Driver<N> {
             Dial {
                 task,
                 ended: ended_tx,
+                retired: false,
             },
         );
     }

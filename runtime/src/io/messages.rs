@@ -24,6 +24,13 @@ pub(crate) enum Control<S> {
         error: String,
         failures: u32,
     },
+    /// A lookup of a peer given by name: its addresses, or why it failed (`failures` in a
+    /// row).
+    Resolved {
+        name: String,
+        answer: Result<Vec<SocketAddr>, String>,
+        failures: u32,
+    },
     Probe(Probe, bool),
     Panicked {
         task: &'static str,
@@ -32,14 +39,16 @@ pub(crate) enum Control<S> {
     },
 }
 
-/// What becomes of a task that panicked. Only the first three count in
+/// What becomes of a task that panicked. Only the first four count in
 /// `service_restarts_total`: something takes its place.
 #[derive(Clone, Debug)]
 pub(crate) enum AfterPanic {
     /// A connection's reader or writer: the connection is closed; new ones are served.
     Close(ConnId),
-    /// A dialer: restarted if its peer is still configured.
+    /// A dialer: restarted if its address is still one to dial.
     Redial(String),
+    /// A peer name's resolver: restarted if the name is still configured.
+    Resolve(String),
     /// A singleton task restarted by its `Supervisor`; the probe it upholds reads false
     /// until it runs again.
     Restart(Option<Probe>),

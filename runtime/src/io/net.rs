@@ -18,12 +18,15 @@ pub trait Listener: Send + 'static {
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
 
-/// Bind, accept and connect: everything the runtime asks of the network.
+/// Bind, accept, connect and look up names: everything the runtime asks of the network.
 pub trait Net: Clone + Send + Sync + 'static {
     type Stream: Stream;
     type Listener: Listener<Stream = Self::Stream>;
     fn bind(&self, addr: &str) -> impl Future<Output = io::Result<Self::Listener>> + Send;
     fn connect(&self, addr: &str) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    /// The addresses `host:port` names now. Behind the trait so simulations and tests
+    /// answer from a table they control, never from real DNS.
+    fn resolve(&self, host_port: &str) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
 }
 
 /// Production: tokio TCP.
@@ -85,5 +88,9 @@ impl Net for TokioNet {
         let s = tokio::net::TcpStream::connect(addr).await?;
         let _ = s.set_nodelay(true);
         Ok(s)
+    }
+
+    async fn resolve(&self, host_port: &str) -> io::Result<Vec<SocketAddr>> {
+        Ok(tokio::net::lookup_host(host_port).await?.collect())
     }
 }

@@ -219,7 +219,7 @@ impl Node {
                 {}
             });
         }
-        driver.spawn_dialers();
+        driver.sync_peers();
         let done = tokio::spawn(driver.run());
         Ok(Node {
             ctl: NodeControl {

@@ -41,6 +41,18 @@ pub enum BusKind {
         error: String,
         failures: u32,
     },
+    /// A lookup of a peer given by name failed (`failures` in a row); its last good
+    /// addresses are still dialed.
+    ResolveFailed {
+        name: String,
+        error: String,
+        failures: u32,
+    },
+    /// A peer given by name now stands for `addrs` (the answer changed).
+    Resolved {
+        name: String,
+        addrs: Vec<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -16,7 +16,13 @@ use crate::telemetry::logging::{truncate, LogPolicy};
 use crate::telemetry::sampler::{Sampler, SAMPLE_WINDOW};
 
 /// Event kinds logged at WARN: their held-back counts are told at WARN too.
-const WARN_KINDS: [&str; 4] = ["handshake_fail", "reject", "abort", "dial_fail"];
+const WARN_KINDS: [&str; 5] = [
+    "handshake_fail",
+    "reject",
+    "abort",
+    "dial_fail",
+    "resolve_fail",
+];
 
 pub(crate) async fn run(mut sub: Subscription, policy: Arc<LogPolicy>) {
     let mut sampler = Sampler::default();
@@ -95,6 +101,28 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
                 let addr = policy.peer_addr().then_some(addr.as_str());
                 tracing::warn!(event = "dial_fail", reason = "connect", node, peer_addr = addr,
                     error = %truncate(error.clone()), failures, suppressed);
+            }
+        }
+        BusKind::ResolveFailed {
+            name,
+            error,
+            failures,
+        } => {
+            // One lookup per name per `overlay.peer_resolve_interval`: a DNS outage logs
+            // one line a name an interval, with its count in a row.
+            if let Some(suppressed) = admit("resolve_fail", "lookup") {
+                let name = policy.peer_addr().then_some(name.as_str());
+                tracing::warn!(event = "resolve_fail", reason = "lookup", node, peer_name = name,
+                    error = %truncate(error.clone()), failures, suppressed);
+            }
+        }
+        BusKind::Resolved { name, addrs } => {
+            if policy.peer_addr() {
+                let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                tracing::info!(event = "peer_resolved", node, peer_name = name.as_str(),
+                    addrs = %truncate(addrs.join(",")), count = addrs.len());
+            } else {
+                tracing::info!(event = "peer_resolved", node, count = addrs.len());
             }
         }
         BusKind::Overlay(e) => match e {
@@ -367,6 +395,48 @@ mod tests {
             .collect();
         assert_eq!(dials.len(), 240, "every failure of two hours at 30 s");
         assert_eq!(dials.last(), Some(&240), "with the count in a row");
+    }
+
+    #[test]
+    fn a_failing_peer_name_logs_each_lookup_with_the_name_as_policy_allows() {
+        let fail = |failures| {
+            ev(BusKind::ResolveFailed {
+                name: "seed.example:9444".into(),
+                error: "failed to lookup address information".into(),
+                failures,
+            })
+        };
+        for shown in [true, false] {
+            let (cap, sub) = capture(true);
+            let p = policy(shown, 5);
+            let mut s = Sampler::default();
+            let t0 = Instant::now();
+            // An hour of DNS outage at the default 30 s interval.
+            tracing::subscriber::with_default(sub, || {
+                for i in 0..120u32 {
+                    let now = t0 + Duration::from_secs(30 * u64::from(i));
+                    log_event_at(now, &fail(i + 1), &p, &mut s);
+                }
+            });
+            let lines = cap.lines();
+            let fails: Vec<_> = lines
+                .iter()
+                .filter(|l| l["event"] == "resolve_fail")
+                .collect();
+            assert_eq!(fails.len(), 120, "one line a lookup");
+            assert_eq!(
+                count(fails[119], "failures"),
+                120,
+                "with the count in a row"
+            );
+            assert_eq!(fails[0]["level"], "WARN");
+            let name = fails[0].get("peer_name");
+            if shown {
+                assert_eq!(name.and_then(|n| n.as_str()), Some("seed.example:9444"));
+            } else {
+                assert_eq!(name, None, "log.peer_addr = false omits the name");
+            }
+        }
     }
 
     #[test]

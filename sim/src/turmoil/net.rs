@@ -97,11 +97,20 @@ struct LedgerInner {
 #[derive(Clone, Debug, Default)]
 pub struct SimNet {
     ledger: Arc<Mutex<LedgerInner>>,
+    /// Names a scenario answers itself (`set_name`), ahead of turmoil's host names:
+    /// addresses, or `None` for a failing lookup.
+    names: Arc<Mutex<BTreeMap<String, Option<Vec<SocketAddr>>>>>,
 }
 
 impl SimNet {
     pub fn new() -> SimNet {
         SimNet::default()
+    }
+
+    /// From now on a lookup of `host_port` answers `addrs`, or fails with `None`.
+    pub fn set_name(&self, host_port: &str, addrs: Option<Vec<SocketAddr>>) {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names.insert(host_port.to_string(), addrs);
     }
 
     fn ledger(&self) -> MutexGuard<'_, LedgerInner> {
@@ -333,6 +342,30 @@ impl Net for SimNet {
                 conn,
                 tx: 0,
             })
+        }
+    }
+
+    fn resolve(&self, host_port: &str) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send {
+        let set = {
+            let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            names.get(host_port).cloned()
+        };
+        let host_port = host_port.to_string();
+        async move {
+            match set {
+                Some(Some(addrs)) => Ok(addrs),
+                Some(None) => Err(io::Error::new(io::ErrorKind::NotFound, "name not found")),
+                None => {
+                    let (host, port) = host_port
+                        .rsplit_once(':')
+                        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                        .ok_or_else(|| {
+                            io::Error::new(io::ErrorKind::InvalidInput, "not host:port")
+                        })?;
+                    // turmoil's hosts, by the names the scenario gave them.
+                    Ok(vec![SocketAddr::new(::turmoil::lookup(host), port)])
+                }
+            }
         }
     }
 }
