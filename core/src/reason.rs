@@ -12,10 +12,11 @@ pub enum RejectReason {
     Unauth,
     Ratelimit,
     NotReady,
+    Forbidden,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Oversize,
         RejectReason::RatioCap,
         RejectReason::Proto,
@@ -24,6 +25,7 @@ impl RejectReason {
         RejectReason::Unauth,
         RejectReason::Ratelimit,
         RejectReason::NotReady,
+        RejectReason::Forbidden,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -36,6 +38,7 @@ impl RejectReason {
             RejectReason::Unauth => "unauth",
             RejectReason::Ratelimit => "ratelimit",
             RejectReason::NotReady => "not_ready",
+            RejectReason::Forbidden => "forbidden",
         }
     }
 
@@ -48,6 +51,7 @@ impl RejectReason {
             RejectReason::Busy | RejectReason::NotReady => 503,
             RejectReason::Unauth => 401,
             RejectReason::Ratelimit => 429,
+            RejectReason::Forbidden => 403,
         }
     }
 

@@ -127,6 +127,8 @@ pub struct Session {
     pub tree: Option<TreeLink>,
     /// Refusals this writer has not been told about yet.
     pub notices: NoticeLedger,
+    /// What its token allows, once a HELLO with `auth.required` admitted it.
+    pub cap: Option<crate::cap::Capability>,
 }
 
 impl Session {
@@ -170,6 +172,7 @@ impl Session {
             armed: None,
             tree: None,
             notices: NoticeLedger::default(),
+            cap: None,
         }
     }
 

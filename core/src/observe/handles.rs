@@ -10,7 +10,7 @@ use crate::reason::RejectReason;
 /// registered here, at zero, so it is exported from the first scrape.
 #[derive(Clone)]
 pub struct Metrics {
-    pub rejected: [Counter; 8],
+    pub rejected: [Counter; RejectReason::ALL.len()],
     pub service_restarts: Counter,
     pub bus_lagged: Counter,
     pub sessions_active: Gauge,
@@ -48,12 +48,10 @@ pub struct Metrics {
     pub reconcile_rounds: Counter,
     pub reconcile_bytes: [Counter; 2],
     pub accept_paused: [Counter; 2],
-    pub refusal_notices: [Counter; 8],
+    pub refusal_notices: [Counter; RejectReason::ALL.len()],
     pub writes: [Counter; 2],
     /// `request_latency_seconds{route="handshake",method="tcp"}`.
     pub handshake_latency: Histogram,
-    pub tor_bootstrap: Option<Histogram>,
-    pub quic_path_events: Option<[Counter; 3]>,
 }
 
 fn describe() {
@@ -166,12 +164,6 @@ impl Metrics {
             }),
             handshake_latency: metrics::histogram!(REQUEST_LATENCY_SECONDS,
                 "route" => LatencyRoute::Handshake.as_str(), "method" => Transport::Tcp.as_str()),
-            tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
-            quic_path_events: cfg!(feature = "quic").then(|| {
-                std::array::from_fn(|i| {
-                    metrics::counter!(QUIC_PATH_EVENTS_TOTAL, "event" => QuicPathEvent::ALL[i].as_str())
-                })
-            }),
         }
     }
 

@@ -173,7 +173,13 @@ impl<N: Net> Driver<N> {
                 let r = self.overlay.publish(now, &topic, data, ttl);
                 let _ = reply.send(r);
             }
-            Command::Reconfigure { cfg, reply } => {
+            Command::Reconfigure {
+                cfg,
+                verifier,
+                credential,
+                reply,
+            } => {
+                self.overlay.set_auth(verifier, credential);
                 let restart = self.overlay.reconfigure(now, *cfg);
                 let old_peers = std::mem::take(&mut self.cfg.overlay.peers);
                 self.cfg = self.overlay.config().clone();

@@ -114,6 +114,8 @@ impl Node {
 
         let start = Instant::now();
         let mut overlay = Overlay::new(cfg.clone(), rec.metrics.clone(), opts.seed, Time::ZERO);
+        let (verifier, credential) = crate::token::auth_for(&cfg)?;
+        overlay.set_auth(verifier, credential);
         overlay.set_local_delivery(opts.local_delivery);
         let fds = opts
             .fd_sampler

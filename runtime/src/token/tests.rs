@@ -1,0 +1,168 @@
+use std::time::{Duration, SystemTime};
+
+use super::mint::{attenuate, mint, write_keypair, Claims, Restriction};
+use super::*;
+
+struct Keys {
+    dir: std::path::PathBuf,
+}
+
+impl Keys {
+    fn new(name: &str) -> Keys {
+        let dir = std::env::temp_dir().join(format!("svc-overlay-token-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Keys { dir }
+    }
+
+    /// A fresh key pair: the private key's path and the public key.
+    fn pair(&self, name: &str) -> (std::path::PathBuf, String) {
+        let path = self.dir.join(name);
+        let (public, _) = write_keypair(&path).unwrap();
+        (path, public)
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn claims(grants: &[(&str, Action)], expires: Option<SystemTime>) -> Claims {
+    Claims {
+        class: None,
+        role: Role::Client,
+        tenant: "acme".into(),
+        grants: grants
+            .iter()
+            .map(|(t, a)| Grant {
+                topic: t.to_string(),
+                action: *a,
+            })
+            .collect(),
+        expires,
+    }
+}
+
+fn verifier(keys: &[&str]) -> TokenVerifier {
+    TokenVerifier::new(keys.iter().map(|k| load_public_key(k).unwrap()).collect())
+}
+
+#[test]
+fn a_minted_token_grants_what_it_says_until_it_expires() {
+    let k = Keys::new("grants");
+    let (key, public) = k.pair("root");
+    let now = SystemTime::now();
+    let c = claims(
+        &[("feed", Action::Publish), ("feed", Action::Subscribe)],
+        Some(now + Duration::from_secs(60)),
+    );
+    let t = mint(&key, &c).unwrap();
+    let v = verifier(&[&public]).verify_at(t.as_bytes(), now).unwrap();
+    assert_eq!(v.class, "cap:feed:readwrite");
+    assert_eq!((v.role, v.tenant.as_str()), (Role::Client, "acme"));
+    assert_eq!(v.grants.len(), 2);
+    let left = v.valid_for.unwrap();
+    assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(58), "{left:?}");
+
+    let later = now + Duration::from_secs(61);
+    let e = verifier(&[&public]).verify_at(t.as_bytes(), later);
+    assert_eq!(e, Err(AuthFailure::Expired));
+}
+
+#[test]
+fn another_key_or_a_tampered_token_is_unauth() {
+    let k = Keys::new("unauth");
+    let (key, _) = k.pair("root");
+    let (_, other) = k.pair("other");
+    let t = mint(&key, &claims(&[("feed", Action::Subscribe)], None)).unwrap();
+    let v = verifier(&[&other]);
+    assert_eq!(v.verify(t.as_bytes()), Err(AuthFailure::Unauth));
+    let mut bad = t.clone().into_bytes();
+    let i = bad.len() / 2;
+    bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+    let (_, public) = (key, k.dir.join("root.pub"));
+    let v = verifier(&[public.to_str().unwrap()]);
+    assert_eq!(v.verify(&bad), Err(AuthFailure::Unauth));
+    assert_eq!(v.verify(b"\xff\xfe"), Err(AuthFailure::Unauth));
+}
+
+#[test]
+fn attenuation_narrows_without_the_key_and_never_widens() {
+    let k = Keys::new("attenuate");
+    let (key, public) = k.pair("root");
+    let t = mint(
+        &key,
+        &claims(
+            &[
+                ("feed", Action::Publish),
+                ("feed", Action::Subscribe),
+                ("news", Action::Subscribe),
+            ],
+            None,
+        ),
+    )
+    .unwrap();
+    let v = verifier(&[&public]);
+    let read_only = attenuate(
+        &t,
+        &Restriction {
+            actions: vec![Action::Subscribe],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let g = v.verify(read_only.as_bytes()).unwrap().grants;
+    assert!(g.iter().all(|g| g.action == Action::Subscribe), "{g:?}");
+    assert_eq!(g.len(), 2);
+
+    let news = attenuate(
+        &read_only,
+        &Restriction {
+            topics: vec!["news".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let g = v.verify(news.as_bytes()).unwrap().grants;
+    assert_eq!(g, vec![Grant { topic: "news".into(), action: Action::Subscribe }]);
+
+    // A topic the token never had: every right fails a check.
+    let elsewhere = attenuate(
+        &t,
+        &Restriction {
+            topics: vec!["other".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(v.verify(elsewhere.as_bytes()), Err(AuthFailure::InvalidCaveat));
+
+    // A nearer expiry in a block is the session's expiry, and enforced.
+    let now = SystemTime::now();
+    let soon = attenuate(
+        &t,
+        &Restriction {
+            expires: Some(now + Duration::from_secs(5)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let left = v.verify_at(soon.as_bytes(), now).unwrap().valid_for.unwrap();
+    assert!(left <= Duration::from_secs(5), "{left:?}");
+    let after = now + Duration::from_secs(6);
+    assert_eq!(v.verify_at(soon.as_bytes(), after), Err(AuthFailure::Expired));
+}
+
+#[test]
+fn any_of_several_keys_verifies_during_a_rotation() {
+    let k = Keys::new("rotation");
+    let (old, old_pub) = k.pair("old");
+    let (new, new_pub) = k.pair("new");
+    let both = verifier(&[&old_pub, &new_pub]);
+    for key in [old, new] {
+        let t = mint(&key, &claims(&[("feed", Action::Subscribe)], None)).unwrap();
+        assert!(both.verify(t.as_bytes()).is_ok());
+    }
+}
