@@ -90,8 +90,9 @@ pub struct Capability {
 
 impl Capability {
     /// Decides a HELLO from what the verifier found: the role and tenant must be the
-    /// session's, and each topic a client subscribes to must be granted (no topic means
-    /// every topic, which only a `*` grant covers).
+    /// session's, and each topic a client names must be granted `subscribe`. A client
+    /// that names none (every topic, or a publisher that reads nothing) is admitted and
+    /// gets only the topics its grants cover (`Session::wants`).
     pub fn admit(
         v: Verified,
         now: Time,
@@ -107,17 +108,10 @@ impl Capability {
             grants: v.grants,
             expires_at: v.valid_for.map(|d| now + d),
         };
-        let subscribed = if topics.is_empty() {
-            cap.grants
-                .iter()
-                .any(|g| g.action == Action::Subscribe && g.topic == ANY_TOPIC)
-        } else {
-            topics.iter().all(|t| cap.allows(Action::Subscribe, t.as_bytes()))
-        };
+        let subscribed = topics
+            .iter()
+            .all(|t| cap.allows(Action::Subscribe, t.as_bytes()));
         if role == Role::Client && !subscribed {
-            return Err(AuthFailure::InvalidCaveat);
-        }
-        if cap.grants.is_empty() {
             return Err(AuthFailure::InvalidCaveat);
         }
         Ok(cap)
@@ -172,14 +166,16 @@ mod tests {
             Capability::admit(v.clone(), t0, Role::Peer, "acme", &feed),
             Capability::admit(v.clone(), t0, Role::Client, "other", &feed),
             Capability::admit(v.clone(), t0, Role::Client, "acme", &["news".into()]),
-            // No topic is every topic: only `*` covers it.
-            Capability::admit(v, t0, Role::Client, "acme", &[]),
         ];
         for r in wrong {
             assert_eq!(r, Err(AuthFailure::InvalidCaveat));
         }
+        // Naming no topic asks for what the grants cover.
+        let cap = Capability::admit(v, t0, Role::Client, "acme", &[]).unwrap();
+        assert!(cap.allows(Action::Subscribe, b"feed") && !cap.allows(Action::Subscribe, b"x"));
         let any = verified(&[(ANY_TOPIC, Action::Subscribe)]);
-        assert!(Capability::admit(any, t0, Role::Client, "acme", &[]).is_ok());
+        let cap = Capability::admit(any, t0, Role::Client, "acme", &[]).unwrap();
+        assert!(cap.allows(Action::Subscribe, b"anything"));
     }
 
     #[test]

@@ -195,7 +195,14 @@ impl Session {
 
     /// Whether a client asked for this topic.
     pub fn wants(&self, topic: &[u8]) -> bool {
-        self.topics.is_empty() || self.topics.iter().any(|t| t.as_ref() == topic)
+        let asked = self.topics.is_empty() || self.topics.iter().any(|t| t.as_ref() == topic);
+        // Under auth, what a client gets is also what its token lets it read: naming no
+        // topic means every topic it may subscribe to.
+        asked
+            && self
+                .cap
+                .as_ref()
+                .map_or(true, |c| c.allows(crate::cap::Action::Subscribe, topic))
     }
 
     pub fn next_stream_id(&mut self) -> u64 {
