@@ -119,9 +119,9 @@ impl Capability {
 
     /// Whether a grant covers `action` on `topic` (expiry aside).
     pub fn allows(&self, action: Action, topic: &[u8]) -> bool {
-        self.grants.iter().any(|g| {
-            g.action == action && (g.topic == ANY_TOPIC || g.topic.as_bytes() == topic)
-        })
+        self.grants
+            .iter()
+            .any(|g| g.action == action && (g.topic == ANY_TOPIC || g.topic.as_bytes() == topic))
     }
 
     /// Decides one write of the session: `Err` names the auth failure to count.

@@ -712,7 +712,6 @@ impl Config {
             self.overlay.node_id.clone()
         }
     }
-
 }
 
 #[cfg(test)]

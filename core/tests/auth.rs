@@ -33,7 +33,11 @@ impl CapVerifier for Toy {
             .chars()
             .map(|c| Grant {
                 topic: topic.to_string(),
-                action: if c == 'p' { Action::Publish } else { Action::Subscribe },
+                action: if c == 'p' {
+                    Action::Publish
+                } else {
+                    Action::Subscribe
+                },
             })
             .collect();
         Ok(Verified {
@@ -41,7 +45,9 @@ impl CapVerifier for Toy {
             role: Role::Client,
             tenant: "default".into(),
             grants,
-            valid_for: rest.first().map(|s| Duration::from_secs(s.parse().unwrap())),
+            valid_for: rest
+                .first()
+                .map(|s| Duration::from_secs(s.parse().unwrap())),
         })
     }
 }
@@ -69,11 +75,14 @@ fn auth_failures(net: &Net, reason: &str) -> u64 {
     net.counter(0, AUTH_FAILURES_TOTAL, &[("reason", reason)])
 }
 
+/// A HELLO's token, its topics, and the reason it is refused for.
+type Case<'a> = (Option<&'a [u8]>, &'a [&'a str], &'a str);
+
 #[test]
 fn a_hello_is_refused_with_its_auth_reason() {
     let mut net = net();
     let long = format!("grant:{}:s", "x".repeat(64));
-    let cases: [(Option<&[u8]>, &[&str], &str); 5] = [
+    let cases: [Case; 5] = [
         (None, &[], "unauth"),
         (Some(b"nonsense"), &[], "unauth"),
         (Some(long.as_bytes()), &[], "unauth"),
@@ -87,7 +96,11 @@ fn a_hello_is_refused_with_its_auth_reason() {
     // Not `settle`: it stops at the close, before the answers in flight have arrived.
     net.advance(Duration::from_millis(10));
     for (c, (_, _, reason)) in clients.into_iter().zip(cases) {
-        assert_eq!(refused(&net, c), Some((401, reason.to_string())), "{reason}");
+        assert_eq!(
+            refused(&net, c),
+            Some((401, reason.to_string())),
+            "{reason}"
+        );
     }
     assert_eq!(auth_failures(&net, "unauth"), 3);
     assert_eq!(auth_failures(&net, "expired"), 1);
@@ -104,24 +117,41 @@ fn a_write_needs_publish_on_its_topic_and_a_reader_gets_only_its_topics() {
     let other = net.client_with_cap(0, Role::Client, &[], Some(b"grant:news:p"));
     net.settle();
     for c in [reader, writer, other] {
-        assert!(net.clients[c].client.is_established(), "{:?}", refused(&net, c));
+        assert!(
+            net.clients[c].client.is_established(),
+            "{:?}",
+            refused(&net, c)
+        );
     }
     let data = Bytes::from_static(b"x");
     let send = |net: &mut Net, c: usize, k: u64, topic: &str| {
-        net.clients[c].client.publish(msg_id(k), topic, 3, &data, true).unwrap();
+        net.clients[c]
+            .client
+            .publish(msg_id(k), topic, 3, &data, true)
+            .unwrap();
         net.settle();
     };
     send(&mut net, writer, 1, "feed");
     send(&mut net, reader, 2, "feed");
     send(&mut net, other, 3, "news");
     assert_eq!(net.acks(writer), vec![202]);
-    assert_eq!(net.acks(reader), vec![403], "a subscribe-only token cannot publish");
+    assert_eq!(
+        net.acks(reader),
+        vec![403],
+        "a subscribe-only token cannot publish"
+    );
     assert_eq!(net.acks(other), vec![202]);
-    assert_eq!(net.counter(0, REJECTED_TOTAL, &[("reason", "forbidden")]), 1);
+    assert_eq!(
+        net.counter(0, REJECTED_TOTAL, &[("reason", "forbidden")]),
+        1
+    );
     assert_eq!(auth_failures(&net, "invalid_caveat"), 1);
     // Naming no topic, a client gets what its token may read: feed, not news.
     let topics = |net: &Net, c| -> Vec<Vec<u8>> {
-        net.messages(c).iter().map(|m| m.header.topic.to_vec()).collect()
+        net.messages(c)
+            .iter()
+            .map(|m| m.header.topic.to_vec())
+            .collect()
     };
     assert_eq!(topics(&net, reader), vec![b"feed".to_vec()]);
     assert!(topics(&net, other).is_empty());
@@ -134,10 +164,16 @@ fn a_write_after_the_token_expires_is_refused_expired() {
     let c = net.client_with_cap(0, Role::Client, &[], Some(b"grant:feed:ps:2"));
     net.settle();
     let data = Bytes::from_static(b"x");
-    net.clients[c].client.publish(msg_id(1), "feed", 3, &data, true).unwrap();
+    net.clients[c]
+        .client
+        .publish(msg_id(1), "feed", 3, &data, true)
+        .unwrap();
     net.settle();
     net.advance(Duration::from_secs(2));
-    net.clients[c].client.publish(msg_id(2), "feed", 3, &data, true).unwrap();
+    net.clients[c]
+        .client
+        .publish(msg_id(2), "feed", 3, &data, true)
+        .unwrap();
     net.settle();
     assert_eq!(net.acks(c), vec![202, 403]);
     assert_eq!(auth_failures(&net, "expired"), 1);

@@ -113,7 +113,13 @@ fn publish(d: &Daemon, token: &Path, topic: &str) -> (Output, Value) {
 
 fn subscribe(d: &Daemon, token: &Path, topic: &str) -> Child {
     command()
-        .args(["subscribe", "--to", &d.overlay.to_string(), "--topic", topic])
+        .args([
+            "subscribe",
+            "--to",
+            &d.overlay.to_string(),
+            "--topic",
+            topic,
+        ])
         .args(["--count", "1", "--token-file", token.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -129,7 +135,11 @@ fn auth_failures(d: &Daemon, reason: &str) -> f64 {
 fn a_minted_token_subscribes_and_a_subscribe_only_token_cannot_publish() {
     let v = Vault::new("roles");
     let root = v.keygen("root");
-    let reader = v.mint(&root, "reader", &["--tenant", "acme", "--subscribe", "feed"]);
+    let reader = v.mint(
+        &root,
+        "reader",
+        &["--tenant", "acme", "--subscribe", "feed"],
+    );
     let writer = v.mint(&root, "writer", &["--tenant", "acme", "--publish", "feed"]);
     let mut d = node(&[pubkey(&root)]);
 
@@ -163,12 +173,18 @@ fn a_minted_token_subscribes_and_a_subscribe_only_token_cannot_publish() {
         .collect();
     assert!(classes.contains(&"cap:feed:read"), "{classes:?}");
     assert!(classes.contains(&"cap:feed:write"), "{classes:?}");
-    let rejected = lines.iter().find(|l| l["event"] == "reject").expect("a reject line");
+    let rejected = lines
+        .iter()
+        .find(|l| l["event"] == "reject")
+        .expect("a reject line");
     assert_eq!(rejected["cap_id"], "cap:feed:read", "{rejected}");
     let all = d.all_output();
     for t in [&reader, &writer] {
         let token = v.token(t);
-        assert!(!all.contains(&token[10..40]), "a token leaked into the output");
+        assert!(
+            !all.contains(&token[10..40]),
+            "a token leaked into the output"
+        );
     }
 }
 
@@ -177,23 +193,43 @@ fn a_missing_or_foreign_token_is_unauth_and_an_expired_one_expired() {
     let v = Vault::new("refusals");
     let root = v.keygen("root");
     let stranger = v.keygen("stranger");
-    let foreign = v.mint(&stranger, "foreign", &["--tenant", "acme", "--subscribe", "feed"]);
+    let foreign = v.mint(
+        &stranger,
+        "foreign",
+        &["--tenant", "acme", "--subscribe", "feed"],
+    );
     let expired = v.mint(
         &root,
         "expired",
-        &["--tenant", "acme", "--subscribe", "feed", "--expires-at", "2020-01-01T00:00:00Z"],
+        &[
+            "--tenant",
+            "acme",
+            "--subscribe",
+            "feed",
+            "--expires-at",
+            "2020-01-01T00:00:00Z",
+        ],
     );
     let d = node(&[pubkey(&root)]);
 
     let none = OapClient::connect(d.overlay, "auth-none", &["feed"], None);
     assert_eq!(none.err(), Some((401, "unauth".to_string())));
-    let bad = OapClient::connect(d.overlay, "auth-bad", &["feed"], Some(v.token(&foreign).as_bytes()));
+    let bad = OapClient::connect(
+        d.overlay,
+        "auth-bad",
+        &["feed"],
+        Some(v.token(&foreign).as_bytes()),
+    );
     assert_eq!(bad.err(), Some((401, "unauth".to_string())));
     assert_eq!(auth_failures(&d, "unauth"), 2.0);
 
     let out = subscribe(&d, &expired, "feed").wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401 expired"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401 expired"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(auth_failures(&d, "expired"), 1.0);
     assert_eq!(d.metric("rejected_total", &[("reason", "unauth")]), 3.0);
     assert_eq!(
@@ -210,7 +246,14 @@ fn an_attenuated_token_is_refused_for_a_topic_it_gave_up() {
     let both = v.mint(
         &root,
         "both",
-        &["--tenant", "acme", "--subscribe", "feed", "--subscribe", "news"],
+        &[
+            "--tenant",
+            "acme",
+            "--subscribe",
+            "feed",
+            "--subscribe",
+            "news",
+        ],
     );
     let news = v.path("news");
     let out = run(&[
@@ -224,9 +267,20 @@ fn an_attenuated_token_is_refused_for_a_topic_it_gave_up() {
         news.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let inspect = run(&["token", "inspect", "--token-file", news.to_str().unwrap(), "--verify-key", &pubkey(&root)]);
+    let inspect = run(&[
+        "token",
+        "inspect",
+        "--token-file",
+        news.to_str().unwrap(),
+        "--verify-key",
+        &pubkey(&root),
+    ]);
     let shown = String::from_utf8_lossy(&inspect.stdout);
-    assert!(shown.contains("block 1") && shown.contains("signature: valid"), "{}", text(&inspect));
+    assert!(
+        shown.contains("block 1") && shown.contains("signature: valid"),
+        "{}",
+        text(&inspect)
+    );
 
     let d = node(&[pubkey(&root)]);
     let out = subscribe(&d, &news, "feed").wait_with_output().unwrap();
@@ -238,7 +292,12 @@ fn an_attenuated_token_is_refused_for_a_topic_it_gave_up() {
     );
     assert_eq!(auth_failures(&d, "invalid_caveat"), 1.0);
     // What it kept still works.
-    let ok = OapClient::connect(d.overlay, "news", &["news"], Some(v.token(&news).as_bytes()));
+    let ok = OapClient::connect(
+        d.overlay,
+        "news",
+        &["news"],
+        Some(v.token(&news).as_bytes()),
+    );
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
 
@@ -264,5 +323,9 @@ fn during_a_key_rotation_tokens_of_both_keys_are_accepted() {
     }
     let (out, _) = publish(&d, &t_gone, "feed");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401 unauth"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401 unauth"),
+        "{}",
+        text(&out)
+    );
 }

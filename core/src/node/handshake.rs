@@ -124,14 +124,15 @@ impl Overlay {
             // Refused before parsing: what a verifier spends is bounded by this size.
             Err((AuthFailure::Unauth, "token over auth.max_token_bytes"))
         } else if let Some(v) = &self.verifier {
-            v.verify(token)
-                .map_err(|f| (f, f.detail()))
-                .and_then(|v| {
-                    let tenant = &self.cfg.auth.tenant;
-                    Capability::admit(v, now, hello.role, tenant, &hello.topics).map_err(|f| {
-                        (f, "token does not cover this role, tenant or subscribed topics")
-                    })
+            v.verify(token).map_err(|f| (f, f.detail())).and_then(|v| {
+                let tenant = &self.cfg.auth.tenant;
+                Capability::admit(v, now, hello.role, tenant, &hello.topics).map_err(|f| {
+                    (
+                        f,
+                        "token does not cover this role, tenant or subscribed topics",
+                    )
                 })
+            })
         } else {
             Err((AuthFailure::Unauth, "no verification key is loaded"))
         };

@@ -453,7 +453,7 @@ pub const INVENTORY: &[MetricSpec] = &[
     spec(
         AUTH_FAILURES_TOTAL,
         Kind::Counter,
-        "Capability checks that failed, by reason.",
+        "Capability checks that failed, by reason: at HELLO (answered 401) and on writes (answered 403).",
         &[("reason", AuthFailure::VALUES)],
     ),
     spec(

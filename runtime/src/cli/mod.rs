@@ -178,11 +178,18 @@ fn publish(o: PublishOpts) -> anyhow::Result<ExitCode> {
 fn subscribe(o: SubscribeOpts) -> anyhow::Result<ExitCode> {
     let within = o.connect.connect_timeout;
     let token = o.connect.token()?.map(bytes::Bytes::from);
-    runtime()?.block_on(peer::subscribe(&o.to, o.topics, o.count, within, token, |m| {
-        if let Ok(line) = serde_json::to_string(&MessageLine::new(m)) {
-            println!("{line}");
-        }
-    }))?;
+    runtime()?.block_on(peer::subscribe(
+        &o.to,
+        o.topics,
+        o.count,
+        within,
+        token,
+        |m| {
+            if let Ok(line) = serde_json::to_string(&MessageLine::new(m)) {
+                println!("{line}");
+            }
+        },
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

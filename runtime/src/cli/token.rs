@@ -83,12 +83,18 @@ fn run_cmd(cmd: TokenCmd) -> anyhow::Result<()> {
                 actions,
                 expires: expiry.at(),
             };
-            emit(&mint::attenuate(&read_token(&token_file)?, &r)?, out.as_deref())?;
+            emit(
+                &mint::attenuate(&read_token(&token_file)?, &r)?,
+                out.as_deref(),
+            )?;
         }
         TokenCmd::Inspect {
             token_file,
             verify_keys,
-        } => print!("{}", mint::inspect(&read_token(&token_file)?, &verify_keys)?),
+        } => print!(
+            "{}",
+            mint::inspect(&read_token(&token_file)?, &verify_keys)?
+        ),
     }
     Ok(())
 }

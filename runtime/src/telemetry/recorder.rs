@@ -5,8 +5,8 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use overlay_core::observe::{
-    HttpMetrics, Metrics, CHUNK_BYTES, FRAME_SIZE_BYTES, LATENCY_BUCKETS,
-    REQUEST_LATENCY_SECONDS, SIZE_BUCKETS,
+    HttpMetrics, Metrics, CHUNK_BYTES, FRAME_SIZE_BYTES, LATENCY_BUCKETS, REQUEST_LATENCY_SECONDS,
+    SIZE_BUCKETS,
 };
 
 /// A recorder and every handle registered with it.

@@ -71,9 +71,12 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     o.write(true).create_new(true);
     #[cfg(unix)]
     o.mode(0o600);
-    let mut f = o
-        .open(path)
-        .with_context(|| format!("creating {} (an existing key is never overwritten)", path.display()))?;
+    let mut f = o.open(path).with_context(|| {
+        format!(
+            "creating {} (an existing key is never overwritten)",
+            path.display()
+        )
+    })?;
     f.write_all(format!("{text}\n").as_bytes())?;
     Ok(())
 }
@@ -88,9 +91,18 @@ pub fn mint(key_file: &Path, claims: &Claims) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("{}: not a private key ({e})", key_file.display()))?;
     let kp = KeyPair::from(&private);
     let mut b = Biscuit::builder()
-        .fact(biscuit_auth::builder::fact("cap_id", &[string(&claims.class())]))?
-        .fact(biscuit_auth::builder::fact("role", &[string(claims.role.as_str())]))?
-        .fact(biscuit_auth::builder::fact("tenant", &[string(&claims.tenant)]))?;
+        .fact(biscuit_auth::builder::fact(
+            "cap_id",
+            &[string(&claims.class())],
+        ))?
+        .fact(biscuit_auth::builder::fact(
+            "role",
+            &[string(claims.role.as_str())],
+        ))?
+        .fact(biscuit_auth::builder::fact(
+            "tenant",
+            &[string(&claims.tenant)],
+        ))?;
     for g in &claims.grants {
         b = b.fact(biscuit_auth::builder::fact(
             "right",
@@ -151,7 +163,11 @@ pub fn inspect(token: &str, verify_keys: &[String]) -> anyhow::Result<String> {
     let mut out = String::new();
     for i in 0..t.block_count() {
         let src = t.print_block_source(i)?;
-        let name = if i == 0 { "authority".to_string() } else { format!("block {i}") };
+        let name = if i == 0 {
+            "authority".to_string()
+        } else {
+            format!("block {i}")
+        };
         out.push_str(&format!("{name}:\n"));
         for line in src.lines() {
             out.push_str(&format!("  {line}\n"));

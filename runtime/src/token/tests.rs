@@ -9,7 +9,8 @@ struct Keys {
 
 impl Keys {
     fn new(name: &str) -> Keys {
-        let dir = std::env::temp_dir().join(format!("svc-overlay-token-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("svc-overlay-token-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Keys { dir }
@@ -64,7 +65,10 @@ fn a_minted_token_grants_what_it_says_until_it_expires() {
     assert_eq!((v.role, v.tenant.as_str()), (Role::Client, "acme"));
     assert_eq!(v.grants.len(), 2);
     let left = v.valid_for.unwrap();
-    assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(58), "{left:?}");
+    assert!(
+        left <= Duration::from_secs(60) && left > Duration::from_secs(58),
+        "{left:?}"
+    );
 
     let later = now + Duration::from_secs(61);
     let e = verifier(&[&public]).verify_at(t.as_bytes(), later);
@@ -126,7 +130,13 @@ fn attenuation_narrows_without_the_key_and_never_widens() {
     )
     .unwrap();
     let g = v.verify(news.as_bytes()).unwrap().grants;
-    assert_eq!(g, vec![Grant { topic: "news".into(), action: Action::Subscribe }]);
+    assert_eq!(
+        g,
+        vec![Grant {
+            topic: "news".into(),
+            action: Action::Subscribe
+        }]
+    );
 
     // A topic the token never had: every right fails a check.
     let elsewhere = attenuate(
@@ -137,7 +147,10 @@ fn attenuation_narrows_without_the_key_and_never_widens() {
         },
     )
     .unwrap();
-    assert_eq!(v.verify(elsewhere.as_bytes()), Err(AuthFailure::InvalidCaveat));
+    assert_eq!(
+        v.verify(elsewhere.as_bytes()),
+        Err(AuthFailure::InvalidCaveat)
+    );
 
     // A nearer expiry in a block is the session's expiry, and enforced.
     let now = SystemTime::now();
@@ -149,10 +162,17 @@ fn attenuation_narrows_without_the_key_and_never_widens() {
         },
     )
     .unwrap();
-    let left = v.verify_at(soon.as_bytes(), now).unwrap().valid_for.unwrap();
+    let left = v
+        .verify_at(soon.as_bytes(), now)
+        .unwrap()
+        .valid_for
+        .unwrap();
     assert!(left <= Duration::from_secs(5), "{left:?}");
     let after = now + Duration::from_secs(6);
-    assert_eq!(v.verify_at(soon.as_bytes(), after), Err(AuthFailure::Expired));
+    assert_eq!(
+        v.verify_at(soon.as_bytes(), after),
+        Err(AuthFailure::Expired)
+    );
 }
 
 #[test]
