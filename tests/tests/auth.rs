@@ -127,6 +127,18 @@ fn subscribe(d: &Daemon, token: &Path, topic: &str) -> Child {
         .expect("spawn svc-overlay subscribe")
 }
 
+/// Waits for `n` sessions on `d`; a subscriber that gave up fails at once, with its output.
+fn await_sessions(d: &Daemon, n: f64, sub: &mut Child) {
+    poll_until("the subscriber's session", WAIT, || {
+        if let Ok(Some(status)) = sub.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(sub.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the subscriber exited {status}: {err}");
+        }
+        (d.metric("overlay_sessions_active", &[]) == n).then_some(())
+    });
+}
+
 fn auth_failures(d: &Daemon, reason: &str) -> f64 {
     d.metric("auth_failures_total", &[("reason", reason)])
 }
@@ -143,10 +155,8 @@ fn a_minted_token_subscribes_and_a_subscribe_only_token_cannot_publish() {
     let writer = v.mint(&root, "writer", &["--tenant", "acme", "--publish", "feed"]);
     let mut d = node(&[pubkey(&root)]);
 
-    let sub = subscribe(&d, &reader, "feed");
-    poll_until("the subscriber's session", WAIT, || {
-        (d.metric("overlay_sessions_active", &[]) == 1.0).then_some(())
-    });
+    let mut sub = subscribe(&d, &reader, "feed");
+    await_sessions(&d, 1.0, &mut sub);
     let (out, s) = publish(&d, &writer, "feed");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(s["acked"], 1, "{s}");
@@ -328,4 +338,76 @@ fn during_a_key_rotation_tokens_of_both_keys_are_accepted() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn a_reload_rereads_the_key_files() {
+    let v = Vault::new("reload");
+    let old = v.keygen("old");
+    let new = v.keygen("new");
+    let args = ["--tenant", "acme", "--publish", "feed"];
+    let (t_old, t_new) = (v.mint(&old, "t-old", &args), v.mint(&new, "t-new", &args));
+    let current = v.path("current.pub");
+    std::fs::copy(old.with_extension("pub"), &current).unwrap();
+    let cfg = v.path("node.toml");
+    let toml = format!(
+        "[auth]\nrequired = true\ntenant = \"acme\"\nverify_keys = [{:?}]\n",
+        current.to_str().unwrap()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let d = Daemon::builder()
+        .arg("--config")
+        .arg(cfg.to_str().unwrap())
+        .start();
+    d.wait_readyz(200, WAIT);
+    assert!(publish(&d, &t_old, "feed").0.status.success());
+    assert_eq!(publish(&d, &t_new, "feed").0.status.code(), Some(1));
+
+    // The same config, the key file rotated under it: SIGHUP re-reads it.
+    std::fs::copy(new.with_extension("pub"), &current).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_log(WAIT, |l| {
+        l["event"] == "config_reload" && l["changes"] == 0 && l["diff"].is_string()
+    })
+    .expect("a reload that re-read the key file");
+    let (out, s) = publish(&d, &t_new, "feed");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(s["acked"], 1, "{s}");
+    assert_eq!(publish(&d, &t_old, "feed").0.status.code(), Some(1));
+}
+
+#[test]
+fn peers_present_their_own_token_when_they_dial() {
+    let v = Vault::new("peers");
+    let root = v.keygen("root");
+    let peer = v.mint(&root, "peer", &["--tenant", "acme", "--role", "peer"]);
+    let reader = v.mint(
+        &root,
+        "reader",
+        &["--tenant", "acme", "--subscribe", "feed"],
+    );
+    let writer = v.mint(&root, "writer", &["--tenant", "acme", "--publish", "feed"]);
+    let a = node(&[pubkey(&root)]);
+    let b = Daemon::builder()
+        .arg("--peer")
+        .arg(a.overlay.to_string())
+        .cfg("auth.required", "true")
+        .cfg("auth.verify_keys", format!("[\"{}\"]", pubkey(&root)))
+        .cfg("auth.tenant", "acme")
+        .cfg("auth.token_file", peer.to_str().unwrap())
+        .start();
+    poll_until("b's peer session on a", WAIT, || {
+        (a.metric("overlay_sessions_active", &[]) == 1.0).then_some(())
+    });
+    assert_eq!(
+        a.metric("auth_failures_total", &[("reason", "unauth")]),
+        0.0
+    );
+
+    let mut sub = subscribe(&a, &reader, "feed");
+    await_sessions(&a, 2.0, &mut sub);
+    let (out, _) = publish(&b, &writer, "feed");
+    assert!(out.status.success(), "{}", text(&out));
+    let got = sub.wait_with_output().unwrap();
+    assert!(got.status.success(), "{}", text(&got));
 }
