@@ -91,6 +91,7 @@ pub fn mint(key_file: &Path, claims: &Claims) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("{}: not a private key ({e})", key_file.display()))?;
     let kp = KeyPair::from(&private);
     let mut b = Biscuit::builder()
+        .root_key_id(super::key_id(&kp.public()))
         .fact(biscuit_auth::builder::fact(
             "cap_id",
             &[string(&claims.class())],
