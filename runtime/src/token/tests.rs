@@ -190,48 +190,42 @@ fn any_of_several_keys_verifies_during_a_rotation() {
     }
 }
 
+/// What a HELLO's verification costs the driver loop (docs/OPERATIONS.md "Tokens"):
+/// `cargo test --release -p svc-overlay --lib verify_cost -- --ignored --nocapture`.
 #[test]
 #[ignore]
-fn measure_verify() {
-    let k = Keys::new("measure");
+fn verify_cost() {
+    let k = Keys::new("cost");
     let (key, public) = k.pair("root");
-    let t = mint(
-        &key,
-        &claims(
-            &[("feed", Action::Publish), ("feed", Action::Subscribe)],
-            Some(SystemTime::now() + Duration::from_secs(600)),
-        ),
-    )
-    .unwrap();
-    let att = attenuate(
-        &t,
-        &Restriction {
-            topics: vec!["feed".into()],
-            actions: vec![Action::Subscribe],
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let (_, p2) = k.pair("other");
-    for (name, keys, tok) in [
-        ("1 key, 1 block", vec![public.as_str()], &t),
-        ("1 key, 2 blocks", vec![public.as_str()], &att),
+    let (_, other) = k.pair("other");
+    let grants = [("feed", Action::Publish), ("feed", Action::Subscribe)];
+    let expires = Some(SystemTime::now() + Duration::from_secs(600));
+    let one = mint(&key, &claims(&grants, expires)).unwrap();
+    let narrowed = Restriction {
+        actions: vec![Action::Subscribe],
+        ..Default::default()
+    };
+    let two = attenuate(&one, &narrowed).unwrap();
+    let cases = [
+        ("1 key, 1 block", vec![public.as_str()], &one),
+        ("1 key, 2 blocks", vec![public.as_str()], &two),
         (
-            "2 keys (second signs), 2 blocks",
-            vec![p2.as_str(), public.as_str()],
-            &att,
+            "2 keys, 2 blocks",
+            vec![other.as_str(), public.as_str()],
+            &two,
         ),
-    ] {
+    ];
+    for (name, keys, token) in cases {
         let v = verifier(&keys);
         let n = 200;
         let t0 = std::time::Instant::now();
         for _ in 0..n {
-            v.verify(tok.as_bytes()).unwrap();
+            v.verify(token.as_bytes()).unwrap();
         }
         eprintln!(
             "{name}: {:?} per verify, token {} B",
             t0.elapsed() / n,
-            tok.len()
+            token.len()
         );
     }
 }
