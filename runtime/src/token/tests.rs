@@ -190,6 +190,32 @@ fn any_of_several_keys_verifies_during_a_rotation() {
     }
 }
 
+#[test]
+fn whatever_a_peer_sends_as_a_token_is_refused_without_a_panic() {
+    use rand::{Rng, SeedableRng};
+    let k = Keys::new("garbage");
+    let (key, public) = k.pair("root");
+    let good = mint(&key, &claims(&[("feed", Action::Subscribe)], None)).unwrap();
+    let v = verifier(&[&public]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for _ in 0..300 {
+        // A real token with a few bytes changed, truncated, or plain noise.
+        let mut t = good.clone().into_bytes();
+        for _ in 0..rng.gen_range(1..4) {
+            let i = rng.gen_range(0..t.len());
+            t[i] = rng.gen();
+        }
+        let cut = rng.gen_range(0..t.len());
+        let noise: Vec<u8> = (0..rng.gen_range(0..600)).map(|_| rng.gen()).collect();
+        for bytes in [&t[..], &t[..cut], &noise[..]] {
+            if let Ok(v) = v.verify(bytes) {
+                // A change that kept the signature valid cannot have widened the token.
+                assert!(v.grants.iter().all(|g| g.topic == "feed"), "{v:?}");
+            }
+        }
+    }
+}
+
 /// What a HELLO's verification costs the driver loop (docs/OPERATIONS.md "Tokens"):
 /// `cargo test --release -p svc-overlay --lib verify_cost -- --ignored --nocapture`.
 #[test]
