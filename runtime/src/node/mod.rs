@@ -164,6 +164,12 @@ impl Node {
             // Before the driver runs: its start-up events (readiness) must not come first.
             announce(&node_id, overlay_addr, admin_addr);
         }
+        if cfg.auth.required {
+            // OAP1 section 7: the daemon speaks plain TCP, so a bearer token can be read
+            // off the wire by anyone on the path.
+            tracing::warn!(event = "auth_cleartext", node = %node_id,
+                "auth.required over plain TCP: capability tokens travel in clear");
+        }
         let mut driver = Driver::new(Parts {
             net,
             overlay,
