@@ -159,23 +159,34 @@ fn a_write_needs_publish_on_its_topic_and_a_reader_gets_only_its_topics() {
 }
 
 #[test]
-fn a_write_after_the_token_expires_is_refused_expired() {
+fn a_session_ends_when_its_token_expires() {
     let mut net = net();
-    let c = net.client_with_cap(0, Role::Client, &[], Some(b"grant:feed:ps:2"));
+    let reader = net.client_with_cap(0, Role::Client, &[], Some(b"grant:feed:s:3"));
+    let writer = net.client_with_cap(0, Role::Client, &[], Some(b"grant:feed:p"));
     net.settle();
     let data = Bytes::from_static(b"x");
-    net.clients[c]
+    net.clients[writer]
         .client
         .publish(msg_id(1), "feed", 3, &data, true)
         .unwrap();
     net.settle();
-    net.advance(Duration::from_secs(2));
-    net.clients[c]
+    assert_eq!(net.messages(reader).len(), 1);
+    // Within a tick (250 ms) of the expiry.
+    net.advance(Duration::from_millis(3300));
+    assert!(
+        net.clients[reader].closed,
+        "the reader's token expired: its session ended"
+    );
+    assert_eq!(auth_failures(&net, "expired"), 1);
+    net.clients[writer]
         .client
         .publish(msg_id(2), "feed", 3, &data, true)
         .unwrap();
     net.settle();
-    assert_eq!(net.acks(c), vec![202, 403]);
-    assert_eq!(auth_failures(&net, "expired"), 1);
+    assert_eq!(
+        net.messages(reader).len(),
+        1,
+        "nothing more after the expiry"
+    );
     net.assert_balance();
 }

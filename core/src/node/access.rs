@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::cap::Action;
+use crate::observe::AuthFailure;
 
 impl Overlay {
     /// Whether `conn` may write `m`; if not, the message is refused `403 forbidden` (in its
@@ -21,5 +22,24 @@ impl Overlay {
         self.metrics.auth_failures[failure.index()].increment(1);
         self.refuse_message(now, conn, m, RejectReason::Forbidden, 0, failure.detail());
         false
+    }
+
+    /// Ends a session whose capability has expired (its deadline is in the timer table, so
+    /// within a `TICK` of the expiry; writes in between are refused by `write_allowed`):
+    /// it was admitted for that long, and a subscriber must not go on receiving on a token
+    /// that no longer holds. Counted `expired`, refused `unauth`; the client reconnects with
+    /// a fresh token.
+    pub(super) fn end_if_expired(&mut self, now: Time, id: ConnId) -> bool {
+        let expired = self
+            .sessions
+            .get(&id)
+            .and_then(|s| s.cap.as_ref())
+            .and_then(|c| c.expires_at)
+            .is_some_and(|e| now >= e);
+        if expired {
+            self.metrics.auth_failures[AuthFailure::Expired.index()].increment(1);
+            self.refuse_conn(now, id, RejectReason::Unauth, AuthFailure::Expired.detail());
+        }
+        expired
     }
 }

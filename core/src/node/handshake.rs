@@ -44,6 +44,8 @@ impl Overlay {
         }
         self.outcome(Outcome::Delivered, 1);
         self.establish(now, conn, corr, hello.role, hello.node);
+        // A token that expires before any deadline filed so far moves the session's.
+        self.arm(conn);
         if tree {
             self.join_tree(now, conn);
         }
