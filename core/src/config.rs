@@ -203,21 +203,36 @@ pub struct ReadinessConfig {
     pub fd_reserve: u64,
 }
 
-#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+/// Signed capability tokens (docs/OPERATIONS.md "Tokens"). Nothing here is a secret: the
+/// node's own token and the minting key live in files the config only names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Require a capability token in HELLO.
+    /// Require a signed capability token in HELLO, and authorise every write with it.
     pub required: bool,
-    /// Accepted capability tokens (secrets: never logged).
-    pub tokens: Vec<String>,
+    /// Public keys that verify tokens: each `ed25519/<hex>` inline or the path of a file
+    /// holding one. Several at once let keys rotate.
+    pub verify_keys: Vec<String>,
+    /// The tenant this node serves: a token for another tenant is refused.
+    pub tenant: String,
+    /// File holding the token this node presents when it dials its peers (empty: none).
+    pub token_file: String,
+    /// Largest token a HELLO may carry; a larger one is refused before it is parsed.
+    pub max_token_bytes: usize,
 }
 
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("required", &self.required)
-            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
-            .finish()
+/// Most verification keys at once: each is tried in turn on a HELLO.
+pub const MAX_VERIFY_KEYS: usize = 16;
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            required: false,
+            verify_keys: Vec::new(),
+            tenant: "default".into(),
+            token_file: String::new(),
+            max_token_bytes: 4096,
+        }
     }
 }
 
@@ -670,10 +685,27 @@ impl Config {
             "must be in [0, 1]",
         )?;
         check(!r.sustain.is_zero(), "readiness.sustain", "must be > 0")?;
+        let a = &self.auth;
         check(
-            !self.auth.required || !self.auth.tokens.is_empty(),
-            "auth.tokens",
-            "auth.required needs at least one token",
+            !a.required || !a.verify_keys.is_empty(),
+            "auth.verify_keys",
+            "auth.required needs at least one verification key",
+        )?;
+        check(
+            a.verify_keys.len() <= MAX_VERIFY_KEYS
+                && a.verify_keys.iter().all(|k| !k.trim().is_empty()),
+            "auth.verify_keys",
+            "at most 16 keys, none empty",
+        )?;
+        check(
+            !a.tenant.is_empty() && a.tenant.len() <= 128,
+            "auth.tenant",
+            "must be 1..=128 bytes",
+        )?;
+        check(
+            (64..=65535).contains(&a.max_token_bytes),
+            "auth.max_token_bytes",
+            "must be in 64..=65535 (the cap field is 16 bits)",
         )?;
         check(
             self.log.max_lines_per_sec >= 1,
@@ -695,18 +727,6 @@ impl Config {
         } else {
             self.overlay.node_id.clone()
         }
-    }
-
-    /// The effective config as TOML-ready JSON with secrets replaced.
-    pub fn redacted(&self) -> Config {
-        let mut c = self.clone();
-        c.auth.tokens = c
-            .auth
-            .tokens
-            .iter()
-            .map(|_| "<redacted>".to_string())
-            .collect();
-        c
     }
 }
 
@@ -766,7 +786,13 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "overlay.gossip.chunk_bytes");
         let mut c = Config::default();
         c.auth.required = true;
-        assert_eq!(c.validate().unwrap_err().key, "auth.tokens");
+        assert_eq!(c.validate().unwrap_err().key, "auth.verify_keys");
+        let mut c = Config::default();
+        c.auth.max_token_bytes = 1 << 16;
+        assert_eq!(c.validate().unwrap_err().key, "auth.max_token_bytes");
+        let mut c = Config::default();
+        c.auth.tenant = String::new();
+        assert_eq!(c.validate().unwrap_err().key, "auth.tenant");
         let mut c = Config::default();
         c.readiness.queue_high_watermark = 1.5;
         let e = c.validate().unwrap_err();
@@ -881,13 +907,11 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_redacted_everywhere_they_print() {
-        let mut c = Config::default();
-        c.auth.tokens = vec!["s3cret-token".into()];
-        assert!(!format!("{c:?}").contains("s3cret"));
-        let r = c.redacted();
-        assert!(!serde_json::to_string(&r).unwrap().contains("s3cret"));
-        assert_eq!(r.auth.tokens.len(), 1);
+    fn the_old_token_list_is_an_unknown_key() {
+        // Shared secrets in the config are gone: a file that still lists them fails closed
+        // instead of running open.
+        let e = serde_json::from_str::<Config>(r#"{"auth":{"tokens":["x"]}}"#).unwrap_err();
+        assert!(e.to_string().contains("tokens"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum Event {
         inbound: bool,
         role: Role,
         node: String,
+        /// The class of the capability the session holds (`cap_id`), when auth is on.
+        cap_id: Option<String>,
     },
     HandshakeFailed {
         conn: ConnId,

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cap;
 pub mod client;
 pub mod config;
 pub mod egress;

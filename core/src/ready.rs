@@ -1,5 +1,5 @@
-//! Readiness: the eight keys of `/readyz`, the sustained windows, and the exact bodies
-//! (docs/ARCHITECTURE.md section 5).
+//! Readiness: the keys of `/readyz` (docs/ARCHITECTURE.md section 5; no `tor_bootstrap`: no
+//! Tor transport exists), the sustained windows, and the exact bodies.
 
 use std::time::Duration;
 
@@ -13,7 +13,6 @@ pub enum Probe {
     CfgLoaded,
     FdHeadroom,
     PqReady,
-    TorBootstrap,
 }
 
 /// `readyz_state`: 0 down, 1 ready, 2 degraded.
@@ -133,8 +132,6 @@ pub struct ReadyView {
     pub cfg_loaded: bool,
     /// `None` unless `pq_mode = hybrid`.
     pub pq_ready: Option<bool>,
-    /// `None` unless Tor is configured.
-    pub tor_bootstrap: Option<bool>,
     pub queues_ok: bool,
     pub shed_rate_ok: bool,
     pub fd_headroom: bool,
@@ -159,7 +156,6 @@ impl ReadyView {
         need(self.shed_rate_ok, "shed_rate_ok");
         need(self.fd_headroom, "fd_headroom");
         need(self.pq_ready != Some(false), "pq_ready");
-        need(self.tor_bootstrap != Some(false), "tor_bootstrap");
         need(!self.draining, "draining");
         m
     }
@@ -202,7 +198,6 @@ mod tests {
             metrics_bound: true,
             cfg_loaded: true,
             pq_ready: None,
-            tor_bootstrap: None,
             queues_ok: true,
             shed_rate_ok: true,
             fd_headroom: true,
@@ -253,14 +248,6 @@ mod tests {
             }
             .missing(),
             vec!["draining"]
-        );
-        assert_eq!(
-            ReadyView {
-                tor_bootstrap: Some(true),
-                ..all_up()
-            }
-            .state(),
-            ReadyState::Ready
         );
     }
 

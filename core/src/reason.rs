@@ -13,10 +13,11 @@ pub enum RejectReason {
     Unauth,
     Ratelimit,
     NotReady,
+    Forbidden,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Oversize,
         RejectReason::RatioCap,
         RejectReason::Proto,
@@ -25,6 +26,7 @@ impl RejectReason {
         RejectReason::Unauth,
         RejectReason::Ratelimit,
         RejectReason::NotReady,
+        RejectReason::Forbidden,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -37,6 +39,7 @@ impl RejectReason {
             RejectReason::Unauth => "unauth",
             RejectReason::Ratelimit => "ratelimit",
             RejectReason::NotReady => "not_ready",
+            RejectReason::Forbidden => "forbidden",
         }
     }
 
@@ -49,6 +52,7 @@ impl RejectReason {
             RejectReason::Busy | RejectReason::NotReady => 503,
             RejectReason::Unauth => 401,
             RejectReason::Ratelimit => 429,
+            RejectReason::Forbidden => 403,
         }
     }
 

@@ -143,6 +143,8 @@ pub(crate) struct Session {
     pub(crate) demoted: bool,
     /// Ticks in a row this peer was over its watermark.
     pub(crate) pressured_ticks: u32,
+    /// What its token allows, once a HELLO with `auth.required` admitted it.
+    pub(crate) cap: Option<crate::cap::Capability>,
 }
 
 impl Session {
@@ -186,6 +188,7 @@ impl Session {
             owed_ids: HashSet::new(),
             demoted: false,
             pressured_ticks: 0,
+            cap: None,
         }
     }
 
@@ -204,7 +207,14 @@ impl Session {
 
     /// Whether a client asked for this topic.
     pub(crate) fn wants(&self, topic: &[u8]) -> bool {
-        self.topics.is_empty() || self.topics.iter().any(|t| t.as_ref() == topic)
+        let asked = self.topics.is_empty() || self.topics.iter().any(|t| t.as_ref() == topic);
+        // Under auth, what a client gets is also what its token lets it read: naming no
+        // topic means every topic it may subscribe to.
+        asked
+            && self
+                .cap
+                .as_ref()
+                .map_or(true, |c| c.allows(crate::cap::Action::Subscribe, topic))
     }
 
     pub(crate) fn next_stream_id(&mut self) -> u64 {

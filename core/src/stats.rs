@@ -17,10 +17,10 @@ pub struct Stats {
     /// Indexed by [`RxDrop`].
     pub dropped: [u64; 5],
     /// Frames rejected, indexed by [`RejectReason`].
-    pub rejected: [u64; 8],
+    pub rejected: [u64; RejectReason::ALL.len()],
     /// Connections and local writes refused without a frame to blame (handshake timeouts,
     /// slow frames, `max_conns`, busy local publishes), indexed by [`RejectReason`].
-    pub refused: [u64; 8],
+    pub refused: [u64; RejectReason::ALL.len()],
     /// Frames on their way out that were not sent, indexed by [`DropReason`]
     /// (`overlay_queue_dropped_total{queue="egress"}`).
     pub egress_dropped: [u64; 3],

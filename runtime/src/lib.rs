@@ -5,7 +5,7 @@
 //! sockets and tests can start nodes in-process.
 //!
 //! Folders by concern, each using only those below it (`tests/layout.rs` checks it):
-//! `cli` → `node` → `driver` → `admin` → `io` → `telemetry` → `bounds`, `config`.
+//! `cli` → `node` → `driver` → `admin` → `io` → `telemetry` → `bounds`, `config`, `token`.
 
 pub mod admin;
 pub mod bounds;
@@ -15,6 +15,7 @@ mod driver;
 pub mod io;
 pub mod node;
 pub mod telemetry;
+pub mod token;
 
 // The paths embedders, `sim` and the tests have always used.
 pub use admin::health::Heartbeat;

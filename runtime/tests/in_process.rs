@@ -45,6 +45,7 @@ async fn publish_through_one_node_arrives_on_the_other() {
             vec!["feed".into()],
             Some(3),
             Duration::from_secs(10),
+            None,
             move |m| {
                 let _ = tx.send(peer::MessageLine::new(m));
             },

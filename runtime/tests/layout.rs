@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["admin"],
     &["io"],
     &["telemetry"],
-    &["bounds", "config"],
+    &["bounds", "config", "token"],
 ];
 
 const MAX_LINES: usize = 400;

@@ -15,13 +15,52 @@ fn read(rel: &str) -> String {
 
 const RELEASED: &str = "core/src/observe/released_names.txt";
 
-fn released() -> BTreeSet<String> {
+/// Every shipped name with whether it was withdrawn (`name removed`).
+fn shipped() -> Vec<(String, bool)> {
     read(RELEASED)
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
+        .map(|l| match l.split_once(' ') {
+            Some((name, "removed")) => (name.to_string(), true),
+            Some(_) => panic!("{RELEASED}: `{l}` is neither a name nor `name removed`"),
+            None => (l.to_string(), false),
+        })
         .collect()
+}
+
+/// The shipped names still exported (directly or as an alias).
+fn released() -> BTreeSet<String> {
+    shipped()
+        .into_iter()
+        .filter(|(_, removed)| !removed)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+#[test]
+fn a_removed_name_is_gone_and_announced() {
+    let inventory: BTreeSet<&str> = INVENTORY.iter().map(|s| s.name).collect();
+    let changelog = read("CHANGELOG.md");
+    let removed_section = changelog
+        .split("### Removed")
+        .skip(1)
+        .map(|s| s.split("\n## ").next().unwrap_or(s))
+        .collect::<String>();
+    for (name, removed) in shipped() {
+        if !removed {
+            continue;
+        }
+        assert!(
+            !inventory.contains(name.as_str()),
+            "{name} is marked removed in {RELEASED} but is in the inventory: a withdrawn name \
+             is not reused"
+        );
+        assert!(
+            removed_section.contains(&name),
+            "{name} is marked removed in {RELEASED}: CHANGELOG.md must say so under ### Removed"
+        );
+    }
 }
 
 #[test]
@@ -52,7 +91,8 @@ fn every_inventory_name_is_recorded_as_shipped() {
     for s in INVENTORY {
         assert!(
             released.contains(s.name),
-            "{} is not in {RELEASED}: add it (and an `Added` line to CHANGELOG.md)",
+            "{} is not in {RELEASED} (or is marked removed there): add it (and an `Added` line \
+             to CHANGELOG.md)",
             s.name
         );
     }

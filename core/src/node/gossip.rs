@@ -76,6 +76,9 @@ impl Overlay {
 
     pub(super) fn on_message(&mut self, now: Time, conn: ConnId, mut m: Message) {
         let frames = m.frames as u64;
+        if !self.write_allowed(now, conn, &m) {
+            return;
+        }
         if m.ack_req && !self.ctrl_room(conn) {
             // Its answer could not be queued: refused whole and told in a notice, so the
             // writer never waits on an answer that was dropped.

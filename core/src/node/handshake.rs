@@ -1,7 +1,9 @@
 //! The HELLO exchange, from either side.
 
 use super::*;
+use crate::cap::Capability;
 use crate::oap::FEATURE_TREE;
+use crate::observe::AuthFailure;
 
 impl Overlay {
     pub(super) fn on_hello(&mut self, now: Time, conn: ConnId, frame: Frame) {
@@ -11,7 +13,7 @@ impl Overlay {
             corr_id: corr,
             inbound: true,
         });
-        let hello = match self.judge_hello(now, &frame) {
+        let (hello, cap) = match self.judge_hello(now, &frame) {
             Ok(h) => h,
             Err(refusal) => return self.fail_hello(now, conn, &frame, refusal),
         };
@@ -37,21 +39,29 @@ impl Overlay {
                 .map(|t| Bytes::copy_from_slice(t.as_bytes()))
                 .collect();
             s.chunk = chunk;
+            s.cap = cap;
         }
         self.outcome(Outcome::Delivered, 1);
         self.establish(now, conn, corr, hello.role, hello.node);
+        // A token that expires before any deadline filed so far moves the session's.
+        self.arm(conn);
         if tree {
             self.join_tree(now, conn);
         }
     }
 
     /// Every check a HELLO must pass, in the order that refuses floods cheapest first.
-    pub(super) fn judge_hello(&mut self, now: Time, frame: &Frame) -> Result<Hello, HelloRefusal> {
+    pub(super) fn judge_hello(
+        &mut self,
+        now: Time,
+        frame: &Frame,
+    ) -> Result<(Hello, Option<Capability>), HelloRefusal> {
         let refuse = |reason, label, why: &'static str| HelloRefusal {
             reason,
             label,
             why,
             retry_after: None,
+            error: None,
         };
         let proto = Some(HandshakeFailure::Proto);
         let is_hello = frame.app_proto == AppProto::HELLO
@@ -89,20 +99,54 @@ impl Overlay {
         })?;
         self.check_hello(&hello)
             .map_err(|why| refuse(RejectReason::Proto, proto, why))?;
-        if self.cfg.auth.required && !self.authorized(&frame.cap) {
-            self.metrics.auth_failures[crate::observe::AuthFailure::Unauth.index()].increment(1);
-            // Not a protocol failure: the handshake-failure label set has no `unauth`, and
-            // counting it as `proto` would make the log and the metrics disagree. It is
-            // counted in `auth_failures_total` and `rejected_total{reason="unauth"}`.
-            return Err(refuse(
-                RejectReason::Unauth,
-                None,
-                "missing or unknown capability",
-            ));
-        }
+        let cap = match self.cfg.auth.required {
+            true => Some(self.admit_token(now, &frame.cap, &hello)?),
+            false => None,
+        };
         self.negotiate_pq(&hello)
             .map_err(|why| refuse(RejectReason::Proto, Some(HandshakeFailure::PqNegFail), why))?;
-        Ok(hello)
+        Ok((hello, cap))
+    }
+
+    /// The capability a HELLO's token gives its session, or the 401 that refuses it. Not a
+    /// protocol failure: the handshake-failure label set has no auth reasons, and counting
+    /// one as `proto` would make the log and the metrics disagree. It is counted in
+    /// `auth_failures_total{reason}` and `rejected_total{reason="unauth"}`, and the answer's
+    /// `error` is the auth reason, so a client can tell an expired token from a bad one.
+    fn admit_token(
+        &self,
+        now: Time,
+        token: &[u8],
+        hello: &Hello,
+    ) -> Result<Capability, HelloRefusal> {
+        let verdict = if token.is_empty() {
+            Err((AuthFailure::Unauth, "no capability token"))
+        } else if token.len() > self.cfg.auth.max_token_bytes {
+            // Refused before parsing: what a verifier spends is bounded by this size.
+            Err((AuthFailure::Unauth, "token over auth.max_token_bytes"))
+        } else if let Some(v) = &self.verifier {
+            v.verify(token).map_err(|f| (f, f.detail())).and_then(|v| {
+                let tenant = &self.cfg.auth.tenant;
+                Capability::admit(v, now, hello.role, tenant, &hello.topics).map_err(|f| {
+                    (
+                        f,
+                        "token does not cover this role, tenant or subscribed topics",
+                    )
+                })
+            })
+        } else {
+            Err((AuthFailure::Unauth, "no verification key is loaded"))
+        };
+        verdict.map_err(|(f, why)| {
+            self.metrics.auth_failures[f.index()].increment(1);
+            HelloRefusal {
+                reason: RejectReason::Unauth,
+                label: None,
+                why,
+                retry_after: None,
+                error: Some(f.as_str()),
+            }
+        })
     }
 
     pub(super) fn check_hello(&self, h: &Hello) -> Result<(), &'static str> {
@@ -122,16 +166,6 @@ impl Overlay {
             return Err("max_frame below 1024");
         }
         Ok(())
-    }
-
-    pub(super) fn authorized(&self, cap: &[u8]) -> bool {
-        // Constant time per token, so the comparison does not leak how much matched.
-        self.cfg.auth.tokens.iter().fold(false, |ok, t| {
-            let t = t.as_bytes();
-            let same = t.len() == cap.len()
-                && t.iter().zip(cap).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-            ok | same
-        })
     }
 
     pub(super) fn negotiate_pq(&self, h: &Hello) -> Result<(), &'static str> {
@@ -163,6 +197,7 @@ impl Overlay {
             label,
             why,
             retry_after,
+            error,
         } = refusal;
         if let Some(l) = label {
             self.metrics.handshake_failure(l);
@@ -180,7 +215,7 @@ impl Overlay {
             AppProto::HELLO,
             frame.corr_id,
             reason.status(),
-            reason.as_str(),
+            error.unwrap_or(reason.as_str()),
             retry_after,
         );
         resp.flags = resp.flags | Flags::START;
@@ -272,6 +307,7 @@ impl Overlay {
         s.node = node.clone();
         s.last_rx = now;
         let inbound = s.inbound;
+        let cap_id = s.cap.as_ref().map(|c| c.class.clone());
         self.metrics
             .handshake_latency
             .record(now.saturating_since(s.opened).as_secs_f64());
@@ -287,6 +323,7 @@ impl Overlay {
             inbound,
             role,
             node,
+            cap_id,
         });
         if self.draining {
             self.send_ctrl(conn, &Ctrl::goaway());

@@ -8,6 +8,7 @@
 //! `sessions` (lifecycle), `accounting` (the balance of counts) and `held` (what a session
 //! holds, for readers outside the node).
 
+mod access;
 mod accounting;
 mod gossip;
 mod handshake;
@@ -25,12 +26,14 @@ mod tree;
 pub use held::Held;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::cap::CapVerifier;
 use crate::config::{Config, PqModeConfig};
 use crate::egress::{Drr, OutFrame, Permits, Refusal};
 use crate::event::Event;
@@ -106,6 +109,8 @@ struct HelloRefusal {
     label: Option<HandshakeFailure>,
     why: &'static str,
     retry_after: Option<u64>,
+    /// The answer's `error` when it is finer than the reason (the auth failure of a 401).
+    error: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -115,7 +120,6 @@ struct Probes {
     cfg_loaded: bool,
     fd_headroom: bool,
     pq_ready: Option<bool>,
-    tor_bootstrap: Option<bool>,
 }
 
 pub struct Overlay {
@@ -180,6 +184,10 @@ pub struct Overlay {
     tree_links: usize,
     /// Sessions filed under their earliest deadline (see `timers`).
     timers: std::collections::BinaryHeap<std::cmp::Reverse<(Time, ConnId)>>,
+    /// Checks HELLO tokens under `auth.required` (`set_auth`); none: every token fails.
+    verifier: Option<Arc<dyn CapVerifier>>,
+    /// The token this node presents when it dials (`auth.token_file`, read by the runtime).
+    credential: Bytes,
 }
 
 impl Overlay {
@@ -243,6 +251,8 @@ impl Overlay {
             missing_order: VecDeque::new(),
             tree_links: 0,
             timers: std::collections::BinaryHeap::new(),
+            verifier: None,
+            credential: Bytes::new(),
             cfg,
         };
         node.update_gauges();
@@ -325,7 +335,6 @@ impl Overlay {
             metrics_bound: self.probes.metrics_bound,
             cfg_loaded: self.probes.cfg_loaded,
             pq_ready: self.probes.pq_ready,
-            tor_bootstrap: self.probes.tor_bootstrap,
             queues_ok: self.queues_ok,
             shed_rate_ok: self.shed_rate_ok,
             fd_headroom: self.probes.fd_headroom,
@@ -334,6 +343,15 @@ impl Overlay {
     }
 
     // ----- inputs from the runtime ---------------------------------------------------
+
+    /// The token verifier (`auth.verify_keys`) and the token this node presents when it
+    /// dials (`auth.token_file`): the runtime owns keys, files and the wall clock, and
+    /// hands them in at start and on every reload. Sessions already established keep the
+    /// capability they were admitted with.
+    pub fn set_auth(&mut self, verifier: Option<Arc<dyn CapVerifier>>, credential: Bytes) {
+        self.verifier = verifier;
+        self.credential = credential;
+    }
 
     /// A fact only the runtime can see (listener bound, config loaded, fd headroom...).
     pub fn set_probe(&mut self, now: Time, probe: Probe, ok: bool) {
@@ -360,7 +378,6 @@ impl Overlay {
                     p.pq_ready = Some(ok)
                 }
             }
-            Probe::TorBootstrap => p.tor_bootstrap = Some(ok),
         }
     }
 
@@ -461,9 +478,8 @@ impl Overlay {
             corr_id,
             hello.to_json().into(),
         );
-        if let Some(tok) = self.cfg.auth.tokens.first() {
-            f.cap = Bytes::copy_from_slice(tok.as_bytes());
-        }
+        // Bytes share their buffer: every dial presents the same token without a copy.
+        f.cap = self.credential.clone();
         if let Some(s) = self.sessions.get_mut(&id) {
             s.phase = Phase::AwaitAnswer { corr_id };
         }

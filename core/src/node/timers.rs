@@ -31,6 +31,7 @@ impl Overlay {
                     s.partial_since.map(|p| p + t.read),
                     s.reasm.oldest_progress().map(|p| p + t.read),
                     s.notices.deadline(self.cfg.overlay.peer.notice_interval),
+                    s.cap.as_ref().and_then(|c| c.expires_at),
                 ];
                 Some(others.into_iter().flatten().fold(d, Time::min))
             }
@@ -131,6 +132,9 @@ impl Overlay {
                 return;
             }
             Phase::Established => {}
+        }
+        if self.end_if_expired(now, id) {
+            return;
         }
         // The last refusals of a burst are told once their window has passed.
         self.flush_notices(now, id);

@@ -45,12 +45,10 @@ pub struct Metrics {
     pub reconcile_rounds: Counter,
     pub reconcile_bytes: [Counter; 2],
     pub accept_paused: [Counter; 2],
-    pub refusal_notices: [Counter; 8],
+    pub refusal_notices: [Counter; RejectReason::ALL.len()],
     pub peer_resolves: [Counter; 2],
     /// `request_latency_seconds{route="handshake",method="tcp"}`.
     pub handshake_latency: Histogram,
-    pub tor_bootstrap: Option<Histogram>,
-    pub quic_path_events: Option<[Counter; 3]>,
     pub(crate) counted: Counted,
 }
 
@@ -65,7 +63,7 @@ pub(crate) struct Counted {
     pub(crate) outcomes: [Counter; 5],
     pub(crate) rx_dropped: [Counter; 5],
     /// `rejected_total`: frames rejected and connections or writes refused share it.
-    pub(crate) rejected: [Counter; 8],
+    pub(crate) rejected: [Counter; RejectReason::ALL.len()],
     /// `[queue][reason]`
     pub(crate) queue_dropped: [[Counter; 3]; 3],
     pub(crate) writes: [Counter; 2],
@@ -194,12 +192,6 @@ impl Metrics {
             }),
             handshake_latency: metrics::histogram!(REQUEST_LATENCY_SECONDS,
                 "route" => LatencyRoute::Handshake.as_str(), "method" => Transport::Tcp.as_str()),
-            tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
-            quic_path_events: cfg!(feature = "quic").then(|| {
-                std::array::from_fn(|i| {
-                    metrics::counter!(QUIC_PATH_EVENTS_TOTAL, "event" => QuicPathEvent::ALL[i].as_str())
-                })
-            }),
             counted: Counted::new(),
         }
     }

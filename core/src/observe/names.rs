@@ -11,8 +11,6 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub const SIZE_BUCKETS: &[f64] = &[
     512.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 524288.0, 1048576.0,
 ];
-/// Buckets for `overlay_tor_bootstrap_seconds`.
-pub const BOOTSTRAP_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
 
 macro_rules! label_enum {
     ($(#[$m:meta])* $name:ident { $($var:ident => $s:literal),+ $(,)? }) => {
@@ -96,11 +94,6 @@ label_enum!(
 label_enum!(
     /// `outcome` of `overlay_pq_negotiations_total`.
     PqOutcome { Ok => "ok", Fail => "fail", Incompatible => "incompatible" }
-);
-
-label_enum!(
-    /// `event` of `overlay_quic_path_events_total`.
-    QuicPathEvent { Amplification => "amplification", MtuChange => "mtu_change", PathMigrate => "path_migrate" }
 );
 
 label_enum!(
@@ -288,8 +281,6 @@ pub const FANOUT_CURRENT: &str = "overlay_fanout_current";
 pub const AUTH_FAILURES_TOTAL: &str = "auth_failures_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "tls_handshake_failures_total";
 pub const PQ_NEGOTIATIONS_TOTAL: &str = "overlay_pq_negotiations_total";
-pub const TOR_BOOTSTRAP_SECONDS: &str = "overlay_tor_bootstrap_seconds";
-pub const QUIC_PATH_EVENTS_TOTAL: &str = "overlay_quic_path_events_total";
 pub const READYZ_STATE: &str = "readyz_state";
 pub const RX_OUTCOMES_TOTAL: &str = "overlay_rx_outcomes_total";
 pub const RX_DROPPED_TOTAL: &str = "overlay_rx_dropped_total";
@@ -472,7 +463,7 @@ pub const INVENTORY: &[MetricSpec] = &[
     spec(
         AUTH_FAILURES_TOTAL,
         Kind::Counter,
-        "Capability checks that failed, by reason.",
+        "Capability checks that failed, by reason: at HELLO (answered 401) and on writes (answered 403).",
         &[("reason", AuthFailure::VALUES)],
     ),
     spec(
@@ -619,20 +610,6 @@ pub const INVENTORY: &[MetricSpec] = &[
         "Lookups of peers given by name (every overlay.peer_resolve_interval), by outcome; an error keeps the last good addresses.",
         &[("outcome", ResolveOutcome::VALUES)],
     ),
-    MetricSpec {
-        name: TOR_BOOTSTRAP_SECONDS,
-        kind: Kind::Histogram,
-        help: "Time for the Tor client to bootstrap a circuit.",
-        labels: &[],
-        feature: Some("arti"),
-    },
-    MetricSpec {
-        name: QUIC_PATH_EVENTS_TOTAL,
-        kind: Kind::Counter,
-        help: "QUIC path events by kind.",
-        labels: &[("event", QuicPathEvent::VALUES)],
-        feature: Some("quic"),
-    },
 ];
 
 /// A renamed metric (seed section 9: names are API). The node exports it under `old` as

@@ -143,6 +143,17 @@ impl Net {
 
     /// A client dials node `n`; returns the client's index.
     pub fn client(&mut self, n: usize, role: Role, topics: &[&str]) -> usize {
+        self.client_with_cap(n, role, topics, None)
+    }
+
+    /// A client that presents capability token `cap` in its HELLO.
+    pub fn client_with_cap(
+        &mut self,
+        n: usize,
+        role: Role,
+        topics: &[&str],
+        cap: Option<&[u8]>,
+    ) -> usize {
         let now = self.now;
         let conn = self.nodes[n].handle_accept(now);
         let idx = self.clients.len();
@@ -150,7 +161,7 @@ impl Net {
             &format!("client{idx}"),
             role,
             topics.iter().map(|t| t.to_string()).collect(),
-            None,
+            cap.map(Bytes::copy_from_slice),
         );
         client.start();
         self.clients.push(TestClient {

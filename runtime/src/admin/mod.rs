@@ -43,12 +43,6 @@ impl VersionInfo {
         if cfg!(feature = "otel") {
             features.push("otel");
         }
-        if cfg!(feature = "arti") {
-            features.push("arti");
-        }
-        if cfg!(feature = "quic") {
-            features.push("quic");
-        }
         VersionInfo {
             version: env!("CARGO_PKG_VERSION"),
             git: env!("OVERLAY_BUILD_GIT"),
@@ -220,7 +214,6 @@ mod tests {
             metrics_bound: true,
             cfg_loaded: true,
             pq_ready: None,
-            tor_bootstrap: None,
             queues_ok: ready,
             shed_rate_ok: true,
             fd_headroom: true,

@@ -51,8 +51,87 @@ pub enum Cmd {
         #[arg(long, default_value_t = 0)]
         admin_base: u16,
     },
-    /// Validate a config file and print the effective config (secrets redacted).
+    /// Validate a config file and print the effective config.
     CheckConfig { file: PathBuf },
+    /// Capability tokens: make keys, mint, attenuate and inspect tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make a key pair: FILE holds the private key (mode 0600), FILE.pub the public one
+    /// (for `auth.verify_keys`).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Mint a token with a private key; prints it (base64) or writes it to --out.
+    Mint {
+        /// Private key file (from `token keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Session role the token is for: client or peer.
+        #[arg(long, default_value = "client")]
+        role: String,
+        /// Tenant the token is for (the node's `auth.tenant`).
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Topic it may publish to (repeatable; `*` is every topic).
+        #[arg(long = "publish")]
+        publish: Vec<String>,
+        /// Topic it may subscribe to (repeatable; `*` is every topic).
+        #[arg(long = "subscribe")]
+        subscribe: Vec<String>,
+        #[command(flatten)]
+        expiry: ExpiryOpts,
+        /// Class shown in logs as `cap_id` (default: from the grants, e.g. cap:feed:write).
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Narrow a token by appending a block of checks; needs no key.
+    Attenuate {
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Keep only these topics (repeatable).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// Keep only these actions: publish, subscribe (repeatable).
+        #[arg(long = "action")]
+        actions: Vec<String>,
+        #[command(flatten)]
+        expiry: ExpiryOpts,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a token's blocks; with --verify-key, whether that key signed it.
+    Inspect {
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Public key, inline (ed25519/...) or a file (repeatable).
+        #[arg(long = "verify-key")]
+        verify_keys: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ExpiryOpts {
+    /// Valid for this long from now (humantime: 10m, 24h).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "expires_at")]
+    pub ttl: Option<std::time::Duration>,
+    /// Valid until this instant (RFC 3339, e.g. 2026-12-31T00:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
+impl ExpiryOpts {
+    pub fn at(&self) -> Option<std::time::SystemTime> {
+        self.ttl
+            .map(|d| std::time::SystemTime::now() + d)
+            .or(self.expires_at)
+    }
 }
 
 #[derive(Args, Debug, Default)]
@@ -122,6 +201,19 @@ pub struct ConnectOpts {
     /// Keep retrying to reach the node this long (humantime: 500ms, 10s).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: std::time::Duration,
+    /// Capability token to present in HELLO (from `token mint`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ConnectOpts {
+    /// The token of `--token-file`, as it travels in HELLO.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        self.token_file
+            .as_deref()
+            .map(crate::token::read_token)
+            .transpose()
+    }
 }
 
 #[derive(Args, Debug)]

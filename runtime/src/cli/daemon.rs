@@ -95,7 +95,9 @@ async fn reload(
         }
     };
     let changes = config::diff(current, &new);
-    if changes.is_empty() {
+    // Key and token files may have changed under the same names: a rotation is a reload.
+    let files = !new.auth.verify_keys.is_empty() || !new.auth.token_file.is_empty();
+    if changes.is_empty() && !files {
         tracing::info!(event = "config_reload", changes = 0u64, "config unchanged");
         return true;
     }

@@ -16,14 +16,16 @@ pub mod daemon;
 pub mod demo;
 pub mod peer;
 pub mod signals;
+mod token;
 
-pub use args::{Cli, Cmd, ConnectOpts, PublishOpts, RunOpts, SubscribeOpts};
+pub use args::{Cli, Cmd, ConnectOpts, PublishOpts, RunOpts, SubscribeOpts, TokenCmd};
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Cmd::Run(RunOpts::default())) {
         Cmd::Run(o) => run(o),
         Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Token(t) => token::run(t),
         Cmd::Publish(o) => client(client_log(), || publish(o)),
         Cmd::Subscribe(o) => client(client_log(), || subscribe(o)),
         Cmd::Demo {
@@ -159,6 +161,7 @@ fn publish(o: PublishOpts) -> anyhow::Result<ExitCode> {
         ttl: cfg.overlay.gossip.default_ttl,
         window: o.window as usize,
         connect_timeout: o.connect.connect_timeout,
+        token: o.connect.token()?,
         linger: peer::linger_for(cfg.overlay.peer.notice_interval),
         ..PublishArgs::new(o.to, o.topic)
     };
@@ -174,11 +177,19 @@ fn publish(o: PublishOpts) -> anyhow::Result<ExitCode> {
 
 fn subscribe(o: SubscribeOpts) -> anyhow::Result<ExitCode> {
     let within = o.connect.connect_timeout;
-    runtime()?.block_on(peer::subscribe(&o.to, o.topics, o.count, within, |m| {
-        if let Ok(line) = serde_json::to_string(&MessageLine::new(m)) {
-            println!("{line}");
-        }
-    }))?;
+    let token = o.connect.token()?.map(bytes::Bytes::from);
+    runtime()?.block_on(peer::subscribe(
+        &o.to,
+        o.topics,
+        o.count,
+        within,
+        token,
+        |m| {
+            if let Ok(line) = serde_json::to_string(&MessageLine::new(m)) {
+                println!("{line}");
+            }
+        },
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -28,6 +28,9 @@ pub(crate) enum Command {
     },
     Reconfigure {
         cfg: Box<Config>,
+        /// `auth.*` as loaded from its files by the handle (`token::auth_for`).
+        verifier: Option<std::sync::Arc<dyn overlay_core::cap::CapVerifier>>,
+        credential: bytes::Bytes,
         reply: oneshot::Sender<Vec<&'static str>>,
     },
     Drain,

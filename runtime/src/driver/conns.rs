@@ -42,6 +42,7 @@ impl<N: Net> Driver<N> {
             peer_addr,
             inbound,
             opened: Instant::now(),
+            cap_id: None,
         })
     }
 

@@ -186,7 +186,13 @@ impl<N: Net> Driver<N> {
                 let r = self.overlay.publish(now, &topic, data, ttl);
                 let _ = reply.send(r);
             }
-            Command::Reconfigure { cfg, reply } => {
+            Command::Reconfigure {
+                cfg,
+                verifier,
+                credential,
+                reply,
+            } => {
+                self.overlay.set_auth(verifier, credential);
                 let restart = self.overlay.reconfigure(now, *cfg);
                 let old_interval = self.cfg.overlay.peer_resolve_interval;
                 self.cfg = self.overlay.config().clone();

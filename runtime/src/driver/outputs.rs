@@ -6,7 +6,7 @@ use overlay_core::{ConnId, Event, Time};
 use super::Driver;
 use crate::admin::ready::ReadySnapshot;
 use crate::io::net::Net;
-use crate::telemetry::bus::{BusEvent, BusKind};
+use crate::telemetry::bus::{BusEvent, BusKind, ConnCtx};
 
 impl<N: Net> Driver<N> {
     /// Drains every output of the node; returns how many connections got transmits.
@@ -44,9 +44,18 @@ impl<N: Net> Driver<N> {
     pub(super) fn on_event(&mut self, ev: Event) {
         let conn = event_conn(&ev);
         match &ev {
-            Event::HandshakeOk { conn, node, .. } => {
+            Event::HandshakeOk {
+                conn, node, cap_id, ..
+            } => {
                 if let Some(c) = self.conns.get_mut(conn) {
                     c.established = true;
+                    if let Some(id) = cap_id {
+                        // Every later line of the session carries its capability class.
+                        c.ctx = std::sync::Arc::new(ConnCtx {
+                            cap_id: Some(id.as_str().into()),
+                            ..(*c.ctx).clone()
+                        });
+                    }
                     c.span.record("peer_id", node.as_str());
                     if let Some(h) = c.handshake.take() {
                         h.record("peer_id", node.as_str());

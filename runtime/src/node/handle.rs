@@ -108,8 +108,13 @@ impl NodeControl {
         if cfg.overlay.node_id == format!("node-{}", self.overlay_addr) {
             cfg.overlay.node_id = self.node_id.clone();
         }
+        // Keys and the token file are read here, so a rotation is a reload and a file that
+        // cannot be read fails the reload rather than the node.
+        let (verifier, credential) = crate::token::auth_for(&cfg)?;
         self.ask(|reply| Command::Reconfigure {
             cfg: Box::new(cfg),
+            verifier,
+            credential,
             reply,
         })
         .await

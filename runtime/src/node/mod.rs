@@ -114,6 +114,8 @@ impl Node {
 
         let start = Instant::now();
         let mut overlay = Overlay::new(cfg.clone(), rec.metrics.clone(), opts.seed, Time::ZERO);
+        let (verifier, credential) = crate::token::auth_for(&cfg)?;
+        overlay.set_auth(verifier, credential);
         overlay.set_local_delivery(opts.local_delivery);
         let fds = opts
             .fd_sampler
@@ -161,6 +163,12 @@ impl Node {
         if opts.announce {
             // Before the driver runs: its start-up events (readiness) must not come first.
             announce(&node_id, overlay_addr, admin_addr);
+        }
+        if cfg.auth.required {
+            // OAP1 section 7: the daemon speaks plain TCP, so a bearer token can be read
+            // off the wire by anyone on the path.
+            tracing::warn!(event = "auth_cleartext", node = %node_id,
+                "auth.required over plain TCP: capability tokens travel in clear");
         }
         let mut driver = Driver::new(Parts {
             net,

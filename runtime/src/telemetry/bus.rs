@@ -18,6 +18,8 @@ pub struct ConnCtx {
     pub peer_addr: String,
     pub inbound: bool,
     pub opened: tokio::time::Instant,
+    /// The class of the session's capability (`cap_id`, never the token), once admitted.
+    pub cap_id: Option<Arc<str>>,
 }
 
 impl ConnCtx {

@@ -72,6 +72,7 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
         ),
         None => ("", "", None, 0),
     };
+    let cap_id = ev.ctx.as_ref().and_then(|c| c.cap_id.as_deref());
     let per_sec = policy.max_lines_per_sec();
     // `Some(held back since the last line, if any)` when this occurrence gets a line.
     let mut admit = |event: &'static str, reason: &'static str| {
@@ -151,6 +152,7 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
                         peer_addr,
                         peer_id,
                         role = role.as_str(),
+                        cap_id,
                         latency_ms,
                         suppressed
                     );
@@ -184,7 +186,7 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
                 let reason = reason.as_str();
                 if let Some(suppressed) = admit("reject", reason) {
                     tracing::warn!(event = "reject", reason, node, corr_id, dir, peer_addr,
-                        frames, detail = %truncate(detail.clone()), suppressed);
+                        cap_id, frames, detail = %truncate(detail.clone()), suppressed);
                 }
             }
             Event::Closed { reason, .. } => {
@@ -196,6 +198,7 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
                         corr_id,
                         dir,
                         peer_addr,
+                        cap_id,
                         latency_ms,
                         suppressed
                     );
@@ -265,6 +268,7 @@ mod tests {
                 peer_addr: "10.1.2.3:5555".into(),
                 inbound: true,
                 opened: tokio::time::Instant::now(),
+                cap_id: Some("cap:feed:write".into()),
             })),
             kind,
         }
@@ -452,6 +456,7 @@ mod tests {
                 inbound: true,
                 role: overlay_core::oap::Role::Peer,
                 node: "node-10.1.2.3:5555".into(),
+                cap_id: Some("cap:feed:write".into()),
             };
             log_event(&ev(BusKind::Overlay(e)), &p, &mut s);
         });
@@ -459,6 +464,8 @@ mod tests {
         assert!(text.contains("\"event\":\"accept\""), "{text}");
         assert!(text.contains("\"event\":\"handshake_ok\""), "{text}");
         assert!(!text.contains("10.1.2.3"), "{text}");
+        // The capability's class, never the token, is in the session's lines.
+        assert!(text.contains("\"cap_id\":\"cap:feed:write\""), "{text}");
     }
 
     #[test]

@@ -5,8 +5,8 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use overlay_core::observe::{
-    HttpMetrics, Metrics, BOOTSTRAP_BUCKETS, CHUNK_BYTES, FRAME_SIZE_BYTES, LATENCY_BUCKETS,
-    REQUEST_LATENCY_SECONDS, SIZE_BUCKETS, TOR_BOOTSTRAP_SECONDS,
+    HttpMetrics, Metrics, CHUNK_BYTES, FRAME_SIZE_BYTES, LATENCY_BUCKETS, REQUEST_LATENCY_SECONDS,
+    SIZE_BUCKETS,
 };
 
 /// A recorder and every handle registered with it.
@@ -25,11 +25,7 @@ impl Recorder {
                 LATENCY_BUCKETS,
             )?
             .set_buckets_for_metric(Matcher::Full(FRAME_SIZE_BYTES.into()), SIZE_BUCKETS)?
-            .set_buckets_for_metric(Matcher::Full(CHUNK_BYTES.into()), SIZE_BUCKETS)?
-            .set_buckets_for_metric(
-                Matcher::Full(TOR_BOOTSTRAP_SECONDS.into()),
-                BOOTSTRAP_BUCKETS,
-            )?;
+            .set_buckets_for_metric(Matcher::Full(CHUNK_BYTES.into()), SIZE_BUCKETS)?;
         let recorder = b.build_recorder();
         let handle = recorder.handle();
         // Handles bind to the recorder current at registration: this node's.

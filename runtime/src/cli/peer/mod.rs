@@ -60,6 +60,7 @@ impl Conn {
         to: &str,
         topics: Vec<String>,
         connect_timeout: Duration,
+        token: Option<Bytes>,
     ) -> anyhow::Result<Conn> {
         let stream = connect(to, connect_timeout).await?;
         let _ = stream.set_nodelay(true);
@@ -73,7 +74,7 @@ impl Conn {
         });
         let name = format!("cli-{}", std::process::id());
         let mut c = Conn {
-            client: Client::new(&name, Role::Client, topics, None),
+            client: Client::new(&name, Role::Client, topics, token),
             rd,
             buf: BytesMut::with_capacity(64 << 10),
             tx,

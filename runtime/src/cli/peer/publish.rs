@@ -40,6 +40,8 @@ pub struct PublishArgs {
     pub window: usize,
     /// How long to keep trying to reach the node (it may still be starting).
     pub connect_timeout: Duration,
+    /// Capability token presented in HELLO (base64 text, as `token mint` prints it).
+    pub token: Option<String>,
     /// How long to listen for refusal notices after the last message without ack: the
     /// node's `overlay.peer.notice_interval` plus its tick and the way back.
     pub linger: Duration,
@@ -59,6 +61,7 @@ impl PublishArgs {
             ttl: overlay_core::Config::default().overlay.gossip.default_ttl,
             window: 256,
             connect_timeout: Duration::from_secs(10),
+            token: None,
             linger: linger_for(overlay_core::Config::default().overlay.peer.notice_interval),
         }
     }
@@ -160,7 +163,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
 /// and the run waits for every answer; without, it listens `linger` for refusal notices.
 /// A message refused in an answer or in a notice is counted by reason.
 pub async fn publish(args: &PublishArgs) -> anyhow::Result<PublishSummary> {
-    let mut conn = Conn::open(&args.to, Vec::new(), args.connect_timeout).await?;
+    let token = args.token.clone().map(Bytes::from);
+    let mut conn = Conn::open(&args.to, Vec::new(), args.connect_timeout, token).await?;
     let data = payload(args);
     let mut rng = ChaCha8Rng::seed_from_u64(os_seed());
     let interval = args

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use overlay_core::client::ClientEvent;
 use overlay_core::oap::Message;
 use serde::Serialize;
@@ -56,9 +58,10 @@ pub async fn subscribe(
     topics: Vec<String>,
     count: Option<u64>,
     connect_timeout: Duration,
+    token: Option<Bytes>,
     mut out: impl FnMut(&Message),
 ) -> anyhow::Result<u64> {
-    let mut conn = Conn::open(to, topics, connect_timeout).await?;
+    let mut conn = Conn::open(to, topics, connect_timeout, token).await?;
     tracing::info!(event = "subscribed", to, "subscribed");
     let mut got = 0u64;
     loop {
