@@ -11,6 +11,7 @@ use crate::notice::NoticeLedger;
 use crate::oap::{Decoder, MsgId, Reassembler, Role};
 use crate::observe::{FrameClass, PeerBucket};
 use crate::time::Time;
+use crate::transport::Link;
 
 /// A connection, as numbered by the node. Never reused within a node's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,6 +128,8 @@ pub struct Session {
     pub tree: Option<TreeLink>,
     /// Refusals this writer has not been told about yet.
     pub notices: NoticeLedger,
+    /// The transport it came over and what TLS verified of the peer.
+    pub link: Link,
 }
 
 impl Session {
@@ -170,6 +173,7 @@ impl Session {
             armed: None,
             tree: None,
             notices: NoticeLedger::default(),
+            link: Link::tcp(now),
         }
     }
 

@@ -11,7 +11,7 @@ impl Overlay {
             corr_id: corr,
             inbound: true,
         });
-        let hello = match self.judge_hello(now, &frame) {
+        let hello = match self.judge_hello(now, conn, &frame) {
             Ok(h) => h,
             Err(refusal) => return self.fail_hello(now, conn, &frame, refusal),
         };
@@ -47,7 +47,12 @@ impl Overlay {
     }
 
     /// Every check a HELLO must pass, in the order that refuses floods cheapest first.
-    pub(super) fn judge_hello(&mut self, now: Time, frame: &Frame) -> Result<Hello, HelloRefusal> {
+    pub(super) fn judge_hello(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        frame: &Frame,
+    ) -> Result<Hello, HelloRefusal> {
         let refuse = |reason, label, why: &'static str| HelloRefusal {
             reason,
             label,
@@ -101,8 +106,13 @@ impl Overlay {
                 "missing or unknown capability",
             ));
         }
-        self.negotiate_pq(&hello)
-            .map_err(|why| refuse(RejectReason::Proto, Some(HandshakeFailure::PqNegFail), why))?;
+        if !self.identity_matches(conn, &hello.node) {
+            return Err(refuse(
+                RejectReason::Unauth,
+                Some(HandshakeFailure::Mtls),
+                "node id in HELLO is not named by the client certificate",
+            ));
+        }
         Ok(hello)
     }
 
@@ -133,23 +143,6 @@ impl Overlay {
                 && t.iter().zip(cap).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
             ok | same
         })
-    }
-
-    pub(super) fn negotiate_pq(&self, h: &Hello) -> Result<(), &'static str> {
-        let ours = self.cfg.overlay.pq_mode;
-        let mode = ours.mode();
-        let outcome = match (ours, h.pq.as_deref()) {
-            (_, Some(other)) if other != "off" && other != "hybrid" => PqOutcome::Fail,
-            (PqModeConfig::Hybrid, Some("hybrid")) => PqOutcome::Ok,
-            (PqModeConfig::Hybrid, _) => PqOutcome::Incompatible,
-            (PqModeConfig::Off, _) => PqOutcome::Ok,
-        };
-        self.metrics.pq_negotiations[mode.index()][outcome.index()].increment(1);
-        match outcome {
-            PqOutcome::Ok => Ok(()),
-            PqOutcome::Fail => Err("unknown pq mode"),
-            PqOutcome::Incompatible => Err("pq hybrid required"),
-        }
     }
 
     pub(super) fn fail_hello(
@@ -274,9 +267,9 @@ impl Overlay {
         s.node = node.clone();
         s.last_rx = now;
         let inbound = s.inbound;
-        self.metrics
-            .handshake_latency
-            .record(now.saturating_since(s.opened).as_secs_f64());
+        // From the accept or dial, TLS handshake included: what a peer waits for.
+        self.metrics.handshake_latency[s.link.transport().index()]
+            .record(now.saturating_since(s.link.opened).as_secs_f64());
         match role {
             Role::Peer => self.peers.push(conn),
             Role::Client => self.clients.push(conn),

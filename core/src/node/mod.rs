@@ -10,6 +10,7 @@
 mod accounting;
 mod gossip;
 mod handshake;
+mod link;
 mod ingress;
 mod notice;
 mod readiness;
@@ -35,7 +36,7 @@ use crate::oap::{
     VERSION,
 };
 use crate::observe::{
-    Dir, DropReason, FrameClass, HandshakeFailure, Metrics, Outcome, PermitState, PqOutcome, Queue,
+    Dir, DropReason, FrameClass, HandshakeFailure, Metrics, Outcome, PermitState, Queue,
     RxDrop,
 };
 use crate::ready::{Probe, RateWindow, ReadyState, ReadyView, Sustained};
@@ -45,6 +46,7 @@ use crate::session::{CloseReason, ConnId, Phase, Session, Unwritten};
 use crate::stats::{Balance, Stats};
 use crate::store::Store;
 use crate::time::Time;
+use crate::transport::Link;
 
 /// Housekeeping period: timeouts, keepalives, readiness sampling and gauges. Deadlines are
 /// checked at this granularity.
@@ -411,20 +413,38 @@ impl Overlay {
         restart
     }
 
-    /// A connection accepted on the listener; the dialer owes us a HELLO.
+    /// A connection accepted on the plain listener; the dialer owes us a HELLO.
     pub fn handle_accept(&mut self, now: Time) -> ConnId {
+        self.handle_accept_over(now, Link::tcp(now))
+    }
+
+    /// A connection accepted, over the transport `link` describes (TLS: after its
+    /// handshake); the dialer owes us a HELLO.
+    pub fn handle_accept_over(&mut self, now: Time, link: Link) -> ConnId {
         let id = self.new_session(now, true);
         self.metrics.handshake_attempts.increment(1);
+        if !self.attach_link(now, id, link) {
+            return id;
+        }
         if self.sessions.len() > self.cfg.overlay.max_conns {
             self.refuse_conn(now, id, RejectReason::Busy, "max_conns reached");
         }
         id
     }
 
-    /// A connection we dialed is up: send HELLO as a `peer`.
+    /// A connection we dialed over plain TCP is up: send HELLO as a `peer`.
     pub fn handle_connected(&mut self, now: Time) -> ConnId {
+        self.handle_connected_over(now, Link::tcp(now))
+    }
+
+    /// A connection we dialed is up over `link` (TLS: verified against the expected
+    /// name): send HELLO as a `peer`.
+    pub fn handle_connected_over(&mut self, now: Time, link: Link) -> ConnId {
         let id = self.new_session(now, false);
         self.metrics.handshake_attempts.increment(1);
+        if !self.attach_link(now, id, link) {
+            return id;
+        }
         let corr_id = self.rng.gen_range(1..u64::MAX);
         let hello = Hello {
             versions: vec![VERSION],

@@ -50,8 +50,8 @@ pub struct Metrics {
     pub accept_paused: [Counter; 2],
     pub refusal_notices: [Counter; 8],
     pub writes: [Counter; 2],
-    /// `request_latency_seconds{route="handshake",method="tcp"}`.
-    pub handshake_latency: Histogram,
+    /// `request_latency_seconds{route="handshake",method}` by `Transport`.
+    pub handshake_latency: [Histogram; 2],
     pub tor_bootstrap: Option<Histogram>,
     pub quic_path_events: Option<[Counter; 3]>,
 }
@@ -164,8 +164,10 @@ impl Metrics {
             writes: std::array::from_fn(|i| {
                 metrics::counter!(WRITES_TOTAL, "outcome" => WriteOutcome::ALL[i].as_str())
             }),
-            handshake_latency: metrics::histogram!(REQUEST_LATENCY_SECONDS,
-                "route" => LatencyRoute::Handshake.as_str(), "method" => Transport::Tcp.as_str()),
+            handshake_latency: std::array::from_fn(|i| {
+                metrics::histogram!(REQUEST_LATENCY_SECONDS,
+                    "route" => LatencyRoute::Handshake.as_str(), "method" => Transport::ALL[i].as_str())
+            }),
             tor_bootstrap: cfg!(feature = "arti").then(|| metrics::histogram!(TOR_BOOTSTRAP_SECONDS)),
             quic_path_events: cfg!(feature = "quic").then(|| {
                 std::array::from_fn(|i| {

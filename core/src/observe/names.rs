@@ -206,23 +206,28 @@ label_enum!(
 
 label_enum!(
     /// `method` of the handshake latency: the transport it was measured on.
-    Transport { Tcp => "tcp" }
+    Transport { Tcp => "tcp", Tls => "tls" }
 );
 
 /// `values` followed by `extra`, for allowlists that extend an enum's values.
-const fn with<const N: usize>(values: &[&'static str], extra: &'static str) -> [&'static str; N] {
-    let mut v = [extra; N];
+const fn with<const N: usize>(values: &[&'static str], extra: &[&'static str]) -> [&'static str; N] {
+    let mut v = [""; N];
     let mut i = 0;
     while i < values.len() {
         v[i] = values[i];
         i += 1;
     }
+    let mut j = 0;
+    while j < extra.len() {
+        v[i + j] = extra[j];
+        j += 1;
+    }
     v
 }
 const LATENCY_ROUTES: [&str; Route::VALUES.len() + 1] =
-    with(Route::VALUES, LatencyRoute::Handshake.as_str());
-const LATENCY_METHODS: [&str; Method::VALUES.len() + 1] =
-    with(Method::VALUES, Transport::Tcp.as_str());
+    with(Route::VALUES, LatencyRoute::VALUES);
+const LATENCY_METHODS: [&str; Method::VALUES.len() + Transport::VALUES.len()] =
+    with(Method::VALUES, Transport::VALUES);
 
 impl Status {
     pub fn from_code(code: u16) -> Status {
@@ -354,7 +359,7 @@ pub const INVENTORY: &[MetricSpec] = &[
     spec(
         REQUEST_LATENCY_SECONDS,
         Kind::Histogram,
-        "Admin plane request latency, and OAP/1 handshake latency (route handshake, method tcp), in seconds.",
+        "Admin plane request latency, and OAP/1 handshake latency from accept or dial to the HELLO answer (route handshake, method tcp or tls), in seconds.",
         &[("route", &LATENCY_ROUTES), ("method", &LATENCY_METHODS)],
     ),
     spec(
