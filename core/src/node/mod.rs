@@ -366,6 +366,10 @@ impl Overlay {
             restart.push("overlay.listen");
             cfg.overlay.listen = self.cfg.overlay.listen.clone();
         }
+        if cfg.overlay.tls_listen != self.cfg.overlay.tls_listen {
+            restart.push("overlay.tls_listen");
+            cfg.overlay.tls_listen = self.cfg.overlay.tls_listen.clone();
+        }
         if cfg.admin.listen != self.cfg.admin.listen {
             restart.push("admin.listen");
             cfg.admin.listen = self.cfg.admin.listen.clone();

@@ -47,7 +47,7 @@ pub struct Metrics {
     pub store_evictions: [Counter; 2],
     pub reconcile_rounds: Counter,
     pub reconcile_bytes: [Counter; 2],
-    pub accept_paused: [Counter; 2],
+    pub accept_paused: [Counter; 3],
     pub refusal_notices: [Counter; 8],
     pub writes: [Counter; 2],
     /// `request_latency_seconds{route="handshake",method}` by `Transport`.

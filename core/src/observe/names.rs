@@ -184,10 +184,12 @@ label_enum!(
 
 label_enum!(
     /// `reason` of `overlay_accept_paused_total`: why the overlay acceptor stopped taking
-    /// connections from the backlog for a while.
+    /// connections from the backlog for a while (`tls_handshakes`: `overlay.max_conns` TLS
+    /// handshakes already in flight on the TLS listener).
     AcceptPause {
         FdHeadroom => "fd_headroom",
         AcceptError => "accept_error",
+        TlsHandshakes => "tls_handshakes",
     }
 );
 

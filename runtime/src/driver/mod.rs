@@ -23,6 +23,7 @@ use crate::admin::ready::ReadySnapshot;
 use crate::bounds::{self, Bounds};
 use crate::io::messages::{AfterPanic, Control, Ingress, WriterReport};
 use crate::io::net::Net;
+use crate::io::tls::TlsContext;
 use crate::telemetry::bus::BusEvent;
 use conns::Conn;
 use supervise::panic_message;
@@ -58,6 +59,8 @@ pub(crate) struct Parts<N: Net> {
     pub corr: Arc<CorrIds>,
     /// Events the node emitted before the driver ran (start-up readiness).
     pub startup: Vec<Event>,
+    /// TLS configs for the TLS listener and `tls://` dials, if any are configured.
+    pub tls: Option<Arc<TlsContext>>,
 }
 
 pub(crate) struct Driver<N: Net> {
@@ -94,6 +97,7 @@ pub(crate) struct Driver<N: Net> {
     held_credits: Vec<crate::io::credit::Credit>,
     drain: Option<(Instant, Instant)>,
     startup: Vec<Event>,
+    tls: Option<Arc<TlsContext>>,
 }
 
 impl<N: Net> Driver<N> {
@@ -133,6 +137,7 @@ impl<N: Net> Driver<N> {
             held_credits: Vec::new(),
             drain: None,
             startup: p.startup,
+            tls: p.tls,
         }
     }
 
@@ -142,6 +147,10 @@ impl<N: Net> Driver<N> {
 
     fn now(&self) -> Time {
         Time::from_duration(Instant::now().saturating_duration_since(self.start))
+    }
+
+    fn time_of(&self, i: Instant) -> Time {
+        Time::from_duration(i.saturating_duration_since(self.start))
     }
 
     fn instant(&self, t: Time) -> Instant {

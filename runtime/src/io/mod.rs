@@ -1,6 +1,6 @@
 //! Bytes in and out: the network trait, each connection's reader and writer with its read
-//! credit, the acceptor, dialing, descriptor headroom, and the messages these tasks send
-//! the driver.
+//! credit, the acceptor, dialing, descriptor headroom, TLS, and the messages these tasks
+//! send the driver.
 
 pub(crate) mod accept;
 pub(crate) mod conn;
@@ -10,3 +10,4 @@ pub mod fd;
 pub(crate) mod frames;
 pub(crate) mod messages;
 pub mod net;
+pub mod tls;
