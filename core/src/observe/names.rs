@@ -481,7 +481,7 @@ pub const INVENTORY: &[MetricSpec] = &[
     spec(
         PQ_NEGOTIATIONS_TOTAL,
         Kind::Counter,
-        "Post-quantum mode negotiations in HELLO.",
+        "Key exchanges of TLS handshakes by pq_mode: ok (completed), incompatible (no X25519MLKEM768 offered under hybrid), fail (completed without the hybrid group under hybrid).",
         &[("mode", PqMode::VALUES), ("outcome", PqOutcome::VALUES)],
     ),
     spec(
