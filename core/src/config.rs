@@ -436,7 +436,8 @@ fn is_dns_name(s: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -448,7 +449,11 @@ impl Config {
         let o = &self.overlay;
         check(
             t.cert_file.is_empty() == t.key_file.is_empty(),
-            if t.cert_file.is_empty() { "tls.cert_file" } else { "tls.key_file" },
+            if t.cert_file.is_empty() {
+                "tls.cert_file"
+            } else {
+                "tls.key_file"
+            },
             "tls.cert_file and tls.key_file go together",
         )?;
         check(
@@ -497,7 +502,10 @@ impl Config {
         for (key, d) in self.durations() {
             check(d <= MAX_DURATION, key, "must be at most 24h")?;
         }
-        for (key, addr) in [("overlay.listen", &o.listen), ("overlay.tls_listen", &o.tls_listen)] {
+        for (key, addr) in [
+            ("overlay.listen", &o.listen),
+            ("overlay.tls_listen", &o.tls_listen),
+        ] {
             check(
                 addr.is_empty() || addr.parse::<std::net::SocketAddr>().is_ok(),
                 key,
@@ -534,7 +542,9 @@ impl Config {
                 check(
                     is_dns_name(name),
                     "overlay.peers",
-                    format!("{peer:?}: the expected node id must be a DNS name to match a certificate"),
+                    format!(
+                        "{peer:?}: the expected node id must be a DNS name to match a certificate"
+                    ),
                 )?;
             }
             check(
@@ -756,7 +766,11 @@ impl Config {
     pub fn node_id(&self) -> String {
         if self.overlay.node_id.is_empty() {
             let o = &self.overlay;
-            let listen = if o.listen.is_empty() { &o.tls_listen } else { &o.listen };
+            let listen = if o.listen.is_empty() {
+                &o.tls_listen
+            } else {
+                &o.listen
+            };
             format!("node-{listen}")
         } else {
             self.overlay.node_id.clone()

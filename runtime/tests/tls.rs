@@ -128,7 +128,10 @@ fn provider(groups: Vec<&'static dyn SupportedKxGroup>) -> Arc<CryptoProvider> {
 }
 
 fn classical() -> Arc<CryptoProvider> {
-    provider(vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1])
+    provider(vec![
+        aws_lc_rs::kx_group::X25519,
+        aws_lc_rs::kx_group::SECP256R1,
+    ])
 }
 
 static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -168,7 +171,11 @@ impl ClientSpec {
     }
 }
 
-async fn connect(addr: SocketAddr, spec: ClientSpec, name: &str) -> std::io::Result<TlsStream<TcpStream>> {
+async fn connect(
+    addr: SocketAddr,
+    spec: ClientSpec,
+    name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(name.to_string()).unwrap();
     let mut s = TlsConnector::from(Arc::new(spec.build()))
@@ -222,17 +229,28 @@ async fn a_tls_client_gets_a_session_and_the_handshake_is_counted_as_tls() {
     let node = Node::start(TokioNet, tls_cfg(&dir, &ca, "n1"), opts(1))
         .await
         .unwrap();
-    let mut s = connect(tls_addr(&node), ClientSpec::new(&ca), "n1").await.unwrap();
-    assert!(matches!(hello(&mut s, "c1").await, ClientEvent::Established(_)));
+    let mut s = connect(tls_addr(&node), ClientSpec::new(&ca), "n1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        hello(&mut s, "c1").await,
+        ClientEvent::Established(_)
+    ));
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"oap/1"[..]));
     assert_eq!(
-        metric(&node, r#"overlay_pq_negotiations_total{mode="off",outcome="ok"}"#),
+        metric(
+            &node,
+            r#"overlay_pq_negotiations_total{mode="off",outcome="ok"}"#
+        ),
         1.0
     );
     let count = r#"request_latency_seconds_count{route="handshake",method="tls"}"#;
     assert_eq!(metric(&node, count), 1.0);
     assert_eq!(
-        metric(&node, r#"request_latency_seconds_count{route="handshake",method="tcp"}"#),
+        metric(
+            &node,
+            r#"request_latency_seconds_count{route="handshake",method="tcp"}"#
+        ),
         0.0
     );
     node.shutdown().await.unwrap();
@@ -250,7 +268,12 @@ async fn refused(node: &Node, ca: &Ca, tls_reason: &str, how: fn(&mut ClientSpec
     }
     let name = format!("tls_handshake_failures_total{{reason=\"{tls_reason}\"}}");
     until_metric(node, &name, 1.0).await;
-    until_metric(node, r#"overlay_handshake_failures_total{reason="tls"}"#, before + 1.0).await;
+    until_metric(
+        node,
+        r#"overlay_handshake_failures_total{reason="tls"}"#,
+        before + 1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +298,12 @@ async fn version_alpn_and_cipher_failures_are_counted_by_reason() {
     spec.alpn = vec![];
     let mut s = connect(tls_addr(&node), spec, "n1").await.unwrap();
     assert!(matches!(hello(&mut s, "c1").await, ClientEvent::Broken(_)));
-    until_metric(&node, r#"tls_handshake_failures_total{reason="alpn"}"#, before + 1.0).await;
+    until_metric(
+        &node,
+        r#"tls_handshake_failures_total{reason="alpn"}"#,
+        before + 1.0,
+    )
+    .await;
     assert_eq!(metric(&node, "overlay_sessions_open_total"), 0.0);
     node.shutdown().await.unwrap();
 }
@@ -295,7 +323,10 @@ async fn mtls_requires_a_certificate_that_names_the_hello_node_id() {
         assert!(matches!(hello(&mut s, "c1").await, ClientEvent::Broken(_)));
     }
     until_metric(&node, mtls, 1.0).await;
-    assert_eq!(metric(&node, r#"tls_handshake_failures_total{reason="cert"}"#), 1.0);
+    assert_eq!(
+        metric(&node, r#"tls_handshake_failures_total{reason="cert"}"#),
+        1.0
+    );
 
     // A certificate from another CA: the same.
     let mut spec = ClientSpec::new(&ca);
@@ -304,7 +335,10 @@ async fn mtls_requires_a_certificate_that_names_the_hello_node_id() {
         assert!(matches!(hello(&mut s, "c1").await, ClientEvent::Broken(_)));
     }
     until_metric(&node, mtls, 2.0).await;
-    assert_eq!(metric(&node, r#"tls_handshake_failures_total{reason="cert"}"#), 2.0);
+    assert_eq!(
+        metric(&node, r#"tls_handshake_failures_total{reason="cert"}"#),
+        2.0
+    );
 
     // A good certificate for c1 claiming to be c2 in HELLO: 401, decided by the core.
     let mut spec = ClientSpec::new(&ca);
@@ -315,14 +349,20 @@ async fn mtls_requires_a_certificate_that_names_the_hello_node_id() {
         other => panic!("expected 401, got {other:?}"),
     }
     until_metric(&node, mtls, 3.0).await;
-    assert_eq!(metric(&node, r#"tls_handshake_failures_total{reason="cert"}"#), 2.0);
+    assert_eq!(
+        metric(&node, r#"tls_handshake_failures_total{reason="cert"}"#),
+        2.0
+    );
 
     // The id as DNS SAN, and as URI SAN oap://<id>: both accepted.
     for leaf in [ca.leaf(&["c1"], &[]), ca.leaf(&[], &["oap://c1"])] {
         let mut spec = ClientSpec::new(&ca);
         spec.identity = Some(leaf);
         let mut s = connect(tls_addr(&node), spec, "n1").await.unwrap();
-        assert!(matches!(hello(&mut s, "c1").await, ClientEvent::Established(_)));
+        assert!(matches!(
+            hello(&mut s, "c1").await,
+            ClientEvent::Established(_)
+        ));
     }
     assert_eq!(metric(&node, mtls), 3.0);
     node.shutdown().await.unwrap();
@@ -345,7 +385,10 @@ async fn two_nodes_peer_over_mtls_and_a_dial_to_the_wrong_name_fails_on_cert() {
     })
     .await;
     assert_eq!(
-        metric(&b, r#"request_latency_seconds_count{route="handshake",method="tls"}"#),
+        metric(
+            &b,
+            r#"request_latency_seconds_count{route="handshake",method="tls"}"#
+        ),
         1.0
     );
 
@@ -370,11 +413,16 @@ async fn hybrid_accepts_only_x25519mlkem768_and_reports_pq_ready() {
     c.overlay.pq_mode = PqModeConfig::Hybrid;
     let node = Node::start(TokioNet, c, opts(7)).await.unwrap();
     // pq_ready is set at start; the driver publishes readiness once it runs.
-    until("readiness with pq_ready", || async { node.ready().status == 200 }).await;
+    until("readiness with pq_ready", || async {
+        node.ready().status == 200
+    })
+    .await;
     assert!(!node.ready().body.contains("pq_ready"));
 
     // A classical-only client.
-    assert!(connect(tls_addr(&node), ClientSpec::new(&ca), "n1").await.is_err());
+    assert!(connect(tls_addr(&node), ClientSpec::new(&ca), "n1")
+        .await
+        .is_err());
     until_metric(
         &node,
         r#"overlay_pq_negotiations_total{mode="hybrid",outcome="incompatible"}"#,
@@ -382,20 +430,32 @@ async fn hybrid_accepts_only_x25519mlkem768_and_reports_pq_ready() {
     )
     .await;
     assert_eq!(
-        metric(&node, r#"overlay_handshake_failures_total{reason="pq_neg_fail"}"#),
+        metric(
+            &node,
+            r#"overlay_handshake_failures_total{reason="pq_neg_fail"}"#
+        ),
         1.0
     );
 
     let mut spec = ClientSpec::new(&ca);
     spec.provider = provider(vec![aws_lc_rs::kx_group::X25519MLKEM768]);
     let mut s = connect(tls_addr(&node), spec, "n1").await.unwrap();
-    assert!(matches!(hello(&mut s, "c1").await, ClientEvent::Established(_)));
+    assert!(matches!(
+        hello(&mut s, "c1").await,
+        ClientEvent::Established(_)
+    ));
     assert_eq!(
-        s.get_ref().1.negotiated_key_exchange_group().map(|g| g.name()),
+        s.get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|g| g.name()),
         Some(rustls::NamedGroup::X25519MLKEM768)
     );
     assert_eq!(
-        metric(&node, r#"overlay_pq_negotiations_total{mode="hybrid",outcome="ok"}"#),
+        metric(
+            &node,
+            r#"overlay_pq_negotiations_total{mode="hybrid",outcome="ok"}"#
+        ),
         1.0
     );
     node.shutdown().await.unwrap();
@@ -413,7 +473,10 @@ async fn a_key_file_others_can_read_is_refused_at_start() {
         .err()
         .expect("a group-readable key is refused");
     let msg = format!("{e:#}");
-    assert!(msg.contains(&c.tls.key_file) && msg.contains("readable"), "{msg}");
+    assert!(
+        msg.contains(&c.tls.key_file) && msg.contains("readable"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,24 +485,41 @@ async fn reload_swaps_certificates_for_new_handshakes_and_keeps_sessions() {
     let (old_ca, new_ca) = (Ca::new(), Ca::new());
     let c = tls_cfg(&dir, &old_ca, "n1");
     let node = Node::start(TokioNet, c.clone(), opts(9)).await.unwrap();
-    let mut old = connect(tls_addr(&node), ClientSpec::new(&old_ca), "n1").await.unwrap();
-    assert!(matches!(hello(&mut old, "c1").await, ClientEvent::Established(_)));
+    let mut old = connect(tls_addr(&node), ClientSpec::new(&old_ca), "n1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        hello(&mut old, "c1").await,
+        ClientEvent::Established(_)
+    ));
 
     // Rotation: new files under the same paths.
     let leaf = new_ca.leaf(&["n1"], &[]);
     dir.write("n1.pem", &leaf.cert_pem, 0o644);
     dir.write("n1.key", &leaf.key_pem, 0o600);
     assert!(node.reload_tls(&c).unwrap());
-    let mut s = connect(tls_addr(&node), ClientSpec::new(&new_ca), "n1").await.unwrap();
-    assert!(matches!(hello(&mut s, "c2").await, ClientEvent::Established(_)));
-    assert!(connect(tls_addr(&node), ClientSpec::new(&old_ca), "n1").await.is_err());
+    let mut s = connect(tls_addr(&node), ClientSpec::new(&new_ca), "n1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        hello(&mut s, "c2").await,
+        ClientEvent::Established(_)
+    ));
+    assert!(connect(tls_addr(&node), ClientSpec::new(&old_ca), "n1")
+        .await
+        .is_err());
 
     // A bad new key: refused, naming the file; the rotated pair stays in use.
     dir.write("n1.key", "not a key", 0o600);
     let e = node.reload_tls(&c).unwrap_err();
     assert!(e.to_string().contains(&c.tls.key_file), "{e}");
-    let mut s = connect(tls_addr(&node), ClientSpec::new(&new_ca), "n1").await.unwrap();
-    assert!(matches!(hello(&mut s, "c3").await, ClientEvent::Established(_)));
+    let mut s = connect(tls_addr(&node), ClientSpec::new(&new_ca), "n1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        hello(&mut s, "c3").await,
+        ClientEvent::Established(_)
+    ));
 
     // The session from before the rotation is still served.
     assert_eq!(node.stats().await.unwrap().established, 3);

@@ -84,7 +84,11 @@ fn hybrid_pq_is_refused_without_a_tls_listener() {
     refused(
         "hybrid",
         "pq_mode = \"hybrid\"",
-        &["invalid config `overlay.pq_mode`", "X25519MLKEM768", "overlay.tls_listen"],
+        &[
+            "invalid config `overlay.pq_mode`",
+            "X25519MLKEM768",
+            "overlay.tls_listen",
+        ],
     );
 }
 

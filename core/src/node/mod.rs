@@ -10,8 +10,8 @@
 mod accounting;
 mod gossip;
 mod handshake;
-mod link;
 mod ingress;
+mod link;
 mod notice;
 mod readiness;
 mod sessions;
@@ -36,8 +36,7 @@ use crate::oap::{
     VERSION,
 };
 use crate::observe::{
-    Dir, DropReason, FrameClass, HandshakeFailure, Metrics, Outcome, PermitState, Queue,
-    RxDrop,
+    Dir, DropReason, FrameClass, HandshakeFailure, Metrics, Outcome, PermitState, Queue, RxDrop,
 };
 use crate::ready::{Probe, RateWindow, ReadyState, ReadyView, Sustained};
 use crate::reason::RejectReason;

@@ -212,7 +212,10 @@ label_enum!(
 );
 
 /// `values` followed by `extra`, for allowlists that extend an enum's values.
-const fn with<const N: usize>(values: &[&'static str], extra: &[&'static str]) -> [&'static str; N] {
+const fn with<const N: usize>(
+    values: &[&'static str],
+    extra: &[&'static str],
+) -> [&'static str; N] {
     let mut v = [""; N];
     let mut i = 0;
     while i < values.len() {
@@ -226,8 +229,7 @@ const fn with<const N: usize>(values: &[&'static str], extra: &[&'static str]) -
     }
     v
 }
-const LATENCY_ROUTES: [&str; Route::VALUES.len() + 1] =
-    with(Route::VALUES, LatencyRoute::VALUES);
+const LATENCY_ROUTES: [&str; Route::VALUES.len() + 1] = with(Route::VALUES, LatencyRoute::VALUES);
 const LATENCY_METHODS: [&str; Method::VALUES.len() + Transport::VALUES.len()] =
     with(Method::VALUES, Transport::VALUES);
 

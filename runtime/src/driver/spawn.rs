@@ -69,7 +69,11 @@ impl<N: Net> Driver<N> {
             timeout: self.cfg.overlay.handshake_timeout,
             slots: Arc::new(Semaphore::new(self.cfg.overlay.max_conns)),
         });
-        let task = if tls.is_some() { "tls_acceptor" } else { "acceptor" };
+        let task = if tls.is_some() {
+            "tls_acceptor"
+        } else {
+            "acceptor"
+        };
         self.spawn_singleton(task, Some(probe), move |mut sup| async move {
             while sup
                 .run(accept_loop(

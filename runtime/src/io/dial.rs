@@ -80,8 +80,7 @@ pub(crate) async fn dial_loop<N: Net>(
     let mut failures = 0u32;
     loop {
         let opened = Instant::now();
-        let error = match tokio::time::timeout(connect_timeout, net.connect(peer.host_port)).await
-        {
+        let error = match tokio::time::timeout(connect_timeout, net.connect(peer.host_port)).await {
             Ok(Ok(stream)) => match secure(&peer, tls.as_deref(), stream, connect_timeout).await {
                 Ok((stream, tls)) => {
                     let msg = Control::Connected {

@@ -111,14 +111,20 @@ impl Node {
         let listener = bind("overlay.listen", cfg.overlay.listen.clone()).await?;
         let tls_listener = bind("overlay.tls_listen", cfg.overlay.tls_listen.clone()).await?;
         let plain_addr = listener.as_ref().map(Listener::local_addr).transpose()?;
-        let tls_addr = tls_listener.as_ref().map(Listener::local_addr).transpose()?;
+        let tls_addr = tls_listener
+            .as_ref()
+            .map(Listener::local_addr)
+            .transpose()?;
         // Validation requires one of the two.
         let overlay_addr = plain_addr.or(tls_addr).context("no OAP/1 listener")?;
         crate::config::fill_node_id(&mut cfg, overlay_addr);
         if plain_addr.is_some() && cfg.auth.required {
-            tracing::warn!(event = "plain_auth", reason = "cleartext",
+            tracing::warn!(
+                event = "plain_auth",
+                reason = "cleartext",
                 "auth.required on the plain listener (overlay.listen): capability tokens \
-                 travel in clear; use overlay.tls_listen and set overlay.listen = \"\"");
+                 travel in clear; use overlay.tls_listen and set overlay.listen = \"\""
+            );
         }
         let admin_listener = if opts.admin {
             Some(

@@ -77,14 +77,28 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
     match &ev.kind {
         BusKind::Accepted => {
             if let Some(suppressed) = admit("accept", "") {
-                tracing::info!(event = "accept", node, corr_id, dir, peer_addr, tls_group,
-                    suppressed);
+                tracing::info!(
+                    event = "accept",
+                    node,
+                    corr_id,
+                    dir,
+                    peer_addr,
+                    tls_group,
+                    suppressed
+                );
             }
         }
         BusKind::Connected => {
             if let Some(suppressed) = admit("connect", "") {
-                tracing::info!(event = "connect", node, corr_id, dir, peer_addr, tls_group,
-                    suppressed);
+                tracing::info!(
+                    event = "connect",
+                    node,
+                    corr_id,
+                    dir,
+                    peer_addr,
+                    tls_group,
+                    suppressed
+                );
             }
         }
         BusKind::TlsFailed {

@@ -102,10 +102,17 @@ impl TlsContext {
     ) -> Result<(Wire<S>, TlsSession), Failed> {
         let m = self.material();
         let Some(cc) = m.client.clone() else {
-            return Err((TlsRefusal::Tls(TlsFailure::Cert), "tls.ca_file not loaded".into()));
+            return Err((
+                TlsRefusal::Tls(TlsFailure::Cert),
+                "tls.ca_file not loaded".into(),
+            ));
         };
-        let name = ServerName::try_from(server_name.to_string())
-            .map_err(|e| (TlsRefusal::Tls(TlsFailure::Cert), format!("{server_name:?}: {e}")))?;
+        let name = ServerName::try_from(server_name.to_string()).map_err(|e| {
+            (
+                TlsRefusal::Tls(TlsFailure::Cert),
+                format!("{server_name:?}: {e}"),
+            )
+        })?;
         let fut = TlsConnector::from(cc).connect(name, stream);
         let s = match tokio::time::timeout(timeout, fut).await {
             Err(_) => return Err((TlsRefusal::Timeout, "TLS handshake timed out".into())),

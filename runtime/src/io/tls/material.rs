@@ -106,7 +106,10 @@ impl Material {
         let identity = if t.cert_file.is_empty() {
             None
         } else {
-            Some((certs("tls.cert_file", &t.cert_file)?, private_key(&t.key_file)?))
+            Some((
+                certs("tls.cert_file", &t.cert_file)?,
+                private_key(&t.key_file)?,
+            ))
         };
         let mut server = None;
         if let (false, Some((chain, key))) = (cfg.overlay.tls_listen.is_empty(), &identity) {
@@ -126,7 +129,13 @@ impl Material {
             };
             let mut sc = b
                 .with_single_cert(chain.clone(), key.clone_key())
-                .map_err(|e| err("tls.key_file", &t.key_file, format!("does not fit tls.cert_file: {e}")))?;
+                .map_err(|e| {
+                    err(
+                        "tls.key_file",
+                        &t.key_file,
+                        format!("does not fit tls.cert_file: {e}"),
+                    )
+                })?;
             sc.alpn_protocols = vec![ALPN.to_vec()];
             server = Some(Arc::new(sc));
         }
