@@ -172,6 +172,8 @@ pub struct Daemon {
     out: Arc<Output>,
     status: Option<ExitStatus>,
     pub overlay: SocketAddr,
+    /// The TLS listener's address, when `overlay.tls_listen` is set.
+    pub tls: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub node_id: String,
     pub started: Instant,
@@ -239,6 +241,7 @@ impl Daemon {
             out,
             status: None,
             overlay: "0.0.0.0:0".parse().unwrap(),
+            tls: None,
             admin: "0.0.0.0:0".parse().unwrap(),
             node_id: String::new(),
             started,
@@ -252,6 +255,7 @@ impl Daemon {
         };
         d.overlay = line["overlay_addr"].as_str().unwrap().parse().unwrap();
         d.admin = line["admin_addr"].as_str().unwrap().parse().unwrap();
+        d.tls = line["tls_addr"].as_str().and_then(|a| a.parse().ok());
         d.node_id = line["node"].as_str().unwrap_or_default().to_string();
         d
     }
