@@ -265,3 +265,37 @@ fn a_key_readable_by_others_stops_the_start_naming_the_file() {
         "{all}"
     );
 }
+
+#[test]
+fn auth_on_the_plain_listener_warns_that_tokens_travel_in_clear() {
+    let d = Daemon::builder()
+        .cfg("auth.required", "true")
+        .cfg("auth.tokens", "[capTLSwarn1]")
+        .start();
+    let w = d
+        .wait_log(WAIT, |l| l["event"] == "plain_auth")
+        .unwrap_or_else(|| panic!("no plain_auth warning\n{}", d.all_output()));
+    assert_eq!(w["level"], "WARN", "{w}");
+
+    if !have_tool("openssl") {
+        return;
+    }
+    // TLS only: nothing travels in clear, nothing to warn about.
+    let pki = Pki::new("plain_auth");
+    pki.ca("ca");
+    pki.leaf("ca", "n1");
+    let d = Daemon::builder()
+        .tls_only()
+        .cfg("overlay.tls_listen", "127.0.0.1:0")
+        .cfg("tls.cert_file", pki.path("n1.pem"))
+        .cfg("tls.key_file", pki.path("n1.key"))
+        .cfg("auth.required", "true")
+        .cfg("auth.tokens", "[capTLSwarn1]")
+        .start();
+    d.wait_readyz(200, WAIT);
+    assert!(
+        !d.log_lines().iter().any(|l| l["event"] == "plain_auth"),
+        "{}",
+        d.all_output()
+    );
+}

@@ -118,14 +118,6 @@ impl Node {
         // Validation requires one of the two.
         let overlay_addr = plain_addr.or(tls_addr).context("no OAP/1 listener")?;
         crate::config::fill_node_id(&mut cfg, overlay_addr);
-        if plain_addr.is_some() && cfg.auth.required {
-            tracing::warn!(
-                event = "plain_auth",
-                reason = "cleartext",
-                "auth.required on the plain listener (overlay.listen): capability tokens \
-                 travel in clear; use overlay.tls_listen and set overlay.listen = \"\""
-            );
-        }
         let admin_listener = if opts.admin {
             Some(
                 net.bind(&cfg.admin.listen)
@@ -195,6 +187,14 @@ impl Node {
         if opts.announce {
             // Before the driver runs: its start-up events (readiness) must not come first.
             announce(&node_id, plain_addr, tls_addr, admin_addr);
+        }
+        if plain_addr.is_some() && cfg.auth.required {
+            tracing::warn!(
+                event = "plain_auth",
+                reason = "cleartext",
+                "auth.required on the plain listener (overlay.listen): capability tokens \
+                 travel in clear; use overlay.tls_listen and set overlay.listen = \"\""
+            );
         }
         let mut driver = Driver::new(Parts {
             net,
