@@ -526,3 +526,43 @@ async fn reload_swaps_certificates_for_new_handshakes_and_keeps_sessions() {
     old.write_all(b"").await.unwrap();
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_tls_handshakes_hold_at_most_max_conns_slots_until_their_timeout() {
+    let dir = Dir::new("stall");
+    let ca = Ca::new();
+    let mut c = tls_cfg(&dir, &ca, "n1");
+    c.overlay.max_conns = 2;
+    c.overlay.handshake_timeout = Duration::from_millis(500);
+    let node = Node::start(TokioNet, c, opts(10)).await.unwrap();
+    // Two clients that connect and never send a ClientHello take both handshake slots.
+    let t0 = std::time::Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(TcpStream::connect(tls_addr(&node)).await.unwrap());
+    }
+    let paused = r#"overlay_accept_paused_total{reason="tls_handshakes"}"#;
+    until_metric(&node, paused, 1.0).await;
+    // A good client waits in the backlog, then is served once the stalled ones time out.
+    let mut s = connect(tls_addr(&node), ClientSpec::new(&ca), "n1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        hello(&mut s, "c1").await,
+        ClientEvent::Established(_)
+    ));
+    // Not before a slot was free: a stalled handshake had to time out first.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t0.elapsed()
+    );
+    until_metric(
+        &node,
+        r#"overlay_handshake_failures_total{reason="timeout"}"#,
+        2.0,
+    )
+    .await;
+    drop(stalled);
+    node.shutdown().await.unwrap();
+}
