@@ -144,3 +144,25 @@ impl TlsRefusal {
         (self == TlsRefusal::PqIncompatible).then_some(PqOutcome::Incompatible)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses_name_what_the_certificate_must_carry() {
+        let p = PeerAddr::parse("tls://n2@10.0.0.2:9445").unwrap();
+        assert_eq!(
+            (p.tls, p.host_port, p.server_name()),
+            (true, "10.0.0.2:9445", "n2")
+        );
+        let p = PeerAddr::parse("tls://peer.example:9445").unwrap();
+        assert_eq!((p.tls, p.server_name()), (true, "peer.example"));
+        let p = PeerAddr::parse("tls://[::1]:9445").unwrap();
+        assert_eq!(p.server_name(), "::1");
+        let p = PeerAddr::parse("10.0.0.2:9444").unwrap();
+        assert_eq!((p.tls, p.name, p.host_port), (false, None, "10.0.0.2:9444"));
+        assert!(PeerAddr::parse("tls://").is_none());
+        assert!(PeerAddr::parse("tls://n2@").is_none());
+    }
+}
