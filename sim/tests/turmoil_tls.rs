@@ -43,8 +43,7 @@ fn pki() -> PathBuf {
     dir
 }
 
-fn tls_setup(seed: u64) -> Setup {
-    let dir = pki();
+fn tls_setup(seed: u64, dir: &std::path::Path) -> Setup {
     let file = |f: &str| dir.join(f).to_string_lossy().into_owned();
     Setup::new(
         "tls_mesh",
@@ -142,7 +141,17 @@ async fn tls_mesh(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes the certificates when the test ends, passed or not.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn a_tls_mesh_survives_a_partition_and_repairs() {
-    expect_run(run(tls_setup(seed_from_env(0x5EED_0715)), tls_mesh));
+    let dir = Cleanup(pki());
+    expect_run(run(tls_setup(seed_from_env(0x5EED_0715), &dir.0), tls_mesh));
 }
