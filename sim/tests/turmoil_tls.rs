@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use anyhow::ensure;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use sim::turmoil::checks::epilogue;
-use sim::turmoil::harness::OVERLAY_PORT;
 use sim::turmoil::steps::{expect_run, ms, names, publish_n, secs, wait_delivered, wait_sessions};
 use sim::turmoil::{mesh, run, seed_from_env, Ctx, Setup};
 
