@@ -196,33 +196,47 @@ fn main() {
             log_events: false,
             ..NodeOptions::default()
         };
-        let node = Node::start(TokioNet, c, opts).await.unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
-        let mut cc = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        cc.alpn_protocols = vec![b"oap/1".to_vec()];
+        let node = Node::start(TokioNet, c.clone(), opts.clone()).await.unwrap();
+        // The same with pq_mode = "hybrid" (its plain listener is not measured).
+        c.overlay.pq_mode = overlay_core::config::PqModeConfig::Hybrid;
+        let pq_node = Node::start(TokioNet, c, opts).await.unwrap();
+        let client = |groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>| {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.der().clone()).unwrap();
+            let mut p = rustls::crypto::aws_lc_rs::default_provider();
+            // One group each, so no handshake pays a HelloRetryRequest for a key share
+            // the node does not take.
+            p.kx_groups = groups;
+            let mut cc = ClientConfig::builder_with_provider(Arc::new(p))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            cc.alpn_protocols = vec![b"oap/1".to_vec()];
+            Arc::new(cc)
+        };
+        use rustls::crypto::aws_lc_rs::kx_group;
         let t = Target {
             plain: node.overlay_addr(),
             tls: node.tls_addr().unwrap(),
-            client: Arc::new(cc),
+            client: client(vec![kx_group::X25519]),
+        };
+        let pq = Target {
+            plain: pq_node.overlay_addr(),
+            tls: pq_node.tls_addr().unwrap(),
+            client: client(vec![kx_group::X25519MLKEM768]),
         };
 
         println!("handshake: TCP connect to HELLO answered (TLS included), loopback, 2 workers");
         for (conc, total) in [(1, 200), (100, 1000)] {
-            for tls in [false, true] {
-                let (p50, p99) = handshakes(&t, tls, conc, total).await;
+            for (name, target, tls) in [("plain", &t, false), ("tls", &t, true), ("tls-pq", &pq, true)] {
+                let (p50, p99) = handshakes(target, tls, conc, total).await;
                 println!(
-                    "  {:5} concurrency {conc:3}: p50 {p50:7.2} ms  p99 {p99:7.2} ms  ({total} handshakes)",
-                    if tls { "tls" } else { "plain" }
+                    "  {name:6} concurrency {conc:3}: p50 {p50:7.2} ms  p99 {p99:7.2} ms  ({total} handshakes)"
                 );
             }
         }
+        pq_node.shutdown().await.unwrap();
         println!("relay: {MESSAGES} x 64 KiB, publisher -> node -> subscriber, acked, window {WINDOW}");
         for tls in [false, true] {
             let mib = relay(&t, tls).await;
