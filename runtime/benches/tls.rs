@@ -1,7 +1,7 @@
-//! `cargo bench -p svc-overlay --bench tls`: one node with a plain and a TLS listener, in
-//! the same run:
+//! `cargo bench -p svc-overlay --bench tls`: a node with a plain and a TLS listener, and one
+//! with `pq_mode = "hybrid"`, in the same run:
 //! - handshake latency (TCP connect to HELLO answered, TLS included) p50/p99 at 1 and 100
-//!   concurrent clients, plain and TLS;
+//!   concurrent clients, plain, TLS and TLS with the hybrid group;
 //! - relay throughput of 64 KiB messages, publisher to node to subscriber, plain and TLS.
 //!
 //! Certificates are made here (rcgen); everything runs on loopback.
