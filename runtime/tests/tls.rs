@@ -566,3 +566,30 @@ async fn stalled_tls_handshakes_hold_at_most_max_conns_slots_until_their_timeout
     drop(stalled);
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_can_add_trust_roots_and_a_tls_peer_to_a_node_started_without_tls() {
+    let dir = Dir::new("add");
+    let ca = Ca::new();
+    let a = Node::start(TokioNet, tls_cfg(&dir, &ca, "a"), opts(11))
+        .await
+        .unwrap();
+    let b_cfg = cfg();
+    let b = Node::start(TokioNet, b_cfg.clone(), opts(12))
+        .await
+        .unwrap();
+    assert!(!b.reload_tls(&b_cfg).unwrap(), "nothing to reload yet");
+    let mut new = b_cfg;
+    new.tls.ca_file = dir.write("ca.pem", &ca.cert.pem(), 0o644);
+    new.overlay.peers = vec![format!("tls://a@{}", tls_addr(&a))];
+    // As the daemon's SIGHUP does: the files first, then the config.
+    assert!(b.reload_tls(&new).unwrap());
+    b.reconfigure(new).await.unwrap();
+    until("b to peer with a over TLS", || async {
+        b.stats().await.unwrap().peers == 1
+    })
+    .await;
+    for n in [b, a] {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -59,8 +59,8 @@ pub(crate) struct Parts<N: Net> {
     pub corr: Arc<CorrIds>,
     /// Events the node emitted before the driver ran (start-up readiness).
     pub startup: Vec<Event>,
-    /// TLS configs for the TLS listener and `tls://` dials, if any are configured.
-    pub tls: Option<Arc<TlsContext>>,
+    /// TLS configs for the TLS listener and `tls://` dials (empty when none is configured).
+    pub tls: Arc<TlsContext>,
 }
 
 pub(crate) struct Driver<N: Net> {
@@ -97,7 +97,7 @@ pub(crate) struct Driver<N: Net> {
     held_credits: Vec<crate::io::credit::Credit>,
     drain: Option<(Instant, Instant)>,
     startup: Vec<Event>,
-    tls: Option<Arc<TlsContext>>,
+    tls: Arc<TlsContext>,
 }
 
 impl<N: Net> Driver<N> {

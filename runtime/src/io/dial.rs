@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use overlay_core::observe::TlsFailure;
-use overlay_core::{PeerAddr, TlsRefusal, TlsSession};
+use overlay_core::{PeerAddr, TlsSession};
 use tokio::time::Instant;
 
 use rand::{Rng, SeedableRng};
@@ -66,7 +65,7 @@ pub(crate) async fn dial_loop<N: Net>(
     mut ended: mpsc::Receiver<bool>,
     seed: u64,
     b: Bounds,
-    tls: Option<Arc<TlsContext>>,
+    tls: Arc<TlsContext>,
 ) {
     let connect_timeout = b.connect_timeout;
     let mut backoff = Backoff::new(b.dial_backoff_base, b.dial_backoff_max, seed);
@@ -81,7 +80,7 @@ pub(crate) async fn dial_loop<N: Net>(
     loop {
         let opened = Instant::now();
         let error = match tokio::time::timeout(connect_timeout, net.connect(peer.host_port)).await {
-            Ok(Ok(stream)) => match secure(&peer, tls.as_deref(), stream, connect_timeout).await {
+            Ok(Ok(stream)) => match secure(&peer, &tls, stream, connect_timeout).await {
                 Ok((stream, tls)) => {
                     let msg = Control::Connected {
                         stream,
@@ -137,19 +136,13 @@ pub(crate) async fn dial_loop<N: Net>(
 /// The TLS handshake of a `tls://` peer; a plain peer's stream passes as it is.
 async fn secure<S: Stream>(
     peer: &PeerAddr<'_>,
-    tls: Option<&TlsContext>,
+    tls: &TlsContext,
     stream: S,
     timeout: Duration,
 ) -> Result<(Wire<S>, Option<TlsSession>), Failed> {
     if !peer.tls {
         return Ok((Wire::Plain(stream), None));
     }
-    let Some(tls) = tls else {
-        return Err((
-            TlsRefusal::Tls(TlsFailure::Cert),
-            "no trust roots loaded (tls.ca_file)".into(),
-        ));
-    };
     let (w, s) = tls.connect(stream, peer.server_name(), timeout).await?;
     Ok((w, Some(s)))
 }

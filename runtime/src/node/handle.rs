@@ -22,7 +22,7 @@ pub struct NodeControl {
     /// The plain listener's address, or the TLS listener's when there is no plain one.
     pub(super) overlay_addr: SocketAddr,
     pub(super) tls_addr: Option<SocketAddr>,
-    pub(super) tls: Option<Arc<TlsContext>>,
+    pub(super) tls: Arc<TlsContext>,
     pub(super) node_id: String,
     pub(super) cmd: mpsc::Sender<Command>,
 }
@@ -85,10 +85,7 @@ impl NodeControl {
     /// sessions keep going. On an error the old files stay in use. `Ok(false)`: no TLS is
     /// configured, nothing to reload.
     pub fn reload_tls(&self, cfg: &Config) -> Result<bool, MaterialError> {
-        match &self.tls {
-            Some(t) => t.reload(cfg).map(|()| true),
-            None => Ok(false),
-        }
+        self.tls.reload(cfg)
     }
 
     async fn ask<T>(&self, f: impl FnOnce(oneshot::Sender<T>) -> Command) -> anyhow::Result<T> {

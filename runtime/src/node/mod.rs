@@ -152,10 +152,7 @@ impl Node {
                 (Probe::FdHeadroom, fd_ok),
                 // Ignored unless pq_mode = "hybrid": the TLS listener is bound with the
                 // hybrid group and its certificate loaded.
-                (
-                    Probe::PqReady,
-                    tls_addr.is_some() && tls.as_ref().is_some_and(|t| t.hybrid_ready()),
-                ),
+                (Probe::PqReady, tls_addr.is_some() && tls.hybrid_ready()),
             ],
         );
         let node_id = overlay.node_id().to_string();
@@ -214,7 +211,7 @@ impl Node {
             driver.spawn_acceptor(l, fds.clone(), None);
         }
         if let Some(l) = tls_listener {
-            driver.spawn_acceptor(l, fds.clone(), tls.clone());
+            driver.spawn_acceptor(l, fds.clone(), Some(tls.clone()));
         }
         if let Some(mut l) = admin_listener {
             let app = admin::router(AdminState {

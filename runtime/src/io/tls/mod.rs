@@ -26,26 +26,25 @@ pub struct TlsContext {
 }
 
 impl TlsContext {
-    /// `None` when nothing is configured to use TLS (no listener, no trust roots).
-    pub fn load(cfg: &Config) -> Result<Option<Arc<TlsContext>>, MaterialError> {
-        if cfg.overlay.tls_listen.is_empty() && cfg.tls.ca_file.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Arc::new(TlsContext {
+    /// Also without any TLS configured (then it holds no configs): a reload may add trust
+    /// roots for `tls://` peers later, and the dialers share this context.
+    pub fn load(cfg: &Config) -> Result<Arc<TlsContext>, MaterialError> {
+        Ok(Arc::new(TlsContext {
             material: Snapshot::new(Material::load(cfg)?),
             pq: cfg.overlay.pq_mode,
-        })))
+        }))
     }
 
     /// Rereads the files (SIGHUP). A file that cannot be used leaves the old configs in
-    /// place; the error says which and why.
-    pub fn reload(&self, cfg: &Config) -> Result<(), MaterialError> {
+    /// place; the error says which and why. `Ok(false)`: no TLS file is configured.
+    pub fn reload(&self, cfg: &Config) -> Result<bool, MaterialError> {
         // The groups were fixed at start (pq_mode needs a restart): keep them.
         let mut cfg = cfg.clone();
         cfg.overlay.pq_mode = self.pq;
         let m = Material::load(&cfg)?;
         self.material.store(m);
-        Ok(())
+        let t = &cfg.tls;
+        Ok(!(t.cert_file.is_empty() && t.ca_file.is_empty() && t.client_ca_file.is_empty()))
     }
 
     pub fn hybrid(&self) -> bool {
