@@ -37,11 +37,13 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     run "install cargo-fuzz" cargo install cargo-fuzz --locked --quiet
 fi
 # Prometheus (prometheus, promtool) for the rule unit tests and the real-Prometheus test,
-# and systemd-analyze for the unit file. Under CI=true a missing tool fails the run (the
+# systemd-analyze for the unit file, and the openssl CLI for the TLS end-to-end tests
+# (certificates, s_client). Under CI=true a missing tool fails the run (the
 # tests themselves fail rather than skip there too); elsewhere it is a warning.
 missing=()
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]} > 0)); then
     step="install ${missing[*]}"
     printf '\n==> %s\n' "$step"

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::observe::PqMode;
+pub use crate::transport::PeerAddr;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -21,13 +22,16 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OverlayConfig {
-    /// Address the OAP/1 listener binds (needs a restart to change).
+    /// Address the plain-TCP OAP/1 listener binds; empty: none (needs a restart to change).
     pub listen: String,
+    /// Address the TLS OAP/1 listener binds; empty: none (needs a restart to change).
+    pub tls_listen: String,
     /// This node's id in HELLO; empty means derived from the listen address.
     pub node_id: String,
     /// Peers to dial and keep dialed.
@@ -250,6 +254,21 @@ pub struct LogConfig {
     pub bus_capacity: usize,
 }
 
+/// Transport security files, all PEM; an empty path is unset. The core only validates
+/// them: the runtime reads the files and runs TLS, and hands the core what TLS verified.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// This node's certificate chain, for the TLS listener and as client certificate.
+    pub cert_file: String,
+    /// Its private key; refused at start if group or others may read it.
+    pub key_file: String,
+    /// Set: clients of the TLS listener must present a certificate from these CAs (mTLS).
+    pub client_ca_file: String,
+    /// Trust roots for the certificates of `tls://` peers this node dials.
+    pub ca_file: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -296,6 +315,7 @@ impl Default for Config {
             shutdown: ShutdownConfig {
                 drain_deadline: Duration::from_secs(3),
             },
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -304,6 +324,7 @@ impl Default for OverlayConfig {
     fn default() -> OverlayConfig {
         OverlayConfig {
             listen: "127.0.0.1:9444".into(),
+            tls_listen: String::new(),
             node_id: String::new(),
             peers: Vec::new(),
             handshake_timeout: Duration::from_secs(3),
@@ -431,7 +452,54 @@ fn is_host_port(peer: &str) -> bool {
     host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
+/// A label a certificate can carry as `DNS:` SAN and rustls can match as a server name.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 impl Config {
+    /// The transport security keys: which need which, so a half-configured TLS setup
+    /// fails at start instead of at the first connection.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let t = &self.tls;
+        let o = &self.overlay;
+        check(
+            t.cert_file.is_empty() == t.key_file.is_empty(),
+            if t.cert_file.is_empty() {
+                "tls.cert_file"
+            } else {
+                "tls.key_file"
+            },
+            "tls.cert_file and tls.key_file go together",
+        )?;
+        check(
+            o.tls_listen.is_empty() || !t.cert_file.is_empty(),
+            "tls.cert_file",
+            "overlay.tls_listen needs tls.cert_file and tls.key_file",
+        )?;
+        check(
+            t.client_ca_file.is_empty() || !o.tls_listen.is_empty(),
+            "tls.client_ca_file",
+            "mTLS applies to the TLS listener: set overlay.tls_listen",
+        )?;
+        check(
+            o.pq_mode != PqModeConfig::Hybrid || !o.tls_listen.is_empty(),
+            "overlay.pq_mode",
+            "\"hybrid\" is negotiated by TLS (X25519MLKEM768): set overlay.tls_listen, \
+             tls.cert_file and tls.key_file, or use \"off\"",
+        )?;
+        Ok(())
+    }
+
     /// Every duration key with its value, for the checks that apply to all of them.
     fn durations(&self) -> [(&'static str, Duration); 11] {
         let o = &self.overlay;
@@ -460,11 +528,22 @@ impl Config {
         for (key, d) in self.durations() {
             check(d <= MAX_DURATION, key, "must be at most 24h")?;
         }
+        for (key, addr) in [
+            ("overlay.listen", &o.listen),
+            ("overlay.tls_listen", &o.tls_listen),
+        ] {
+            check(
+                addr.is_empty() || addr.parse::<std::net::SocketAddr>().is_ok(),
+                key,
+                format!("{addr:?} is not an ip:port address (or \"\" for none)"),
+            )?;
+        }
         check(
-            o.listen.parse::<std::net::SocketAddr>().is_ok(),
+            !o.listen.is_empty() || !o.tls_listen.is_empty(),
             "overlay.listen",
-            format!("{:?} is not an ip:port address", o.listen),
+            "overlay.listen and overlay.tls_listen are both empty: the node would accept nothing",
         )?;
+        self.validate_tls()?;
         check(
             self.admin.listen.parse::<std::net::SocketAddr>().is_ok(),
             "admin.listen",
@@ -476,19 +555,30 @@ impl Config {
             "at most 128 bytes",
         )?;
         for peer in &o.peers {
+            let parsed = PeerAddr::parse(peer).filter(|p| is_host_port(p.host_port));
             check(
-                is_host_port(peer),
+                parsed.is_some(),
                 "overlay.peers",
-                format!("{peer:?} is not host:port with a port in 1..=65535"),
+                format!(
+                    "{peer:?} is not host:port with a port in 1..=65535 \
+                     (or tls://host:port, tls://node-id@host:port)"
+                ),
+            )?;
+            if let Some(name) = parsed.and_then(|p| p.name) {
+                check(
+                    is_dns_name(name),
+                    "overlay.peers",
+                    format!(
+                        "{peer:?}: the expected node id must be a DNS name to match a certificate"
+                    ),
+                )?;
+            }
+            check(
+                !parsed.is_some_and(|p| p.tls) || !self.tls.ca_file.is_empty(),
+                "tls.ca_file",
+                format!("{peer:?} is dialed over TLS: tls.ca_file must name its trust roots"),
             )?;
         }
-        check(
-            o.pq_mode != PqModeConfig::Hybrid,
-            "overlay.pq_mode",
-            "\"hybrid\" is not supported yet: nothing in this build can report pq_ready \
-             (transport security is not implemented), so /readyz would stay 503 forever; \
-             use \"off\"",
-        )?;
         check(
             !o.handshake_timeout.is_zero(),
             "overlay.handshake_timeout",
@@ -723,7 +813,13 @@ impl Config {
     /// The node id used in HELLO.
     pub fn node_id(&self) -> String {
         if self.overlay.node_id.is_empty() {
-            format!("node-{}", self.overlay.listen)
+            let o = &self.overlay;
+            let listen = if o.listen.is_empty() {
+                &o.tls_listen
+            } else {
+                &o.listen
+            };
+            format!("node-{listen}")
         } else {
             self.overlay.node_id.clone()
         }
@@ -833,12 +929,45 @@ mod tests {
     }
 
     #[test]
-    fn hybrid_pq_is_refused_until_something_can_set_pq_ready() {
+    fn hybrid_pq_needs_a_tls_listener_with_a_certificate() {
         let mut c = Config::default();
         c.overlay.pq_mode = PqModeConfig::Hybrid;
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "overlay.pq_mode");
-        assert!(e.why.contains("pq_ready"), "{e}");
+        assert!(e.why.contains("tls_listen"), "{e}");
+        c.overlay.tls_listen = "127.0.0.1:0".into();
+        assert_eq!(c.validate().unwrap_err().key, "tls.cert_file");
+        c.tls.cert_file = "node.pem".into();
+        assert_eq!(c.validate().unwrap_err().key, "tls.key_file");
+        c.tls.key_file = "node.key".into();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_keys_are_checked_together() {
+        let mut c = Config::default();
+        c.overlay.listen = String::new();
+        assert_eq!(c.validate().unwrap_err().key, "overlay.listen");
+        c.overlay.tls_listen = "nowhere".into();
+        assert_eq!(c.validate().unwrap_err().key, "overlay.tls_listen");
+        c.overlay.tls_listen = "127.0.0.1:0".into();
+        c.tls.cert_file = "node.pem".into();
+        c.tls.key_file = "node.key".into();
+        c.validate().unwrap();
+        c.tls.client_ca_file = "ca.pem".into();
+        c.validate().unwrap();
+        c.overlay.tls_listen = String::new();
+        c.overlay.listen = "127.0.0.1:0".into();
+        assert_eq!(c.validate().unwrap_err().key, "tls.client_ca_file");
+        c.tls.client_ca_file = String::new();
+        c.overlay.peers = vec!["tls://n2@127.0.0.1:9".into()];
+        assert_eq!(c.validate().unwrap_err().key, "tls.ca_file");
+        c.tls.ca_file = "ca.pem".into();
+        c.validate().unwrap();
+        c.overlay.peers = vec!["tls://not a name@127.0.0.1:9".into()];
+        assert_eq!(c.validate().unwrap_err().key, "overlay.peers");
+        c.overlay.peers = vec!["tls://127.0.0.1".into()];
+        assert_eq!(c.validate().unwrap_err().key, "overlay.peers");
     }
 
     #[test]

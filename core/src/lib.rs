@@ -24,6 +24,7 @@ pub mod stats;
 pub mod store;
 pub mod sync;
 pub mod time;
+pub mod transport;
 
 pub use config::{Config, ConfigError};
 pub use event::Event;
@@ -33,3 +34,4 @@ pub use reason::RejectReason;
 pub use session::{CloseReason, ConnId};
 pub use stats::{Balance, Stats};
 pub use time::Time;
+pub use transport::{CertName, Link, PeerAddr, TlsRefusal, TlsSession};

@@ -11,6 +11,7 @@ use crate::notice::NoticeLedger;
 use crate::oap::{Decoder, MsgId, Reassembler, Role};
 use crate::observe::{FrameClass, PeerBucket};
 use crate::time::Time;
+use crate::transport::Link;
 
 /// A connection, as numbered by the node. Never reused within a node's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,6 +146,8 @@ pub(crate) struct Session {
     pub(crate) pressured_ticks: u32,
     /// What its token allows, once a HELLO with `auth.required` admitted it.
     pub(crate) cap: Option<crate::cap::Capability>,
+    /// The transport it came over and what TLS verified of the peer.
+    pub(crate) link: Link,
 }
 
 impl Session {
@@ -189,6 +192,7 @@ impl Session {
             demoted: false,
             pressured_ticks: 0,
             cap: None,
+            link: Link::tcp(now),
         }
     }
 

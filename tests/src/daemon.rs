@@ -133,6 +133,8 @@ pub struct DaemonBuilder {
     /// Fixed (overlay, admin) addresses instead of `:0`: a mesh whose nodes dial each other
     /// must know every address before any node starts.
     listen: Option<(SocketAddr, SocketAddr)>,
+    /// `--listen ""`: no plain listener (the TLS one must be configured).
+    tls_only: bool,
 }
 
 impl DaemonBuilder {
@@ -161,6 +163,11 @@ impl DaemonBuilder {
         self.listen = Some((overlay, admin));
         self
     }
+    /// Turns the plain listener off (`--listen ""`); configure `overlay.tls_listen`.
+    pub fn tls_only(mut self) -> Self {
+        self.tls_only = true;
+        self
+    }
     pub fn start(self) -> Daemon {
         Daemon::spawn(self)
     }
@@ -172,6 +179,8 @@ pub struct Daemon {
     out: Arc<Output>,
     status: Option<ExitStatus>,
     pub overlay: SocketAddr,
+    /// The TLS listener's address, when `overlay.tls_listen` is set.
+    pub tls: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub node_id: String,
     pub started: Instant,
@@ -195,6 +204,7 @@ impl Daemon {
             Some((o, a)) => (o.to_string(), a.to_string()),
             None => ("127.0.0.1:0".into(), "127.0.0.1:0".into()),
         };
+        let listen = if b.tls_only { String::new() } else { listen };
         let mut cmd = Command::new(bin());
         cmd.args(["run", "--listen", &listen, "--admin", &admin])
             .args(&b.args)
@@ -239,6 +249,7 @@ impl Daemon {
             out,
             status: None,
             overlay: "0.0.0.0:0".parse().unwrap(),
+            tls: None,
             admin: "0.0.0.0:0".parse().unwrap(),
             node_id: String::new(),
             started,
@@ -250,8 +261,13 @@ impl Daemon {
                 d.all_output()
             );
         };
-        d.overlay = line["overlay_addr"].as_str().unwrap().parse().unwrap();
         d.admin = line["admin_addr"].as_str().unwrap().parse().unwrap();
+        d.tls = line["tls_addr"].as_str().and_then(|a| a.parse().ok());
+        // Without a plain listener the TLS one is the node's overlay address.
+        d.overlay = match line["overlay_addr"].as_str() {
+            Some(a) => a.parse().unwrap(),
+            None => d.tls.expect("a plain or a TLS listener"),
+        };
         d.node_id = line["node"].as_str().unwrap_or_default().to_string();
         d
     }

@@ -80,11 +80,15 @@ fn refused(name: &str, extra: &str, needles: &[&str]) {
 }
 
 #[test]
-fn hybrid_pq_is_refused_because_nothing_sets_pq_ready() {
+fn hybrid_pq_is_refused_without_a_tls_listener() {
     refused(
         "hybrid",
         "pq_mode = \"hybrid\"",
-        &["invalid config `overlay.pq_mode`", "pq_ready", "/readyz"],
+        &[
+            "invalid config `overlay.pq_mode`",
+            "X25519MLKEM768",
+            "overlay.tls_listen",
+        ],
     );
 }
 

@@ -13,7 +13,7 @@ impl Overlay {
             corr_id: corr,
             inbound: true,
         });
-        let (hello, cap) = match self.judge_hello(now, &frame) {
+        let (hello, cap) = match self.judge_hello(now, conn, &frame) {
             Ok(h) => h,
             Err(refusal) => return self.fail_hello(now, conn, &frame, refusal),
         };
@@ -54,6 +54,7 @@ impl Overlay {
     pub(super) fn judge_hello(
         &mut self,
         now: Time,
+        conn: ConnId,
         frame: &Frame,
     ) -> Result<(Hello, Option<Capability>), HelloRefusal> {
         let refuse = |reason, label, why: &'static str| HelloRefusal {
@@ -103,8 +104,13 @@ impl Overlay {
             true => Some(self.admit_token(now, &frame.cap, &hello)?),
             false => None,
         };
-        self.negotiate_pq(&hello)
-            .map_err(|why| refuse(RejectReason::Proto, Some(HandshakeFailure::PqNegFail), why))?;
+        if !self.identity_matches(conn, &hello.node) {
+            return Err(refuse(
+                RejectReason::Unauth,
+                Some(HandshakeFailure::Mtls),
+                "node id in HELLO is not named by the client certificate",
+            ));
+        }
         Ok((hello, cap))
     }
 
@@ -168,21 +174,6 @@ impl Overlay {
         Ok(())
     }
 
-    pub(super) fn negotiate_pq(&self, h: &Hello) -> Result<(), &'static str> {
-        let ours = self.cfg.overlay.pq_mode;
-        let mode = ours.mode();
-        let outcome = match (ours, h.pq.as_deref()) {
-            (_, Some(other)) if other != "off" && other != "hybrid" => PqOutcome::Fail,
-            (PqModeConfig::Hybrid, Some("hybrid")) => PqOutcome::Ok,
-            (PqModeConfig::Hybrid, _) => PqOutcome::Incompatible,
-            (PqModeConfig::Off, _) => PqOutcome::Ok,
-        };
-        self.metrics.pq_negotiations[mode.index()][outcome.index()].increment(1);
-        match outcome {
-            PqOutcome::Ok => Ok(()),
-            PqOutcome::Fail => Err("unknown pq mode"),
-            PqOutcome::Incompatible => Err("pq hybrid required"),
-        }
     }
 
     pub(super) fn fail_hello(
@@ -308,9 +299,9 @@ impl Overlay {
         s.last_rx = now;
         let inbound = s.inbound;
         let cap_id = s.cap.as_ref().map(|c| c.class.clone());
-        self.metrics
-            .handshake_latency
-            .record(now.saturating_since(s.opened).as_secs_f64());
+        // From the accept or dial, TLS handshake included: what a peer waits for.
+        self.metrics.handshake_latency[s.link.transport().index()]
+            .record(now.saturating_since(s.link.opened).as_secs_f64());
         match role {
             Role::Peer => self.peers.push(conn),
             Role::Client => self.clients.push(conn),

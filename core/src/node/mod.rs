@@ -14,6 +14,7 @@ mod gossip;
 mod handshake;
 mod held;
 mod ingress;
+mod link;
 mod notice;
 mod owed;
 mod pressure;
@@ -44,8 +45,7 @@ use crate::oap::{
     GOSSIP_FRAME_OVERHEAD, HEADER_LEN, VERSION,
 };
 use crate::observe::{
-    Dir, DropReason, FrameClass, HandshakeFailure, Metrics, Outcome, PermitState, PqOutcome, Queue,
-    RxDrop,
+    Dir, DropReason, FrameClass, HandshakeFailure, Metrics, Outcome, PermitState, Queue, RxDrop,
 };
 use crate::ready::{Probe, RateWindow, ReadyState, ReadyView, Sustained};
 use crate::reason::RejectReason;
@@ -55,6 +55,7 @@ use crate::stats::{Balance, Stats};
 use crate::store::Store;
 use crate::time::Time;
 use accounting::{Count, Counts};
+use crate::transport::Link;
 
 /// Housekeeping period: timeouts, keepalives, readiness sampling and gauges. Deadlines are
 /// checked at this granularity.
@@ -399,6 +400,10 @@ impl Overlay {
             restart.push("overlay.listen");
             cfg.overlay.listen = self.cfg.overlay.listen.clone();
         }
+        if cfg.overlay.tls_listen != self.cfg.overlay.tls_listen {
+            restart.push("overlay.tls_listen");
+            cfg.overlay.tls_listen = self.cfg.overlay.tls_listen.clone();
+        }
         if cfg.admin.listen != self.cfg.admin.listen {
             restart.push("admin.listen");
             cfg.admin.listen = self.cfg.admin.listen.clone();
@@ -447,20 +452,38 @@ impl Overlay {
         restart
     }
 
-    /// A connection accepted on the listener; the dialer owes us a HELLO.
+    /// A connection accepted on the plain listener; the dialer owes us a HELLO.
     pub fn handle_accept(&mut self, now: Time) -> ConnId {
+        self.handle_accept_over(now, Link::tcp(now))
+    }
+
+    /// A connection accepted, over the transport `link` describes (TLS: after its
+    /// handshake); the dialer owes us a HELLO.
+    pub fn handle_accept_over(&mut self, now: Time, link: Link) -> ConnId {
         let id = self.new_session(now, true);
         self.metrics.handshake_attempts.increment(1);
+        if !self.attach_link(now, id, link) {
+            return id;
+        }
         if self.sessions.len() > self.cfg.overlay.max_conns {
             self.refuse_conn(now, id, RejectReason::Busy, "max_conns reached");
         }
         id
     }
 
-    /// A connection we dialed is up: send HELLO as a `peer`.
+    /// A connection we dialed over plain TCP is up: send HELLO as a `peer`.
     pub fn handle_connected(&mut self, now: Time) -> ConnId {
+        self.handle_connected_over(now, Link::tcp(now))
+    }
+
+    /// A connection we dialed is up over `link` (TLS: verified against the expected
+    /// name): send HELLO as a `peer`.
+    pub fn handle_connected_over(&mut self, now: Time, link: Link) -> ConnId {
         let id = self.new_session(now, false);
         self.metrics.handshake_attempts.increment(1);
+        if !self.attach_link(now, id, link) {
+            return id;
+        }
         let corr_id = self.rng.gen_range(1..u64::MAX);
         let hello = Hello {
             versions: vec![VERSION],

@@ -44,11 +44,11 @@ pub struct Metrics {
     pub store_evictions: [Counter; 2],
     pub reconcile_rounds: Counter,
     pub reconcile_bytes: [Counter; 2],
-    pub accept_paused: [Counter; 2],
+    pub accept_paused: [Counter; 3],
     pub refusal_notices: [Counter; RejectReason::ALL.len()],
     pub peer_resolves: [Counter; 2],
-    /// `request_latency_seconds{route="handshake",method="tcp"}`.
-    pub handshake_latency: Histogram,
+    /// `request_latency_seconds{route="handshake",method}` by `Transport`.
+    pub handshake_latency: [Histogram; 2],
     pub(crate) counted: Counted,
 }
 
@@ -190,8 +190,10 @@ impl Metrics {
             peer_resolves: std::array::from_fn(|i| {
                 metrics::counter!(PEER_RESOLVE_TOTAL, "outcome" => ResolveOutcome::ALL[i].as_str())
             }),
-            handshake_latency: metrics::histogram!(REQUEST_LATENCY_SECONDS,
-                "route" => LatencyRoute::Handshake.as_str(), "method" => Transport::Tcp.as_str()),
+            handshake_latency: std::array::from_fn(|i| {
+                metrics::histogram!(REQUEST_LATENCY_SECONDS,
+                    "route" => LatencyRoute::Handshake.as_str(), "method" => Transport::ALL[i].as_str())
+            }),
             counted: Counted::new(),
         }
     }

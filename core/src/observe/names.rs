@@ -177,10 +177,12 @@ label_enum!(
 
 label_enum!(
     /// `reason` of `overlay_accept_paused_total`: why the overlay acceptor stopped taking
-    /// connections from the backlog for a while.
+    /// connections from the backlog for a while (`tls_handshakes`: `overlay.max_conns` TLS
+    /// handshakes already in flight on the TLS listener).
     AcceptPause {
         FdHeadroom => "fd_headroom",
         AcceptError => "accept_error",
+        TlsHandshakes => "tls_handshakes",
     }
 );
 
@@ -206,23 +208,30 @@ label_enum!(
 
 label_enum!(
     /// `method` of the handshake latency: the transport it was measured on.
-    Transport { Tcp => "tcp" }
+    Transport { Tcp => "tcp", Tls => "tls" }
 );
 
 /// `values` followed by `extra`, for allowlists that extend an enum's values.
-const fn with<const N: usize>(values: &[&'static str], extra: &'static str) -> [&'static str; N] {
-    let mut v = [extra; N];
+const fn with<const N: usize>(
+    values: &[&'static str],
+    extra: &[&'static str],
+) -> [&'static str; N] {
+    let mut v = [""; N];
     let mut i = 0;
     while i < values.len() {
         v[i] = values[i];
         i += 1;
     }
+    let mut j = 0;
+    while j < extra.len() {
+        v[i + j] = extra[j];
+        j += 1;
+    }
     v
 }
-const LATENCY_ROUTES: [&str; Route::VALUES.len() + 1] =
-    with(Route::VALUES, LatencyRoute::Handshake.as_str());
-const LATENCY_METHODS: [&str; Method::VALUES.len() + 1] =
-    with(Method::VALUES, Transport::Tcp.as_str());
+const LATENCY_ROUTES: [&str; Route::VALUES.len() + 1] = with(Route::VALUES, LatencyRoute::VALUES);
+const LATENCY_METHODS: [&str; Method::VALUES.len() + Transport::VALUES.len()] =
+    with(Method::VALUES, Transport::VALUES);
 
 impl Status {
     pub fn from_code(code: u16) -> Status {
@@ -355,7 +364,7 @@ pub const INVENTORY: &[MetricSpec] = &[
     spec(
         REQUEST_LATENCY_SECONDS,
         Kind::Histogram,
-        "Admin plane request latency, and OAP/1 handshake latency (route handshake, method tcp), in seconds.",
+        "Admin plane request latency, and OAP/1 handshake latency from accept or dial to the HELLO answer (route handshake, method tcp or tls), in seconds.",
         &[("route", &LATENCY_ROUTES), ("method", &LATENCY_METHODS)],
     ),
     spec(
@@ -475,7 +484,7 @@ pub const INVENTORY: &[MetricSpec] = &[
     spec(
         PQ_NEGOTIATIONS_TOTAL,
         Kind::Counter,
-        "Post-quantum mode negotiations in HELLO.",
+        "Key exchanges of TLS handshakes by pq_mode: ok (completed), incompatible (no X25519MLKEM768 offered under hybrid), fail (completed without the hybrid group under hybrid).",
         &[("mode", PqMode::VALUES), ("outcome", PqOutcome::VALUES)],
     ),
     spec(

@@ -94,6 +94,8 @@ async fn reload(
             return false;
         }
     };
+    // Files change under unchanged paths (rotation): reread them on every SIGHUP.
+    reload_tls(ctl, &new);
     let changes = config::diff(current, &new);
     // Key and token files may have changed under the same names: a rotation is a reload.
     let files = !new.auth.verify_keys.is_empty() || !new.auth.token_file.is_empty();
@@ -130,6 +132,17 @@ async fn reload(
     }
     *current = new;
     true
+}
+
+/// New certificates and keys for new handshakes; established sessions are not touched.
+/// A file that cannot be used keeps the old ones, and the line says which file and why.
+fn reload_tls(ctl: &NodeControl, cfg: &Config) {
+    match ctl.reload_tls(cfg) {
+        Ok(true) => tracing::info!(event = "tls_reload", "TLS certificates and keys reloaded"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(event = "tls_reload", reason = "invalid", key = e.key,
+            file = %e.file, error = %e.why, "TLS files not reloaded; keeping the ones in use"),
+    }
 }
 
 /// Keys whose bounds the runtime sized once at start (the bus channel, the admin

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use overlay_core::{ConnId, Time, Transmit};
+use overlay_core::{ConnId, Time, TlsSession, Transmit};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -16,6 +16,7 @@ use crate::io::conn;
 use crate::io::credit::CreditPool;
 use crate::io::messages::AfterPanic;
 use crate::io::net::Net;
+use crate::io::tls::Wire;
 use crate::telemetry::bus::ConnCtx;
 
 pub(super) struct Conn {
@@ -35,14 +36,21 @@ pub(super) struct Conn {
 }
 
 impl<N: Net> Driver<N> {
-    pub(super) fn new_ctx(&self, peer_addr: String, inbound: bool) -> Arc<ConnCtx> {
+    pub(super) fn new_ctx(
+        &self,
+        peer_addr: String,
+        inbound: bool,
+        tls: Option<&TlsSession>,
+        opened: Instant,
+    ) -> Arc<ConnCtx> {
         Arc::new(ConnCtx {
             conn: ConnId(0),
             corr_id: self.corr.next_id(),
             peer_addr,
             inbound,
-            opened: Instant::now(),
+            opened,
             cap_id: None,
+            tls_group: tls.map(|t| t.group),
         })
     }
 
@@ -51,13 +59,14 @@ impl<N: Net> Driver<N> {
             corr_id = %ctx.corr_id,
             dir = ctx.dir(),
             pq_mode = self.cfg.overlay.pq_mode.mode().as_str(),
+            tls_group = ctx.tls_group,
             peer_id = field::Empty)
     }
 
     pub(super) fn attach(
         &mut self,
         conn: ConnId,
-        stream: N::Stream,
+        stream: Wire<N::Stream>,
         ctx: Arc<ConnCtx>,
         span: Span,
         dial: Option<String>,

@@ -3,6 +3,7 @@
 //! from the `Node` handle, reconfiguration included.
 
 use bytes::BytesMut;
+use overlay_core::Link;
 use tracing::field;
 
 use super::{Command, Driver, NodeStats};
@@ -34,24 +35,60 @@ impl<N: Net> Driver<N> {
     pub(super) fn on_control(&mut self, c: Control<N::Stream>) {
         let now = self.now();
         match c {
-            Control::Accepted { stream, peer } => {
-                let ctx = self.new_ctx(peer.to_string(), true);
+            Control::Accepted {
+                stream,
+                peer,
+                tls,
+                opened,
+            } => {
+                let ctx = self.new_ctx(peer.to_string(), true, tls.as_ref(), opened);
                 let span = self.session_span(&ctx);
                 let accept = tracing::info_span!(parent: &span, "svc.overlay.accept",
                     corr_id = %ctx.corr_id, dir = "in");
-                let conn = accept.in_scope(|| self.overlay.handle_accept(now));
+                let link = Link {
+                    opened: self.time_of(opened),
+                    tls,
+                };
+                let conn = accept.in_scope(|| self.overlay.handle_accept_over(now, link));
                 self.attach(conn, stream, ctx, span, None);
                 self.publish(Some(conn), BusKind::Accepted);
             }
-            Control::Connected { stream, addr } => {
+            Control::Connected {
+                stream,
+                addr,
+                tls,
+                opened,
+            } => {
                 if self.drain.is_some() {
                     return;
                 }
-                let ctx = self.new_ctx(addr.clone(), false);
+                let ctx = self.new_ctx(addr.clone(), false, tls.as_ref(), opened);
                 let span = self.session_span(&ctx);
-                let conn = span.in_scope(|| self.overlay.handle_connected(now));
+                let link = Link {
+                    opened: self.time_of(opened),
+                    tls,
+                };
+                let conn = span.in_scope(|| self.overlay.handle_connected_over(now, link));
                 self.attach(conn, stream, ctx, span, Some(addr));
                 self.publish(Some(conn), BusKind::Connected);
+            }
+            Control::TlsFailed {
+                refusal,
+                peer_addr,
+                inbound,
+                detail,
+            } => {
+                let reason = self.overlay.handle_tls_failed(now, refusal);
+                self.publish(
+                    None,
+                    BusKind::TlsFailed {
+                        peer_addr,
+                        inbound,
+                        reason,
+                        tls_reason: refusal.tls_reason(),
+                        detail,
+                    },
+                );
             }
             Control::DialFailed {
                 addr,

@@ -24,6 +24,7 @@ use crate::bounds::{self, Bounds};
 use crate::io::messages::{AfterPanic, Control, Ingress, WriterReport};
 use crate::io::net::Net;
 use crate::io::resolve::PeerTargets;
+use crate::io::tls::TlsContext;
 use crate::telemetry::bus::BusEvent;
 use conns::Conn;
 use supervise::panic_message;
@@ -63,6 +64,8 @@ pub(crate) struct Parts<N: Net> {
     pub corr: Arc<CorrIds>,
     /// Events the node emitted before the driver ran (start-up readiness).
     pub startup: Vec<Event>,
+    /// TLS configs for the TLS listener and `tls://` dials (empty when none is configured).
+    pub tls: Arc<TlsContext>,
 }
 
 pub(crate) struct Driver<N: Net> {
@@ -103,6 +106,7 @@ pub(crate) struct Driver<N: Net> {
     held_credits: Vec<(ConnId, crate::io::credit::Credit)>,
     drain: Option<(Instant, Instant)>,
     startup: Vec<Event>,
+    tls: Arc<TlsContext>,
 }
 
 impl<N: Net> Driver<N> {
@@ -145,6 +149,7 @@ impl<N: Net> Driver<N> {
             held_credits: Vec::new(),
             drain: None,
             startup: p.startup,
+            tls: p.tls,
         }
     }
 
@@ -154,6 +159,10 @@ impl<N: Net> Driver<N> {
 
     fn now(&self) -> Time {
         Time::from_duration(Instant::now().saturating_duration_since(self.start))
+    }
+
+    fn time_of(&self, i: Instant) -> Time {
+        Time::from_duration(i.saturating_duration_since(self.start))
     }
 
     fn instant(&self, t: Time) -> Instant {

@@ -9,15 +9,16 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use overlay_core::Probe;
 use rand::RngCore;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
 
 use super::supervise::{panic_message, Supervisor};
 use super::{Dial, Driver};
-use crate::io::accept::accept_loop;
+use crate::io::accept::{accept_loop, TlsAccept};
 use crate::io::fd::FdBudget;
 use crate::io::messages::{AfterPanic, Control};
 use crate::io::net::Net;
+use crate::io::tls::TlsContext;
 
 impl<N: Net> Driver<N> {
     /// Runs `fut` as a supervised task: a panic is caught, reported as `Control::Panicked`
@@ -46,21 +47,45 @@ impl<N: Net> Driver<N> {
         })
     }
 
-    /// The acceptor, restarted on a panic with the same listener. With `fds`, it takes
+    /// An acceptor, restarted on a panic with the same listener. With `fds`, it takes
     /// connections only while descriptor headroom stays above `readiness.fd_reserve`.
-    pub(crate) fn spawn_acceptor(&mut self, mut listener: N::Listener, fds: Option<Arc<FdBudget>>) {
+    /// With `tls`, it is the TLS listener's: each connection's handshake comes first, at
+    /// most `overlay.max_conns` at once.
+    pub(crate) fn spawn_acceptor(
+        &mut self,
+        mut listener: N::Listener,
+        fds: Option<Arc<FdBudget>>,
+        tls: Option<Arc<TlsContext>>,
+    ) {
         let ctl = self.ctl_tx.clone();
         let metrics = self.overlay.metrics().clone();
-        self.spawn_singleton(
-            "acceptor",
-            Some(Probe::ListenersBound),
-            move |mut sup| async move {
-                while sup
-                    .run(accept_loop(&mut listener, &ctl, fds.as_deref(), &metrics))
-                    .await
-                {}
-            },
-        );
+        // Under hybrid the TLS listener is what `pq_ready` stands for: down while it is.
+        let probe = match &tls {
+            Some(t) if t.hybrid() => Probe::PqReady,
+            _ => Probe::ListenersBound,
+        };
+        let tls = tls.map(|ctx| TlsAccept {
+            ctx,
+            timeout: self.cfg.overlay.handshake_timeout,
+            slots: Arc::new(Semaphore::new(self.cfg.overlay.max_conns)),
+        });
+        let task = if tls.is_some() {
+            "tls_acceptor"
+        } else {
+            "acceptor"
+        };
+        self.spawn_singleton(task, Some(probe), move |mut sup| async move {
+            while sup
+                .run(accept_loop(
+                    &mut listener,
+                    &ctl,
+                    fds.as_deref(),
+                    &metrics,
+                    tls.as_ref(),
+                ))
+                .await
+            {}
+        });
     }
 
     /// Runs a singleton task under its `Supervisor` (which restarts it); `body` takes the
@@ -90,6 +115,7 @@ impl<N: Net> Driver<N> {
             ended_rx,
             self.rng.next_u64(),
             self.bounds.clone(),
+            self.tls.clone(),
         );
         let task = self.spawn_supervised(AfterPanic::Redial(addr.clone()), "dialer", fut);
         self.dials.insert(

@@ -1,23 +1,43 @@
-//! The acceptor: takes connections while descriptor headroom lasts and hands them to the
+//! The acceptors: take connections while descriptor headroom lasts and hand them to the
 //! driver; a failed accept pauses instead of spinning, and its log line is rate-limited.
+//! On the TLS listener each connection's handshake runs in its own task, at most
+//! `overlay.max_conns` at once, so a client that stalls its handshake holds one slot for
+//! at most `overlay.handshake_timeout` and cannot hold up the others.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use overlay_core::observe::{AcceptPause, Metrics};
 use overlay_core::Probe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::bounds;
 use crate::io::fd::FdBudget;
 use crate::io::messages::Control;
-use crate::io::net::Listener;
+use crate::io::net::{Listener, Stream};
+use crate::io::tls::{TlsContext, Wire};
 use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY};
+
+/// TLS handshakes of one listener: the context, their deadline and their bound.
+pub(crate) struct TlsAccept {
+    pub ctx: Arc<TlsContext>,
+    pub timeout: Duration,
+    pub slots: Arc<Semaphore>,
+}
 
 pub(crate) async fn accept_loop<L: Listener>(
     listener: &mut L,
     ctl: &mpsc::Sender<Control<L::Stream>>,
     fds: Option<&FdBudget>,
     metrics: &Metrics,
+    tls: Option<&TlsAccept>,
 ) {
     let mut errors = LogThrottle::new(ACCEPT_ERROR_LOG_EVERY);
+    // Dropped with this loop (a panic, the node stopping): their handshakes end with it.
+    let mut handshakes = JoinSet::new();
     loop {
         if let Some(fds) = fds.filter(|f| !f.headroom()) {
             // The reserve is for the admin plane and outgoing dials: leave new connections
@@ -32,14 +52,38 @@ pub(crate) async fn accept_loop<L: Listener>(
             }
             fds.wait_headroom().await;
         }
-        match listener.accept().await {
+        let slot = match tls {
+            Some(t) => Some(take_slot(t, metrics, &mut handshakes).await),
+            None => None,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            // Reap finished handshakes while waiting, so the set holds only live ones.
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 if let Some(fds) = fds {
                     fds.took_one();
                 }
-                // A full control channel slows accepting down: backpressure, not loss.
-                if ctl.send(Control::Accepted { stream, peer }).await.is_err() {
-                    return;
+                let opened = Instant::now();
+                match (tls, slot) {
+                    (Some(t), Some(slot)) => {
+                        let (ctx, timeout, ctl) = (t.ctx.clone(), t.timeout, ctl.clone());
+                        handshakes.spawn(handshake(ctx, stream, peer, opened, timeout, ctl, slot));
+                    }
+                    _ => {
+                        let msg = Control::Accepted {
+                            stream: Wire::Plain(stream),
+                            peer,
+                            tls: None,
+                            opened,
+                        };
+                        // A full control channel slows accepting down: backpressure, not loss.
+                        if ctl.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -52,4 +96,51 @@ pub(crate) async fn accept_loop<L: Listener>(
             }
         }
     }
+}
+
+/// A handshake slot; with none free the acceptor pauses (counted) and leaves new
+/// connections in the kernel backlog until a handshake in flight ends.
+async fn take_slot(
+    t: &TlsAccept,
+    metrics: &Metrics,
+    handshakes: &mut JoinSet<()>,
+) -> OwnedSemaphorePermit {
+    if let Ok(p) = t.slots.clone().try_acquire_owned() {
+        return p;
+    }
+    metrics.accept_paused(AcceptPause::TlsHandshakes);
+    loop {
+        tokio::select! {
+            p = t.slots.clone().acquire_owned() => {
+                return p.expect("the acceptor never closes its semaphore");
+            }
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+        }
+    }
+}
+
+async fn handshake<S: Stream>(
+    ctx: Arc<TlsContext>,
+    stream: S,
+    peer: SocketAddr,
+    opened: Instant,
+    timeout: Duration,
+    ctl: mpsc::Sender<Control<S>>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let msg = match ctx.accept(stream, timeout).await {
+        Ok((stream, session)) => Control::Accepted {
+            stream,
+            peer,
+            tls: Some(session),
+            opened,
+        },
+        Err((refusal, detail)) => Control::TlsFailed {
+            refusal,
+            peer_addr: peer.to_string(),
+            inbound: true,
+            detail,
+        },
+    };
+    let _ = ctl.send(msg).await;
 }

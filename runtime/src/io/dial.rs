@@ -1,7 +1,11 @@
-//! Keeping configured peers dialed: one task per peer address, redialing with exponential
-//! backoff and seeded jitter once its connection ends.
+//! Keeping configured peers dialed: one task per peer address (plain, or TLS for `tls://`
+//! peers), redialing with exponential backoff and seeded jitter once its connection ends.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use overlay_core::{PeerAddr, TlsSession};
+use tokio::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -10,7 +14,9 @@ use tokio::sync::mpsc;
 use crate::bounds::Bounds;
 use crate::bounds::DIAL_JITTER;
 use crate::io::messages::Control;
-use crate::io::net::Net;
+use crate::io::net::{Net, Stream};
+use crate::io::tls::handshake::Failed;
+use crate::io::tls::{TlsContext, Wire};
 
 /// Exponential backoff with +-`DIAL_JITTER` jitter, so peers that lost the same node do
 /// not all redial it in the same instant.
@@ -48,9 +54,10 @@ impl Backoff {
     }
 }
 
-/// Dials `addr` until it connects, hands the stream to the driver, waits for the driver to
-/// say the connection ended (and whether it had been established), then backs off and
-/// redials.
+/// Dials `addr` until it connects (over TLS for `tls://` peers, verifying the certificate
+/// names the expected node id or host), hands the stream to the driver, waits for the
+/// driver to say the connection ended (and whether it had been established), then backs
+/// off and redials.
 pub(crate) async fn dial_loop<N: Net>(
     net: N,
     addr: String,
@@ -58,55 +65,86 @@ pub(crate) async fn dial_loop<N: Net>(
     mut ended: mpsc::Receiver<bool>,
     seed: u64,
     b: Bounds,
+    tls: Arc<TlsContext>,
 ) {
     let connect_timeout = b.connect_timeout;
     let mut backoff = Backoff::new(b.dial_backoff_base, b.dial_backoff_max, seed);
+    // Validation refused anything else; a peer that cannot parse is dialed as written.
+    let peer = PeerAddr::parse(&addr).unwrap_or(PeerAddr {
+        tls: false,
+        name: None,
+        host_port: &addr,
+    });
     // Failures in a row, for the log: a peer that never answers shows a growing count.
     let mut failures = 0u32;
     loop {
-        match tokio::time::timeout(connect_timeout, net.connect(&addr)).await {
-            Ok(Ok(stream)) => {
-                let msg = Control::Connected {
-                    stream,
-                    addr: addr.clone(),
-                };
-                if ctl.send(msg).await.is_err() {
-                    return;
-                }
-                match ended.recv().await {
-                    None => return,
-                    Some(true) => {
-                        backoff.reset();
-                        failures = 0;
+        let opened = Instant::now();
+        let error = match tokio::time::timeout(connect_timeout, net.connect(peer.host_port)).await {
+            Ok(Ok(stream)) => match secure(&peer, &tls, stream, connect_timeout).await {
+                Ok((stream, tls)) => {
+                    let msg = Control::Connected {
+                        stream,
+                        addr: addr.clone(),
+                        tls,
+                        opened,
+                    };
+                    if ctl.send(msg).await.is_err() {
+                        return;
                     }
-                    Some(false) => {}
+                    match ended.recv().await {
+                        None => return,
+                        Some(true) => {
+                            backoff.reset();
+                            failures = 0;
+                        }
+                        Some(false) => {}
+                    }
+                    None
                 }
-            }
-            Ok(Err(e)) => {
-                failures = failures.saturating_add(1);
-                let msg = Control::DialFailed {
-                    addr: addr.clone(),
-                    error: e.to_string(),
-                    failures,
-                };
-                if ctl.send(msg).await.is_err() {
-                    return;
+                Err((refusal, detail)) => {
+                    let error = format!("TLS: {detail}");
+                    let msg = Control::TlsFailed {
+                        refusal,
+                        peer_addr: addr.clone(),
+                        inbound: false,
+                        detail,
+                    };
+                    if ctl.send(msg).await.is_err() {
+                        return;
+                    }
+                    Some(error)
                 }
-            }
-            Err(_) => {
-                failures = failures.saturating_add(1);
-                let msg = Control::DialFailed {
-                    addr: addr.clone(),
-                    error: "connect timed out".into(),
-                    failures,
-                };
-                if ctl.send(msg).await.is_err() {
-                    return;
-                }
+            },
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("connect timed out".into()),
+        };
+        if let Some(error) = error {
+            failures = failures.saturating_add(1);
+            let msg = Control::DialFailed {
+                addr: addr.clone(),
+                error,
+                failures,
+            };
+            if ctl.send(msg).await.is_err() {
+                return;
             }
         }
         tokio::time::sleep(backoff.next_delay()).await;
     }
+}
+
+/// The TLS handshake of a `tls://` peer; a plain peer's stream passes as it is.
+async fn secure<S: Stream>(
+    peer: &PeerAddr<'_>,
+    tls: &TlsContext,
+    stream: S,
+    timeout: Duration,
+) -> Result<(Wire<S>, Option<TlsSession>), Failed> {
+    if !peer.tls {
+        return Ok((Wire::Plain(stream), None));
+    }
+    let (w, s) = tls.connect(stream, peer.server_name(), timeout).await?;
+    Ok((w, Some(s)))
 }
 
 #[cfg(test)]

@@ -5,19 +5,34 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use overlay_core::{ConnId, Probe};
+use overlay_core::{ConnId, Probe, TlsRefusal, TlsSession};
+use tokio::time::Instant;
 
 use crate::io::credit::Credit;
+use crate::io::tls::Wire;
 
 /// Sockets, dial outcomes, panics and probe samples, from the runtime's own tasks.
 pub(crate) enum Control<S> {
+    /// A connection ready for HELLO: `tls` is what its TLS handshake verified, if it had
+    /// one; `opened` is when it was accepted or dialed, before any TLS.
     Accepted {
-        stream: S,
+        stream: Wire<S>,
         peer: SocketAddr,
+        tls: Option<TlsSession>,
+        opened: Instant,
     },
     Connected {
-        stream: S,
+        stream: Wire<S>,
         addr: String,
+        tls: Option<TlsSession>,
+        opened: Instant,
+    },
+    /// A TLS handshake that failed: no session, nothing answered.
+    TlsFailed {
+        refusal: TlsRefusal,
+        peer_addr: String,
+        inbound: bool,
+        detail: String,
     },
     DialFailed {
         addr: String,

@@ -1,5 +1,5 @@
 //! Bytes in and out: the network trait, each connection's reader and writer with its read
-//! credit, the acceptor, peer name resolution, dialing, descriptor headroom, and the
+//! credit, the acceptor, peer name resolution, dialing, descriptor headroom, TLS, and the
 //! messages these tasks send the driver.
 
 pub(crate) mod accept;
@@ -11,3 +11,4 @@ pub(crate) mod frames;
 pub(crate) mod messages;
 pub mod net;
 pub(crate) mod resolve;
+pub mod tls;

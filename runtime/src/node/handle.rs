@@ -2,6 +2,7 @@
 //! `NodeControl` (commands), both talking to the driver over its command channel.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -12,12 +13,16 @@ use tokio::sync::{mpsc, oneshot};
 use super::Node;
 use crate::admin::ready::ReadySnapshot;
 use crate::driver::{Command, NodeStats, ShutdownReport};
+use crate::io::tls::{MaterialError, TlsContext};
 use crate::telemetry::bus::Subscription;
 
 /// A cloneable handle for commands, usable while another task waits on the `Node`.
 #[derive(Clone)]
 pub struct NodeControl {
+    /// The plain listener's address, or the TLS listener's when there is no plain one.
     pub(super) overlay_addr: SocketAddr,
+    pub(super) tls_addr: Option<SocketAddr>,
+    pub(super) tls: Arc<TlsContext>,
     pub(super) node_id: String,
     pub(super) cmd: mpsc::Sender<Command>,
 }
@@ -71,6 +76,16 @@ impl NodeControl {
     }
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Rereads the TLS files of `cfg` (SIGHUP). New handshakes use them; established
+    /// sessions keep going. On an error the old files stay in use. `Ok(false)`: no TLS is
+    /// configured, nothing to reload.
+    pub fn reload_tls(&self, cfg: &Config) -> Result<bool, MaterialError> {
+        self.tls.reload(cfg)
     }
 
     async fn ask<T>(&self, f: impl FnOnce(oneshot::Sender<T>) -> Command) -> anyhow::Result<T> {

@@ -25,6 +25,7 @@ pub use crate::driver::ShutdownReport;
 use crate::driver::{Driver, Parts};
 use crate::io::fd::FdBudget;
 use crate::io::net::{Listener, Net};
+use crate::io::tls::TlsContext;
 use crate::telemetry::bus::{BusEvent, Subscription};
 use crate::telemetry::logging::LogPolicy;
 use crate::telemetry::recorder::Recorder;
@@ -87,16 +88,35 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds `overlay.listen` (and `admin.listen`), then runs the node until drained.
-    /// `cfg` is validated again here: a node never runs on an unchecked config.
+    /// Binds `overlay.listen` and `overlay.tls_listen` (those set, and `admin.listen`),
+    /// then runs the node until drained. `cfg` is validated again here and the TLS files
+    /// are read: a node never runs on an unchecked config or an unusable key.
     pub async fn start<N: Net>(net: N, mut cfg: Config, opts: NodeOptions) -> anyhow::Result<Node> {
         cfg.validate()?;
+        let tls = TlsContext::load(&cfg)?;
         let rec = Recorder::new()?;
-        let listener = net
-            .bind(&cfg.overlay.listen)
-            .await
-            .with_context(|| format!("binding overlay.listen {}", cfg.overlay.listen))?;
-        let overlay_addr = listener.local_addr()?;
+        let bind = |key: &'static str, addr: String| {
+            let net = net.clone();
+            async move {
+                if addr.is_empty() {
+                    return anyhow::Ok(None);
+                }
+                let l = net
+                    .bind(&addr)
+                    .await
+                    .with_context(|| format!("binding {key} {addr}"))?;
+                Ok(Some(l))
+            }
+        };
+        let listener = bind("overlay.listen", cfg.overlay.listen.clone()).await?;
+        let tls_listener = bind("overlay.tls_listen", cfg.overlay.tls_listen.clone()).await?;
+        let plain_addr = listener.as_ref().map(Listener::local_addr).transpose()?;
+        let tls_addr = tls_listener
+            .as_ref()
+            .map(Listener::local_addr)
+            .transpose()?;
+        // Validation requires one of the two.
+        let overlay_addr = plain_addr.or(tls_addr).context("no OAP/1 listener")?;
         crate::config::fill_node_id(&mut cfg, overlay_addr);
         let admin_listener = if opts.admin {
             Some(
@@ -132,6 +152,9 @@ impl Node {
                 // directly, so the metrics are as available as they will ever be.
                 (Probe::MetricsBound, true),
                 (Probe::FdHeadroom, fd_ok),
+                // Ignored unless pq_mode = "hybrid": the TLS listener is bound with the
+                // hybrid group and its certificate loaded.
+                (Probe::PqReady, tls_addr.is_some() && tls.hybrid_ready()),
             ],
         );
         let node_id = overlay.node_id().to_string();
@@ -162,7 +185,15 @@ impl Node {
 
         if opts.announce {
             // Before the driver runs: its start-up events (readiness) must not come first.
-            announce(&node_id, overlay_addr, admin_addr);
+            announce(&node_id, plain_addr, tls_addr, admin_addr);
+        }
+        if plain_addr.is_some() && cfg.auth.required {
+            tracing::warn!(
+                event = "plain_auth",
+                reason = "cleartext",
+                "auth.required on the plain listener (overlay.listen): capability tokens \
+                 travel in clear; use overlay.tls_listen and set overlay.listen = \"\""
+            );
         }
         if cfg.auth.required {
             // OAP1 section 7: the daemon speaks plain TCP, so a bearer token can be read
@@ -182,8 +213,14 @@ impl Node {
             heartbeat: heartbeat.clone(),
             corr: corr.clone(),
             startup,
+            tls: tls.clone(),
         });
-        driver.spawn_acceptor(listener, fds.clone());
+        if let Some(l) = listener {
+            driver.spawn_acceptor(l, fds.clone(), None);
+        }
+        if let Some(l) = tls_listener {
+            driver.spawn_acceptor(l, fds.clone(), Some(tls.clone()));
+        }
         if let Some(mut l) = admin_listener {
             let app = admin::router(AdminState {
                 scrapes: Arc::new(Scrapes::new(rec.handle.clone())),
@@ -232,6 +269,8 @@ impl Node {
         Ok(Node {
             ctl: NodeControl {
                 overlay_addr,
+                tls_addr,
+                tls,
                 node_id,
                 cmd: cmd_tx,
             },
@@ -248,14 +287,16 @@ impl Node {
 /// The `listening` line: where the node listens, logged whatever `log.level` says.
 fn announce(
     node: &str,
-    overlay_addr: std::net::SocketAddr,
-    admin_addr: Option<std::net::SocketAddr>,
+    overlay_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
 ) {
     tracing::info!(
         target: crate::telemetry::logging::ANNOUNCE,
         event = "listening",
         node,
-        overlay_addr = %overlay_addr,
+        overlay_addr = overlay_addr.map(|a| a.to_string()).as_deref(),
+        tls_addr = tls_addr.map(|a| a.to_string()).as_deref(),
         admin_addr = admin_addr.map(|a| a.to_string()).as_deref(),
         version = env!("CARGO_PKG_VERSION"),
         git = env!("OVERLAY_BUILD_GIT"),

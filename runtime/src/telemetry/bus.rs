@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use metrics::Counter;
+use overlay_core::observe::{HandshakeFailure, TlsFailure};
 use overlay_core::{ConnId, Event};
 use tokio::sync::broadcast;
 
@@ -17,9 +18,12 @@ pub struct ConnCtx {
     pub corr_id: String,
     pub peer_addr: String,
     pub inbound: bool,
+    /// Accepted or dialed (before any TLS handshake).
     pub opened: tokio::time::Instant,
     /// The class of the session's capability (`cap_id`, never the token), once admitted.
     pub cap_id: Option<Arc<str>>,
+    /// The key exchange group TLS negotiated; `None` over plain TCP.
+    pub tls_group: Option<&'static str>,
 }
 
 impl ConnCtx {
@@ -37,6 +41,14 @@ pub enum BusKind {
     Overlay(Event),
     Accepted,
     Connected,
+    /// A TLS handshake failed (accepted or dialed); no session exists.
+    TlsFailed {
+        peer_addr: String,
+        inbound: bool,
+        reason: HandshakeFailure,
+        tls_reason: Option<TlsFailure>,
+        detail: String,
+    },
     /// A dial to a configured peer failed; `failures` in a row since its last session.
     DialFailed {
         addr: String,

@@ -62,6 +62,7 @@ pub(crate) fn log_event(ev: &BusEvent, policy: &LogPolicy, sampler: &mut Sampler
 
 pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, sampler: &mut Sampler) {
     let node = &*ev.node;
+    let tls_group = ev.ctx.as_ref().and_then(|c| c.tls_group);
     let (corr_id, dir, peer_addr, latency_ms) = match &ev.ctx {
         Some(c) => (
             c.corr_id.as_str(),
@@ -83,12 +84,43 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
     match &ev.kind {
         BusKind::Accepted => {
             if let Some(suppressed) = admit("accept", "") {
-                tracing::info!(event = "accept", node, corr_id, dir, peer_addr, suppressed);
+                tracing::info!(
+                    event = "accept",
+                    node,
+                    corr_id,
+                    dir,
+                    peer_addr,
+                    tls_group,
+                    suppressed
+                );
             }
         }
         BusKind::Connected => {
             if let Some(suppressed) = admit("connect", "") {
-                tracing::info!(event = "connect", node, corr_id, dir, peer_addr, suppressed);
+                tracing::info!(
+                    event = "connect",
+                    node,
+                    corr_id,
+                    dir,
+                    peer_addr,
+                    tls_group,
+                    suppressed
+                );
+            }
+        }
+        BusKind::TlsFailed {
+            peer_addr: addr,
+            inbound,
+            reason,
+            tls_reason,
+            detail,
+        } => {
+            if let Some(suppressed) = admit("handshake_fail", reason.as_str()) {
+                let addr = policy.peer_addr().then_some(addr.as_str());
+                tracing::warn!(event = "handshake_fail", reason = reason.as_str(), node,
+                    dir = if *inbound { "in" } else { "out" }, peer_addr = addr,
+                    tls_reason = tls_reason.map(|r| r.as_str()), detail = %truncate(detail.clone()),
+                    suppressed);
             }
         }
         BusKind::DialFailed {
@@ -153,6 +185,7 @@ pub(crate) fn log_event_at(now: Instant, ev: &BusEvent, policy: &LogPolicy, samp
                         peer_id,
                         role = role.as_str(),
                         cap_id,
+                        tls_group,
                         latency_ms,
                         suppressed
                     );
@@ -269,6 +302,7 @@ mod tests {
                 inbound: true,
                 opened: tokio::time::Instant::now(),
                 cap_id: Some("cap:feed:write".into()),
+                tls_group: None,
             })),
             kind,
         }
