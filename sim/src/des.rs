@@ -77,14 +77,54 @@ impl Default for SimConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// The events to come, earliest first (ties in scheduling order). The heap orders small
+/// keys, (nanoseconds, sequence) in one integer, and the events wait in a slab: sifting
+/// moved and compared whole events, the largest cost of the loop.
+#[derive(Default)]
+struct Agenda {
+    heap: BinaryHeap<Reverse<(u128, u32)>>,
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
+}
+
+impl Agenda {
+    fn push(&mut self, at: Time, seq: u64, ev: Ev) {
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = Some(ev);
+                s
+            }
+            None => {
+                self.slab.push(Some(ev));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        let key = (at.since_epoch().as_nanos() << 64) | seq as u128;
+        self.heap.push(Reverse((key, slot)));
+    }
+
+    fn pop(&mut self) -> Option<(Time, Ev)> {
+        let Reverse((key, slot)) = self.heap.pop()?;
+        self.free.push(slot);
+        let ev = self.slab[slot as usize].take()?;
+        let at = Time::from_duration(Duration::from_nanos((key >> 64) as u64));
+        Some((at, ev))
+    }
+
+    fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+#[derive(Debug)]
 enum Ev {
     /// Bytes arrive at `(node, conn)`; `epoch` guards against a restarted node.
     Deliver {
         node: usize,
         epoch: u32,
         conn: ConnId,
-        bytes: Bytes,
+        // Built once when sent and handed to the reader as is: no second copy.
+        bytes: BytesMut,
     },
     /// The far end of a connection closed.
     Closed {
@@ -119,7 +159,33 @@ struct Link {
     open: bool,
     /// Transmits toward a stalled reader, neither delivered nor reported written yet
     /// (`None`: lost in transit, but still a write to report).
-    held: Vec<Option<Bytes>>,
+    held: Vec<Option<BytesMut>>,
+}
+
+/// First arrival of each message at each node: simulated nanoseconds and hops.
+struct Arrivals {
+    nodes: usize,
+    slots: Vec<(u64, u32)>,
+}
+
+impl Arrivals {
+    const NONE: u32 = u32::MAX;
+
+    fn new(messages: usize, nodes: usize) -> Arrivals {
+        Arrivals {
+            nodes,
+            slots: vec![(0, Self::NONE); messages * nodes],
+        }
+    }
+
+    fn get(&self, index: usize, node: usize) -> Option<(Time, u32)> {
+        let (t, h) = self.slots[index * self.nodes + node];
+        (h != Self::NONE).then(|| (Time::from_duration(Duration::from_nanos(t)), h))
+    }
+
+    fn set(&mut self, index: usize, node: usize, at: Time, hops: u32) {
+        self.slots[index * self.nodes + node] = (at.since_epoch().as_nanos() as u64, hops);
+    }
 }
 
 struct SimNode {
@@ -180,6 +246,12 @@ pub struct Report {
     pub latency_max: Duration,
     pub simulated: Duration,
     pub real: Duration,
+    /// Wall time of each phase: building the nodes, the publishing span, the settle time
+    /// after it, and the tally of this report.
+    pub phases: Vec<(&'static str, Duration)>,
+    /// Events the simulator applied, and the most it held queued at once.
+    pub events: u64,
+    pub queue_peak: usize,
     pub trace_hash: u64,
     pub balance_ok: bool,
     pub readiness_ok: bool,
@@ -271,6 +343,18 @@ impl std::fmt::Display for Report {
             self.real,
             self.speedup()
         )?;
+        let phases: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(p, d)| format!("{p} {:.2}s", d.as_secs_f64()))
+            .collect();
+        writeln!(
+            f,
+            "wall time per phase: {}  ({} events, at most {} queued)",
+            phases.join("  "),
+            self.events,
+            self.queue_peak
+        )?;
         writeln!(f, "queues_ok reported false {} times", self.queues_degraded)?;
         writeln!(
             f,
@@ -287,10 +371,12 @@ impl std::fmt::Display for Report {
 
 pub struct Sim {
     cfg: SimConfig,
+    /// Wall time `new` took (the nodes and their first links).
+    setup: Duration,
     rng: ChaCha8Rng,
     now: Time,
     seq: u64,
-    queue: BinaryHeap<Reverse<(Time, u64, Ev)>>,
+    queue: Agenda,
     nodes: Vec<SimNode>,
     partitioned: bool,
     /// msg index -> (id, origin, publish time)
@@ -299,8 +385,9 @@ pub struct Sim {
     /// nothing can carry them anywhere.
     alone: Vec<bool>,
     ids: HashMap<MsgId, usize>,
-    /// (msg index, node) -> (arrival time, hops)
-    seen: BTreeMap<(usize, usize), (Time, u32)>,
+    /// First arrivals, one slot per (msg index, node): a flat table, as every pair is
+    /// filled by the end of a run (an ordered map of 10 million pairs cost seconds).
+    seen: Arrivals,
     gossip_tx: u64,
     trace: std::collections::hash_map::DefaultHasher,
     readiness_ok: bool,
@@ -326,24 +413,26 @@ fn node_config(cfg: &SimConfig, i: usize) -> Config {
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
+        let started = Instant::now();
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut sim = Sim {
             rng,
             now: Time::ZERO,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: Agenda::default(),
             nodes: Vec::with_capacity(cfg.nodes),
             partitioned: false,
             published: vec![None; cfg.messages],
             alone: vec![false; cfg.messages],
             ids: HashMap::new(),
-            seen: BTreeMap::new(),
+            seen: Arrivals::new(cfg.messages, cfg.nodes),
             gossip_tx: 0,
             trace: Default::default(),
             readiness_ok: true,
             untruths: Vec::new(),
             queues_degraded: 0,
             stalled: false,
+            setup: Duration::ZERO,
             cfg,
         };
         for i in 0..sim.cfg.nodes {
@@ -391,6 +480,7 @@ impl Sim {
             sim.schedule(Time::from_duration(a), Ev::StallStart);
             sim.schedule(Time::from_duration(b), Ev::StallEnd);
         }
+        sim.setup = started.elapsed();
         sim
     }
 
@@ -411,7 +501,7 @@ impl Sim {
 
     fn schedule(&mut self, at: Time, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, ev)));
+        self.queue.push(at, self.seq, ev);
     }
 
     fn side(&self, i: usize) -> bool {
@@ -494,7 +584,7 @@ impl Sim {
                     let mut b = BytesMut::with_capacity(t.len());
                     b.extend_from_slice(&t.head);
                     b.extend_from_slice(&t.body);
-                    b.freeze()
+                    b
                 });
                 if held {
                     let link = self.nodes[i].links.get_mut(&t.conn).unwrap();
@@ -560,7 +650,7 @@ impl Sim {
     }
 
     /// Schedules bytes on a link, after the last bytes sent on it (FIFO, as TCP).
-    fn send(&mut self, i: usize, conn: ConnId, bytes: Bytes) {
+    fn send(&mut self, i: usize, conn: ConnId, bytes: BytesMut) {
         let lat = self.latency();
         let link = self.nodes[i].links.get_mut(&conn).unwrap();
         let (peer, pconn) = link.peer;
@@ -669,9 +759,11 @@ impl Sim {
             .map(|l| l.peer.0);
         let hops = match sender {
             None => 0,
-            Some(p) => self.seen.get(&(index, p)).map_or(1, |(_, h)| h + 1),
+            Some(p) => self.seen.get(index, p).map_or(1, |(_, h)| h + 1),
         };
-        self.seen.entry((index, i)).or_insert((self.now, hops));
+        if self.seen.get(index, i).is_none() {
+            self.seen.set(index, i, self.now, hops);
+        }
         index.hash(&mut self.trace);
         i.hash(&mut self.trace);
         self.now.hash(&mut self.trace);
@@ -680,17 +772,36 @@ impl Sim {
     /// Runs to the end of the workload plus the settle time.
     pub fn run(mut self) -> Report {
         let started = Instant::now();
-        let end =
-            Time::from_duration(Duration::from_secs(1) + self.cfg.publish_over + self.cfg.settle);
-        while let Some(Reverse((at, _, ev))) = self.queue.pop() {
+        let last_publish = Time::from_duration(Duration::from_secs(1) + self.cfg.publish_over);
+        let end = last_publish + self.cfg.settle;
+        let mut settling = None;
+        let (mut events, mut peak) = (0u64, 0usize);
+        while let Some((at, ev)) = self.queue.pop() {
             if at > end {
                 break;
             }
+            if settling.is_none() && at > last_publish {
+                settling = Some(Instant::now());
+            }
+            events += 1;
+            peak = peak.max(self.queue.len() + 1);
             self.now = at;
             self.apply(ev);
         }
         self.now = end;
-        self.finish(started.elapsed())
+        let settled = Instant::now();
+        let settling = settling.unwrap_or(settled);
+        let setup = self.setup;
+        let mut report = self.finish(started.elapsed());
+        report.phases.extend([
+            ("setup", setup),
+            ("publishing", settling - started),
+            ("settle", settled - settling),
+            ("report", settled.elapsed()),
+        ]);
+        report.events = events;
+        report.queue_peak = peak;
+        report
     }
 
     fn apply(&mut self, ev: Ev) {
@@ -705,7 +816,7 @@ impl Sim {
                 if self.nodes[node].epoch != epoch || !self.nodes[node].up {
                     return;
                 }
-                let mut b = BytesMut::from(&bytes[..]);
+                let mut b = bytes;
                 self.nodes[node].overlay.handle_bytes(now, conn, &mut b);
                 self.drain(node);
             }
@@ -747,7 +858,7 @@ impl Sim {
                     self.published[index] = Some((id, origin, now));
                     self.alone[index] = self.nodes[origin].overlay.peer_count() == 0;
                     self.ids.insert(id, index);
-                    self.seen.insert((index, origin), (now, 0));
+                    self.seen.set(index, origin, now, 0);
                 }
                 self.drain(origin);
             }
@@ -849,15 +960,13 @@ impl Sim {
         let mut latencies = Vec::new();
         let mut hops_sum = 0u64;
         // The life of each message: from its publication to its last first arrival.
-        let mut life_end: HashMap<usize, Time> = HashMap::new();
-        for (&(index, _), (t, _)) in &self.seen {
-            let e = life_end.entry(index).or_insert(*t);
-            *e = (*e).max(*t);
-        }
+        let life_end: Vec<Option<Time>> = (0..self.cfg.messages)
+            .map(|index| (0..n).filter_map(|i| self.seen.get(index, i)).map(|(t, _)| t).max())
+            .collect();
         for (index, p) in self.published.iter().enumerate() {
             let Some((_, origin, t0)) = *p else { continue };
             report.published_at.push(t0.since_epoch());
-            let t1 = life_end.get(&index).copied().unwrap_or(t0);
+            let t1 = life_end[index].unwrap_or(t0);
             for i in 0..n {
                 let node = &self.nodes[i];
                 let churned = !node.downs.is_empty();
@@ -865,15 +974,15 @@ impl Sim {
                 if up_throughout && !self.alone[index] {
                     report.up_possible += 1;
                 }
-                match self.seen.get(&(index, i)) {
+                match self.seen.get(index, i) {
                     Some((t, h)) => {
                         if !churned {
                             possible += 1;
                         }
                         got += 1;
                         latencies.push(t.saturating_since(t0));
-                        hops_sum += *h as u64;
-                        report.hops_max = report.hops_max.max(*h);
+                        hops_sum += h as u64;
+                        report.hops_max = report.hops_max.max(h);
                     }
                     None => {
                         let down = node.downs.iter().any(|&(a, b)| a <= t1 && b >= t0);
