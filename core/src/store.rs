@@ -348,6 +348,9 @@ mod tests {
             };
             assert_eq!(s.digest(now, settle), summed, "at step {step}");
         }
-        assert!(evicted > 0, "byte evictions inside the window were exercised");
+        assert!(
+            evicted > 0,
+            "byte evictions inside the window were exercised"
+        );
     }
 }

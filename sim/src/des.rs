@@ -49,6 +49,8 @@ pub struct SimConfig {
     pub send_window: usize,
     /// `readiness.sustain` of every node: short, so that readiness can change within a run.
     pub sustain: Duration,
+    /// `overlay.gossip.graft_timeout` of every node (the core's default when `None`).
+    pub graft_timeout: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -73,6 +75,7 @@ impl Default for SimConfig {
             queue_frames: 1024,
             send_window: 16,
             sustain: Duration::from_secs(1),
+            graft_timeout: None,
         }
     }
 }
@@ -408,6 +411,9 @@ fn node_config(cfg: &SimConfig, i: usize) -> Config {
     c.overlay.peer.egress_queue_frames = cfg.queue_frames;
     c.overlay.peer.send_window_frames = cfg.send_window;
     c.readiness.sustain = cfg.sustain;
+    if let Some(t) = cfg.graft_timeout {
+        c.overlay.gossip.graft_timeout = t;
+    }
     c
 }
 
@@ -677,12 +683,13 @@ impl Sim {
         let n = &self.nodes[i];
         let cfg = n.overlay.config();
         let (wm, peer) = (cfg.readiness.queue_high_watermark, &cfg.overlay.peer);
-        n.links.keys().any(|c| {
-            n.overlay.session(*c).is_some_and(|s| {
-                s.egress
+        // Only sessions with frames queued can be over: looking every link up after every
+        // step cost more than any other part of the simulator's own bookkeeping.
+        n.overlay.queued_sessions().any(|(c, s)| {
+            n.links.contains_key(&c)
+                && s.egress
                     .fill(peer.egress_queue_frames, peer.egress_queue_bytes)
                     >= wm
-            })
         })
     }
 
@@ -961,7 +968,12 @@ impl Sim {
         let mut hops_sum = 0u64;
         // The life of each message: from its publication to its last first arrival.
         let life_end: Vec<Option<Time>> = (0..self.cfg.messages)
-            .map(|index| (0..n).filter_map(|i| self.seen.get(index, i)).map(|(t, _)| t).max())
+            .map(|index| {
+                (0..n)
+                    .filter_map(|i| self.seen.get(index, i))
+                    .map(|(t, _)| t)
+                    .max()
+            })
             .collect();
         for (index, p) in self.published.iter().enumerate() {
             let Some((_, origin, t0)) = *p else { continue };

@@ -86,7 +86,10 @@ async fn slow_peer(ctx: Ctx) -> anyhow::Result<()> {
     let start = ctx.now();
     let mut peaks = (0.0, 0.0);
     let mut cycles = 0u32;
-    ctx.note(format!("throttle {SLOW}: held {HELD:?} of every {:?}", HELD + OPEN));
+    ctx.note(format!(
+        "throttle {SLOW}: held {HELD:?} of every {:?}",
+        HELD + OPEN
+    ));
     while ctx.now() - start < THROTTLED_FOR {
         for x in HEALTHY {
             ::turmoil::hold(x, SLOW);
@@ -155,7 +158,10 @@ async fn slow_peer(ctx: Ctx) -> anyhow::Result<()> {
         peaks.0,
         peaks.1
     ));
-    ensure!(unknown.is_empty(), "drops with no closed reason: {unknown:?}");
+    ensure!(
+        unknown.is_empty(),
+        "drops with no closed reason: {unknown:?}"
+    );
     ensure!(
         missing as f64 <= dropped,
         "{SLOW} misses {missing} messages but only {dropped} drops were counted"
@@ -167,10 +173,7 @@ async fn slow_peer(ctx: Ctx) -> anyhow::Result<()> {
 
 #[test]
 fn a_slow_peer_loses_only_what_is_counted_and_memory_stays_bounded() {
-    expect_run(run(
-        slow_peer_setup(seed_from_env(0x5EED_0009)),
-        slow_peer,
-    ));
+    expect_run(run(slow_peer_setup(seed_from_env(0x5EED_0009)), slow_peer));
 }
 
 /// One seed, two runs, one trace (the throttle's holds included).

@@ -267,6 +267,13 @@ impl Overlay {
     pub fn session(&self, conn: ConnId) -> Option<&Session> {
         self.sessions.get(&conn)
     }
+    /// Sessions with frames queued, in id order: only these can be over a watermark, and
+    /// they are few, where the sessions are many.
+    pub fn queued_sessions(&self) -> impl Iterator<Item = (ConnId, &Session)> + '_ {
+        self.queued
+            .iter()
+            .filter_map(|id| self.sessions.get(id).map(|s| (*id, s)))
+    }
     pub fn permits(&self) -> &Permits {
         &self.permits
     }
