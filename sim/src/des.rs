@@ -172,7 +172,7 @@ impl Agenda {
             let slot = &mut self.ring[(self.next_ms % SLOTS) as usize];
             std::mem::swap(&mut self.current, slot);
             self.in_ring -= self.current.len();
-            self.current.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            self.current.sort_unstable_by_key(|e| Reverse(e.0));
             self.next_ms += 1;
         }
     }
