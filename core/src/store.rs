@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::oap::{bucket_of, fingerprint, GossipHeader, MsgId, DIGEST_BUCKETS};
+use crate::oap::{bucket_of, fingerprint, GossipHeader, MsgId, DIGEST_BUCKETS, DIGEST_SETTLE_MS};
 use crate::seen::KeyedHasher;
 use crate::time::Time;
 
@@ -32,14 +32,61 @@ pub enum Eviction {
 #[derive(Debug)]
 pub struct Store {
     map: HashMap<MsgId, Stored, KeyedHasher>,
-    order: VecDeque<MsgId>,
+    /// Ids with their arrival time, oldest first: arrivals come in time order, so the part
+    /// of the store a digest covers is one run of this queue.
+    order: VecDeque<(MsgId, Time)>,
+    /// How many entries have left the front of `order` ever: `order[k]` is entry
+    /// `popped + k`.
+    popped: u64,
+    /// The periodic digest, kept up to date as its edges move instead of summed again.
+    window: Window,
+    /// Arrivals came in time order so far (a caller passing an earlier time than the last
+    /// turns the window off, and digests are summed over the store).
+    in_order: bool,
     bytes: usize,
     max_bytes: usize,
     max_age: Duration,
 }
 
+/// The periodic digest (settle [`DIGEST_SETTLE_MS`]) over entries `lo..hi` of the store,
+/// as of `at`. Its edges only move forward as time does, and an entry leaving it is XORed
+/// out: a digest costs the entries that moved, not the whole store, which every link of
+/// every node otherwise sums every `reconcile_interval`.
+#[derive(Debug)]
+struct Window {
+    lo: u64,
+    hi: u64,
+    at: Time,
+    buckets: Vec<(u64, u32)>,
+}
+
+impl Window {
+    fn empty(from: u64) -> Window {
+        Window {
+            lo: from,
+            hi: from,
+            at: Time::ZERO,
+            buckets: vec![(0, 0); DIGEST_BUCKETS],
+        }
+    }
+
+    fn toggle(&mut self, id: &MsgId, add: bool) {
+        let b = &mut self.buckets[bucket_of(id)];
+        b.0 ^= fingerprint(id);
+        if add {
+            b.1 += 1;
+        } else {
+            b.1 -= 1;
+        }
+    }
+}
+
 fn cost(s: &Stored) -> usize {
     s.data.len() + s.header.topic.len() + ENTRY_OVERHEAD
+}
+
+fn periodic_settle() -> Duration {
+    Duration::from_millis(DIGEST_SETTLE_MS as u64)
 }
 
 impl Store {
@@ -47,6 +94,9 @@ impl Store {
         Store {
             map: HashMap::with_hasher(hasher),
             order: VecDeque::new(),
+            popped: 0,
+            window: Window::empty(0),
+            in_order: true,
             bytes: 0,
             max_bytes,
             max_age,
@@ -56,6 +106,8 @@ impl Store {
     pub fn set_bounds(&mut self, max_bytes: usize, max_age: Duration) {
         self.max_bytes = max_bytes;
         self.max_age = max_age;
+        // The old edge depends on the age bound: summed again from the front.
+        self.window = Window::empty(self.popped);
     }
 
     pub fn bytes(&self) -> usize {
@@ -86,18 +138,30 @@ impl Store {
             }
             evicted += 1;
         }
+        if self.order.back().is_some_and(|&(_, t)| s.at < t) {
+            self.in_order = false;
+        }
+        let at = s.at;
         let s = Stored {
             header: s.header.to_owned_topic(),
             ..s
         };
         self.bytes += c;
         self.map.insert(id, s);
-        self.order.push_back(id);
+        self.order.push_back((id, at));
         evicted
     }
 
     fn pop_oldest(&mut self) -> Option<MsgId> {
-        let id = self.order.pop_front()?;
+        let (id, _) = self.order.pop_front()?;
+        let seq = self.popped;
+        self.popped += 1;
+        let w = &mut self.window;
+        if (w.lo..w.hi).contains(&seq) {
+            w.toggle(&id, false);
+        }
+        w.lo = w.lo.max(self.popped);
+        w.hi = w.hi.max(self.popped);
         if let Some(s) = self.map.remove(&id) {
             self.bytes -= cost(&s);
         }
@@ -119,12 +183,8 @@ impl Store {
     /// Lets go of messages older than the age bound; returns how many.
     pub fn expire(&mut self, now: Time) -> usize {
         let mut n = 0;
-        while let Some(id) = self.order.front() {
-            let old = self
-                .map
-                .get(id)
-                .map_or(true, |s| now.saturating_since(s.at) >= self.max_age);
-            if !old {
+        while let Some(&(_, at)) = self.order.front() {
+            if now.saturating_since(at) < self.max_age {
                 break;
             }
             self.pop_oldest();
@@ -133,23 +193,29 @@ impl Store {
         n
     }
 
+    /// The youngest age the old edge of a digest excludes: it moves too (eviction by age),
+    /// by the same margin.
+    fn old_edge(&self, settle: Duration) -> Duration {
+        self.max_age
+            .saturating_sub(settle.max(Duration::from_secs(2)))
+    }
+
     /// Ids whose local age is within `[settle, max_age - settle]`: the part of the store two
     /// nodes compare (the edges move while messages are in flight).
     fn settled(&self, now: Time, settle: Duration) -> impl Iterator<Item = &MsgId> + '_ {
-        // The old edge moves too (eviction by age), by the same margin.
-        let max = self
-            .max_age
-            .saturating_sub(settle.max(Duration::from_secs(2)));
-        self.order.iter().filter(move |id| {
-            self.map.get(*id).is_some_and(|s| {
-                let age = now.saturating_since(s.at);
-                age >= settle && age < max
-            })
+        let max = self.old_edge(settle);
+        self.order.iter().filter_map(move |(id, at)| {
+            let age = now.saturating_since(*at);
+            (age >= settle && age < max).then_some(id)
         })
     }
 
     /// A DIGEST of the settled ids: per bucket, the XOR of fingerprints and the count.
-    pub fn digest(&self, now: Time, settle: Duration) -> Vec<(u64, u32)> {
+    pub fn digest(&mut self, now: Time, settle: Duration) -> Vec<(u64, u32)> {
+        if settle == periodic_settle() && self.in_order && now >= self.window.at {
+            self.slide(now);
+            return self.window.buckets.clone();
+        }
         let mut d = vec![(0u64, 0u32); DIGEST_BUCKETS];
         for id in self.settled(now, settle) {
             let b = &mut d[bucket_of(id)];
@@ -159,9 +225,34 @@ impl Store {
         d
     }
 
+    /// Moves the periodic window's edges to `now`: entries that have settled come in,
+    /// entries past the old edge go.
+    fn slide(&mut self, now: Time) {
+        let (settle, max) = (periodic_settle(), self.old_edge(periodic_settle()));
+        let end = self.popped + self.order.len() as u64;
+        let w = &mut self.window;
+        while w.hi < end {
+            let (id, at) = self.order[(w.hi - self.popped) as usize];
+            if now.saturating_since(at) < settle {
+                break;
+            }
+            w.toggle(&id, true);
+            w.hi += 1;
+        }
+        while w.lo < w.hi {
+            let (id, at) = self.order[(w.lo - self.popped) as usize];
+            if now.saturating_since(at) < max {
+                break;
+            }
+            w.toggle(&id, false);
+            w.lo += 1;
+        }
+        w.at = now;
+    }
+
     /// The settled ids in the buckets where `theirs` differs from ours, at most `max`.
     pub fn differing(
-        &self,
+        &mut self,
         now: Time,
         settle: Duration,
         theirs: &[(u64, u32)],
@@ -171,6 +262,9 @@ impl Store {
         let differs: Vec<bool> = (0..DIGEST_BUCKETS)
             .map(|b| theirs.get(b) != ours.get(b))
             .collect();
+        if !differs.contains(&true) {
+            return Vec::new();
+        }
         self.settled(now, settle)
             .filter(|id| differs[bucket_of(id)])
             .take(max)
@@ -238,5 +332,37 @@ mod tests {
         let diff = a.differing(now, settle, &b.digest(now, settle), 100);
         assert!(diff.contains(&id(200)));
         assert!(diff.len() < 10, "only the differing bucket: {}", diff.len());
+    }
+
+    /// The digest kept up to date as its edges move equals the digest summed over the
+    /// store, through arrivals, the settle edge, the old edge and evictions for bytes
+    /// inside the window.
+    #[test]
+    fn the_sliding_digest_is_the_summed_digest() {
+        let settle = Duration::from_millis(DIGEST_SETTLE_MS as u64);
+        let one = 10 + 1 + ENTRY_OVERHEAD;
+        let mut s = Store::new(40 * one, Duration::from_secs(10), KeyedHasher::new(3, 4));
+        let mut evicted = 0;
+        for step in 0..400u64 {
+            let now = Time::from_millis(step * 100);
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(step * 0x9e37_79b9).to_be_bytes());
+            id[8..].copy_from_slice(&step.to_be_bytes());
+            evicted += s.insert(id, stored(10, step * 100));
+            s.expire(now);
+            let summed = {
+                let mut d = vec![(0u64, 0u32); DIGEST_BUCKETS];
+                for id in s.settled(now, settle) {
+                    d[bucket_of(id)].0 ^= fingerprint(id);
+                    d[bucket_of(id)].1 += 1;
+                }
+                d
+            };
+            assert_eq!(s.digest(now, settle), summed, "at step {step}");
+        }
+        assert!(
+            evicted > 0,
+            "byte evictions inside the window were exercised"
+        );
     }
 }

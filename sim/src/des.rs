@@ -49,6 +49,8 @@ pub struct SimConfig {
     pub send_window: usize,
     /// `readiness.sustain` of every node: short, so that readiness can change within a run.
     pub sustain: Duration,
+    /// `overlay.gossip.graft_timeout` of every node (the core's default when `None`).
+    pub graft_timeout: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -73,18 +75,122 @@ impl Default for SimConfig {
             queue_frames: 1024,
             send_window: 16,
             sustain: Duration::from_secs(1),
+            graft_timeout: None,
         }
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// The events to come, earliest first (ties in scheduling order), as a calendar: one slot
+/// per simulated millisecond over the next `SLOTS`, sorted only when its turn comes, and a
+/// heap for what lies further ahead. Nearly every event (a transmit's latency, a node's
+/// next tick) falls within the calendar, so most pushes and pops cost O(1) where a heap
+/// over all of them sifted through cache-cold entries: the largest cost of the loop.
+struct Agenda {
+    /// Slot `ms % SLOTS` holds the events of millisecond `ms`, for `ms` in
+    /// `next_ms..next_ms + SLOTS`, unsorted.
+    ring: Vec<Vec<(u128, Ev)>>,
+    in_ring: usize,
+    /// The millisecond being run, latest key first (popped from the back).
+    current: Vec<(u128, Ev)>,
+    next_ms: u64,
+    /// Events beyond the calendar, by key, waiting in a slab.
+    far: BinaryHeap<Reverse<(u128, u32)>>,
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
+}
+
+const SLOTS: u64 = 1024;
+const SLOT_NS: u128 = 1_000_000;
+
+fn ms_of(key: u128) -> u64 {
+    ((key >> 64) / SLOT_NS) as u64
+}
+
+impl Default for Agenda {
+    fn default() -> Agenda {
+        Agenda {
+            ring: (0..SLOTS).map(|_| Vec::new()).collect(),
+            in_ring: 0,
+            current: Vec::new(),
+            next_ms: 0,
+            far: BinaryHeap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl Agenda {
+    /// Keys order by time, then by `seq` (unique): exactly the order of a heap of
+    /// `(time, seq)`, so a seed replays the same trace.
+    fn push(&mut self, at: Time, seq: u64, ev: Ev) {
+        let key = (at.since_epoch().as_nanos() << 64) | seq as u128;
+        let ms = ms_of(key);
+        if ms < self.next_ms {
+            let pos = self.current.partition_point(|(k, _)| *k > key);
+            self.current.insert(pos, (key, ev));
+        } else if ms < self.next_ms + SLOTS {
+            self.ring[(ms % SLOTS) as usize].push((key, ev));
+            self.in_ring += 1;
+        } else {
+            let slot = match self.free.pop() {
+                Some(s) => {
+                    self.slab[s as usize] = Some(ev);
+                    s
+                }
+                None => {
+                    self.slab.push(Some(ev));
+                    (self.slab.len() - 1) as u32
+                }
+            };
+            self.far.push(Reverse((key, slot)));
+        }
+    }
+
+    fn pop(&mut self) -> Option<(Time, Ev)> {
+        loop {
+            if let Some((key, ev)) = self.current.pop() {
+                let at = Time::from_duration(Duration::from_nanos((key >> 64) as u64));
+                return Some((at, ev));
+            }
+            if self.in_ring == 0 {
+                // Nothing in the calendar: jump to the first event beyond it.
+                let &Reverse((key, _)) = self.far.peek()?;
+                self.next_ms = self.next_ms.max(ms_of(key));
+            }
+            while let Some(&Reverse((key, slot))) = self.far.peek() {
+                if ms_of(key) >= self.next_ms + SLOTS {
+                    break;
+                }
+                self.far.pop();
+                self.free.push(slot);
+                if let Some(ev) = self.slab[slot as usize].take() {
+                    self.ring[(ms_of(key) % SLOTS) as usize].push((key, ev));
+                    self.in_ring += 1;
+                }
+            }
+            let slot = &mut self.ring[(self.next_ms % SLOTS) as usize];
+            std::mem::swap(&mut self.current, slot);
+            self.in_ring -= self.current.len();
+            self.current.sort_unstable_by_key(|e| Reverse(e.0));
+            self.next_ms += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.in_ring + self.far.len()
+    }
+}
+
+#[derive(Debug)]
 enum Ev {
     /// Bytes arrive at `(node, conn)`; `epoch` guards against a restarted node.
     Deliver {
         node: usize,
         epoch: u32,
         conn: ConnId,
-        bytes: Bytes,
+        // Built once when sent and handed to the reader as is: no second copy.
+        bytes: BytesMut,
     },
     /// The far end of a connection closed.
     Closed {
@@ -119,7 +225,33 @@ struct Link {
     open: bool,
     /// Transmits toward a stalled reader, neither delivered nor reported written yet
     /// (`None`: lost in transit, but still a write to report).
-    held: Vec<Option<Bytes>>,
+    held: Vec<Option<BytesMut>>,
+}
+
+/// First arrival of each message at each node: simulated nanoseconds and hops.
+struct Arrivals {
+    nodes: usize,
+    slots: Vec<(u64, u32)>,
+}
+
+impl Arrivals {
+    const NONE: u32 = u32::MAX;
+
+    fn new(messages: usize, nodes: usize) -> Arrivals {
+        Arrivals {
+            nodes,
+            slots: vec![(0, Self::NONE); messages * nodes],
+        }
+    }
+
+    fn get(&self, index: usize, node: usize) -> Option<(Time, u32)> {
+        let (t, h) = self.slots[index * self.nodes + node];
+        (h != Self::NONE).then(|| (Time::from_duration(Duration::from_nanos(t)), h))
+    }
+
+    fn set(&mut self, index: usize, node: usize, at: Time, hops: u32) {
+        self.slots[index * self.nodes + node] = (at.since_epoch().as_nanos() as u64, hops);
+    }
 }
 
 struct SimNode {
@@ -180,6 +312,12 @@ pub struct Report {
     pub latency_max: Duration,
     pub simulated: Duration,
     pub real: Duration,
+    /// Wall time of each phase: building the nodes, the publishing span, the settle time
+    /// after it, and the tally of this report.
+    pub phases: Vec<(&'static str, Duration)>,
+    /// Events the simulator applied, and the most it held queued at once.
+    pub events: u64,
+    pub queue_peak: usize,
     pub trace_hash: u64,
     pub balance_ok: bool,
     pub readiness_ok: bool,
@@ -271,6 +409,18 @@ impl std::fmt::Display for Report {
             self.real,
             self.speedup()
         )?;
+        let phases: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(p, d)| format!("{p} {:.2}s", d.as_secs_f64()))
+            .collect();
+        writeln!(
+            f,
+            "wall time per phase: {}  ({} events, at most {} queued)",
+            phases.join("  "),
+            self.events,
+            self.queue_peak
+        )?;
         writeln!(f, "queues_ok reported false {} times", self.queues_degraded)?;
         writeln!(
             f,
@@ -287,10 +437,12 @@ impl std::fmt::Display for Report {
 
 pub struct Sim {
     cfg: SimConfig,
+    /// Wall time `new` took (the nodes and their first links).
+    setup: Duration,
     rng: ChaCha8Rng,
     now: Time,
     seq: u64,
-    queue: BinaryHeap<Reverse<(Time, u64, Ev)>>,
+    queue: Agenda,
     nodes: Vec<SimNode>,
     partitioned: bool,
     /// msg index -> (id, origin, publish time)
@@ -299,8 +451,9 @@ pub struct Sim {
     /// nothing can carry them anywhere.
     alone: Vec<bool>,
     ids: HashMap<MsgId, usize>,
-    /// (msg index, node) -> (arrival time, hops)
-    seen: BTreeMap<(usize, usize), (Time, u32)>,
+    /// First arrivals, one slot per (msg index, node): a flat table, as every pair is
+    /// filled by the end of a run (an ordered map of 10 million pairs cost seconds).
+    seen: Arrivals,
     gossip_tx: u64,
     trace: std::collections::hash_map::DefaultHasher,
     readiness_ok: bool,
@@ -321,29 +474,34 @@ fn node_config(cfg: &SimConfig, i: usize) -> Config {
     c.overlay.peer.egress_queue_frames = cfg.queue_frames;
     c.overlay.peer.send_window_frames = cfg.send_window;
     c.readiness.sustain = cfg.sustain;
+    if let Some(t) = cfg.graft_timeout {
+        c.overlay.gossip.graft_timeout = t;
+    }
     c
 }
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
+        let started = Instant::now();
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut sim = Sim {
             rng,
             now: Time::ZERO,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: Agenda::default(),
             nodes: Vec::with_capacity(cfg.nodes),
             partitioned: false,
             published: vec![None; cfg.messages],
             alone: vec![false; cfg.messages],
             ids: HashMap::new(),
-            seen: BTreeMap::new(),
+            seen: Arrivals::new(cfg.messages, cfg.nodes),
             gossip_tx: 0,
             trace: Default::default(),
             readiness_ok: true,
             untruths: Vec::new(),
             queues_degraded: 0,
             stalled: false,
+            setup: Duration::ZERO,
             cfg,
         };
         for i in 0..sim.cfg.nodes {
@@ -391,6 +549,7 @@ impl Sim {
             sim.schedule(Time::from_duration(a), Ev::StallStart);
             sim.schedule(Time::from_duration(b), Ev::StallEnd);
         }
+        sim.setup = started.elapsed();
         sim
     }
 
@@ -411,7 +570,7 @@ impl Sim {
 
     fn schedule(&mut self, at: Time, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, ev)));
+        self.queue.push(at, self.seq, ev);
     }
 
     fn side(&self, i: usize) -> bool {
@@ -494,7 +653,7 @@ impl Sim {
                     let mut b = BytesMut::with_capacity(t.len());
                     b.extend_from_slice(&t.head);
                     b.extend_from_slice(&t.body);
-                    b.freeze()
+                    b
                 });
                 if held {
                     let link = self.nodes[i].links.get_mut(&t.conn).unwrap();
@@ -560,7 +719,7 @@ impl Sim {
     }
 
     /// Schedules bytes on a link, after the last bytes sent on it (FIFO, as TCP).
-    fn send(&mut self, i: usize, conn: ConnId, bytes: Bytes) {
+    fn send(&mut self, i: usize, conn: ConnId, bytes: BytesMut) {
         let lat = self.latency();
         let link = self.nodes[i].links.get_mut(&conn).unwrap();
         let (peer, pconn) = link.peer;
@@ -586,9 +745,11 @@ impl Sim {
     fn queue_over(&self, i: usize) -> bool {
         let n = &self.nodes[i];
         let wm = n.overlay.config().readiness.queue_high_watermark;
-        n.links
-            .keys()
-            .any(|c| n.overlay.held(*c).is_some_and(|h| h.fill >= wm))
+        // Only sessions with frames queued can be over: looking every link up after every
+        // step cost more than any other part of the simulator's own bookkeeping.
+        n.overlay
+            .queued_sessions()
+            .any(|c| n.links.contains_key(&c) && n.overlay.held(c).is_some_and(|h| h.fill >= wm))
     }
 
     /// `queues_ok` is the truth at the node's tick, both ways. The simulator samples the
@@ -664,9 +825,11 @@ impl Sim {
             .map(|l| l.peer.0);
         let hops = match sender {
             None => 0,
-            Some(p) => self.seen.get(&(index, p)).map_or(1, |(_, h)| h + 1),
+            Some(p) => self.seen.get(index, p).map_or(1, |(_, h)| h + 1),
         };
-        self.seen.entry((index, i)).or_insert((self.now, hops));
+        if self.seen.get(index, i).is_none() {
+            self.seen.set(index, i, self.now, hops);
+        }
         index.hash(&mut self.trace);
         i.hash(&mut self.trace);
         self.now.hash(&mut self.trace);
@@ -675,17 +838,36 @@ impl Sim {
     /// Runs to the end of the workload plus the settle time.
     pub fn run(mut self) -> Report {
         let started = Instant::now();
-        let end =
-            Time::from_duration(Duration::from_secs(1) + self.cfg.publish_over + self.cfg.settle);
-        while let Some(Reverse((at, _, ev))) = self.queue.pop() {
+        let last_publish = Time::from_duration(Duration::from_secs(1) + self.cfg.publish_over);
+        let end = last_publish + self.cfg.settle;
+        let mut settling = None;
+        let (mut events, mut peak) = (0u64, 0usize);
+        while let Some((at, ev)) = self.queue.pop() {
             if at > end {
                 break;
             }
+            if settling.is_none() && at > last_publish {
+                settling = Some(Instant::now());
+            }
+            events += 1;
+            peak = peak.max(self.queue.len() + 1);
             self.now = at;
             self.apply(ev);
         }
         self.now = end;
-        self.finish(started.elapsed())
+        let settled = Instant::now();
+        let settling = settling.unwrap_or(settled);
+        let setup = self.setup;
+        let mut report = self.finish(started.elapsed());
+        report.phases.extend([
+            ("setup", setup),
+            ("publishing", settling - started),
+            ("settle", settled - settling),
+            ("report", settled.elapsed()),
+        ]);
+        report.events = events;
+        report.queue_peak = peak;
+        report
     }
 
     fn apply(&mut self, ev: Ev) {
@@ -700,7 +882,7 @@ impl Sim {
                 if self.nodes[node].epoch != epoch || !self.nodes[node].up {
                     return;
                 }
-                let mut b = BytesMut::from(&bytes[..]);
+                let mut b = bytes;
                 self.nodes[node].overlay.handle_bytes(now, conn, &mut b);
                 self.drain(node);
             }
@@ -742,7 +924,7 @@ impl Sim {
                     self.published[index] = Some((id, origin, now));
                     self.alone[index] = self.nodes[origin].overlay.peer_count() == 0;
                     self.ids.insert(id, index);
-                    self.seen.insert((index, origin), (now, 0));
+                    self.seen.set(index, origin, now, 0);
                 }
                 self.drain(origin);
             }
@@ -844,15 +1026,18 @@ impl Sim {
         let mut latencies = Vec::new();
         let mut hops_sum = 0u64;
         // The life of each message: from its publication to its last first arrival.
-        let mut life_end: HashMap<usize, Time> = HashMap::new();
-        for (&(index, _), (t, _)) in &self.seen {
-            let e = life_end.entry(index).or_insert(*t);
-            *e = (*e).max(*t);
-        }
+        let life_end: Vec<Option<Time>> = (0..self.cfg.messages)
+            .map(|index| {
+                (0..n)
+                    .filter_map(|i| self.seen.get(index, i))
+                    .map(|(t, _)| t)
+                    .max()
+            })
+            .collect();
         for (index, p) in self.published.iter().enumerate() {
             let Some((_, origin, t0)) = *p else { continue };
             report.published_at.push(t0.since_epoch());
-            let t1 = life_end.get(&index).copied().unwrap_or(t0);
+            let t1 = life_end[index].unwrap_or(t0);
             for i in 0..n {
                 let node = &self.nodes[i];
                 let churned = !node.downs.is_empty();
@@ -860,15 +1045,15 @@ impl Sim {
                 if up_throughout && !self.alone[index] {
                     report.up_possible += 1;
                 }
-                match self.seen.get(&(index, i)) {
+                match self.seen.get(index, i) {
                     Some((t, h)) => {
                         if !churned {
                             possible += 1;
                         }
                         got += 1;
                         latencies.push(t.saturating_since(t0));
-                        hops_sum += *h as u64;
-                        report.hops_max = report.hops_max.max(*h);
+                        hops_sum += h as u64;
+                        report.hops_max = report.hops_max.max(h);
                     }
                     None => {
                         let down = node.downs.iter().any(|&(a, b)| a <= t1 && b >= t0);
@@ -963,5 +1148,52 @@ impl Sim {
         }
         report.trace_hash = self.trace.finish();
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calendar pops in exactly the order of a heap of (time, seq), through pushes
+    /// into the running millisecond, the calendar and beyond it, interleaved with pops.
+    #[test]
+    fn the_agenda_pops_in_time_then_scheduling_order() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (mut agenda, mut heap) = (Agenda::default(), BinaryHeap::new());
+        let (mut now, mut seq) = (0u64, 0u64);
+        for round in 0..20_000 {
+            for _ in 0..rng.gen_range(0..3) {
+                let ahead = match rng.gen_range(0..4) {
+                    0 => 0,
+                    1 => rng.gen_range(0..1_000_000),
+                    2 => rng.gen_range(0..200_000_000),
+                    _ => rng.gen_range(0..5_000_000_000),
+                };
+                seq += 1;
+                let at = Time::from_duration(Duration::from_nanos(now + ahead));
+                agenda.push(
+                    at,
+                    seq,
+                    Ev::Publish {
+                        index: seq as usize,
+                    },
+                );
+                heap.push(Reverse((at, seq)));
+            }
+            if round % 3 == 0 {
+                continue;
+            }
+            let want = heap.pop().map(|Reverse((at, seq))| (at, seq as usize));
+            let got = agenda.pop().map(|(at, ev)| match ev {
+                Ev::Publish { index } => (at, index),
+                _ => unreachable!(),
+            });
+            assert_eq!(got, want, "round {round}");
+            if let Some((at, _)) = got {
+                now = at.since_epoch().as_nanos() as u64;
+            }
+            assert_eq!(agenda.len(), heap.len());
+        }
     }
 }

@@ -290,6 +290,11 @@ impl Overlay {
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
+    /// Sessions with frames queued, in id order: only these can be over a watermark, and
+    /// they are few, where the sessions are many.
+    pub fn queued_sessions(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.queued.iter().copied()
+    }
     pub fn permits(&self) -> &Permits {
         &self.permits
     }

@@ -17,7 +17,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "many-node [--nodes N] [--messages M] [--seed S] [--degree D] [--fanout F] [--ttl T]\n          [--loss P] [--churn PER_SEC] [--partition START_S:END_S] [--publish-over SECS]"
+            "many-node [--nodes N] [--messages M] [--seed S] [--degree D] [--fanout F] [--ttl T]\n          [--loss P] [--churn PER_SEC] [--partition START_S:END_S] [--publish-over SECS]\n          [--graft-timeout-ms MS]"
         );
         return;
     }
@@ -38,6 +38,10 @@ fn main() {
         loss: arg(&args, "--loss", 0.0),
         churn_per_sec: arg(&args, "--churn", 0.0),
         publish_over: Duration::from_secs(arg(&args, "--publish-over", 20)),
+        graft_timeout: args
+            .iter()
+            .any(|a| a == "--graft-timeout-ms")
+            .then(|| Duration::from_millis(arg(&args, "--graft-timeout-ms", 300))),
         ..SimConfig::default()
     };
     if let Some(p) = args
