@@ -176,8 +176,7 @@ impl Store {
         }
         self.order
             .front()
-            .and_then(|id| self.map.get(id))
-            .is_some_and(|s| now.saturating_since(s.at) < floor)
+            .is_some_and(|&(_, at)| now.saturating_since(at) < floor)
     }
 
     /// Lets go of messages older than the age bound; returns how many.

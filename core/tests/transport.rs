@@ -110,7 +110,7 @@ fn under_hybrid_a_session_without_the_hybrid_group_is_closed_and_counted_fail() 
     });
     let (ev, closed, conn) = hello_over(&mut net, tls("X25519", false, None), "c1");
     assert!(closed && ev.is_none(), "{ev:?}");
-    assert!(net.nodes[0].session(conn).is_none());
+    assert!(!net.nodes[0].has_session(conn));
     assert_eq!(
         net.counter(
             0,

@@ -174,8 +174,6 @@ impl Overlay {
         Ok(())
     }
 
-    }
-
     pub(super) fn fail_hello(
         &mut self,
         now: Time,
