@@ -177,7 +177,7 @@ fn a_minted_token_subscribes_and_a_subscribe_only_token_cannot_publish() {
     d.wait_exit(WAIT).expect("exit after SIGTERM");
     let lines = d.log_lines();
     assert!(
-        lines.iter().any(|l| l["event"] == "auth_cleartext"),
+        lines.iter().any(|l| l["event"] == "plain_auth"),
         "a node requiring tokens over plain TCP says they travel in clear"
     );
     let classes: Vec<&str> = lines

@@ -195,12 +195,6 @@ impl Node {
                  travel in clear; use overlay.tls_listen and set overlay.listen = \"\""
             );
         }
-        if cfg.auth.required {
-            // OAP1 section 7: the daemon speaks plain TCP, so a bearer token can be read
-            // off the wire by anyone on the path.
-            tracing::warn!(event = "auth_cleartext", node = %node_id,
-                "auth.required over plain TCP: capability tokens travel in clear");
-        }
         let mut driver = Driver::new(Parts {
             net,
             overlay,
