@@ -45,12 +45,8 @@ fn demo_nodes_take_the_config_file_and_fixed_ports() {
     let dir = std::env::temp_dir().join(format!("svc-overlay-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("demo.toml");
-    // A key whose effect is visible from outside: clients need a token.
-    std::fs::write(
-        &file,
-        "[auth]\nrequired = true\ntokens = [\"demo-token\"]\n",
-    )
-    .unwrap();
+    // A key whose effect is visible from outside: a client may name one topic.
+    std::fs::write(&file, "[overlay]\nmax_topics = 1\n").unwrap();
     let listen = free_base(2);
     let admin = loop {
         let b = free_base(2);
@@ -80,17 +76,17 @@ fn demo_nodes_take_the_config_file_and_fixed_ports() {
         });
     }
     let node0: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-    let refused = OapClient::connect(node0, "no-token", &[], None).err();
+    let refused = OapClient::connect(node0, "two-topics", &["a", "b"], None).err();
     assert_eq!(
         refused.map(|(code, _)| code),
-        Some(401),
-        "auth.required from the file"
+        Some(400),
+        "overlay.max_topics from the file"
     );
-    assert!(OapClient::connect(node0, "with-token", &[], Some(b"demo-token")).is_ok());
+    assert!(OapClient::connect(node0, "one-topic", &["a"], None).is_ok());
     let a0: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let m = prom::parse(&http::get(a0, "/metrics", &[]).unwrap().body).unwrap();
     assert!(
-        m.value("rejected_total", &[("reason", "unauth")])
+        m.value("rejected_total", &[("reason", "proto")])
             .unwrap_or(0.0)
             >= 1.0
     );

@@ -266,11 +266,15 @@ fn a_key_readable_by_others_stops_the_start_naming_the_file() {
     );
 }
 
+/// A public key (its private half is not needed: no token is minted here).
+const VERIFY_KEY: &str =
+    "[ed25519/88d2e532e2583946f7becdb28519669911e07088edb372bfe8c86bc692ffd172]";
+
 #[test]
 fn auth_on_the_plain_listener_warns_that_tokens_travel_in_clear() {
     let d = Daemon::builder()
         .cfg("auth.required", "true")
-        .cfg("auth.tokens", "[capTLSwarn1]")
+        .cfg("auth.verify_keys", VERIFY_KEY)
         .start();
     let w = d
         .wait_log(WAIT, |l| l["event"] == "plain_auth")
@@ -290,7 +294,7 @@ fn auth_on_the_plain_listener_warns_that_tokens_travel_in_clear() {
         .cfg("tls.cert_file", pki.path("n1.pem"))
         .cfg("tls.key_file", pki.path("n1.key"))
         .cfg("auth.required", "true")
-        .cfg("auth.tokens", "[capTLSwarn1]")
+        .cfg("auth.verify_keys", VERIFY_KEY)
         .start();
     d.wait_readyz(200, WAIT);
     assert!(
