@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod config;
+pub mod dialer;
 pub mod egress;
 pub mod event;
 pub mod limiter;
@@ -26,7 +27,8 @@ pub mod time;
 
 pub use config::{Config, ConfigError};
 pub use event::Event;
-pub use node::{Overlay, PublishError, Transmit, PRESSURE_GRACE, TICK};
+pub use dialer::Dial;
+pub use node::{Overlay, PublishError, ShutdownReport, Transmit, PRESSURE_GRACE, TICK};
 pub use ready::{Probe, ReadyState, ReadyView};
 pub use reason::RejectReason;
 pub use session::{CloseReason, ConnId};

@@ -5,9 +5,12 @@
 //! This file holds the node's state and its public API; the decisions live in one module per
 //! concern: `ingress` (dispatch and rejects), `handshake`, `gossip` (dedupe, fanout, egress
 //! admission), `notice` (refusals told without an answer), `transmit` (control first, then DRR within permits), `timers`, `readiness`,
-//! `sessions` (lifecycle) and `accounting` (the balance of counts).
+//! `sessions` (lifecycle), `dial` (the configured peers kept dialed), `drain` (the end of the
+//! node) and `accounting` (the balance of counts).
 
 mod accounting;
+mod dial;
+mod drain;
 mod gossip;
 mod handshake;
 mod ingress;
@@ -26,6 +29,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Config, PqModeConfig};
+use crate::dialer::Dialer;
+pub use drain::ShutdownReport;
 use crate::egress::{Drr, OutFrame, Permits, Refusal};
 use crate::event::Event;
 use crate::limiter::TokenBucket;
@@ -168,12 +173,23 @@ pub struct Overlay {
     tree_links: usize,
     /// Sessions filed under their earliest deadline (see `timers`).
     timers: std::collections::BinaryHeap<std::cmp::Reverse<(Time, ConnId)>>,
+    /// The configured peers kept dialed, with their backoff.
+    dialer: Dialer,
+    /// Set by `begin_drain` (or a bare `shutdown`): the drain's deadline and its end.
+    drain: Option<drain::Drain>,
 }
 
 impl Overlay {
     /// A node with `cfg` (already validated), its metric handles and an RNG seed.
     pub fn new(cfg: Config, metrics: Metrics, seed: u64, now: Time) -> Overlay {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // Its own stream from the same seed: dials drawing jitter do not move the ids and
+        // nonces drawn from `rng`.
+        let dialer = Dialer::new(
+            cfg.overlay.dial_backoff_base,
+            cfg.overlay.dial_backoff_max,
+            ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_D1A1),
+        );
         let hasher = KeyedHasher::new(rng.next_u64(), rng.next_u64());
         let g = &cfg.overlay.gossip;
         let quantum = g.chunk_bytes + HEADER_LEN + 18 + 255;
@@ -228,6 +244,8 @@ impl Overlay {
             missing_order: VecDeque::new(),
             tree_links: 0,
             timers: std::collections::BinaryHeap::new(),
+            dialer,
+            drain: None,
             cfg,
         };
         node.update_gauges();
@@ -388,6 +406,8 @@ impl Overlay {
             d
         };
         self.permits.set_capacity(g.egress_permits);
+        self.dialer
+            .set_backoff(cfg.overlay.dial_backoff_base, cfg.overlay.dial_backoff_max);
         self.store.set_bounds(g.store_bytes, g.store_ttl);
         self.handshakes
             .reconfigure(cfg.overlay.handshake_rate, cfg.overlay.handshake_burst);
@@ -518,10 +538,12 @@ impl Overlay {
     }
 
     /// The connection is gone (peer closed, error, or our close completed).
-    pub fn handle_closed(&mut self, _now: Time, conn: ConnId) {
+    pub fn handle_closed(&mut self, now: Time, conn: ConnId) {
         let Some(mut s) = self.sessions.remove(&conn) else {
             return;
         };
+        // A session to a configured peer that ended is redialed after the backoff.
+        self.dialer.session_ended(now, conn, s.role.is_some());
         self.unlist(&s);
         self.drr.remove(conn);
         self.ctrl_ready.retain(|c| *c != conn);
@@ -554,9 +576,12 @@ impl Overlay {
         self.update_gauges();
     }
 
-    /// Timers: handshake, read, write and idle timeouts, keepalive, readiness sampling.
+    /// Timers: handshake, read, write and idle timeouts, keepalive, readiness sampling,
+    /// dials whose backoff has passed, the drain deadline.
     pub fn handle_timeout(&mut self, now: Time) {
         self.fire_timers(now);
+        self.fire_dials(now);
+        self.check_drain_deadline(now);
         if now < self.next_tick {
             self.debug_check_balance();
             return;
@@ -625,40 +650,6 @@ impl Overlay {
             });
         }
         Ok(msg_id)
-    }
-
-    /// Starts draining for shutdown: readiness goes down first, every session is told
-    /// GOAWAY, new handshakes are refused `503 not_ready`, and sessions close as their
-    /// queues empty.
-    pub fn begin_drain(&mut self, now: Time) {
-        if self.draining {
-            return;
-        }
-        self.draining = true;
-        self.refresh_readiness(now);
-        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
-        for id in ids {
-            if self.sessions.get(&id).is_some_and(|s| s.is_established()) {
-                let f = Frame::new(AppProto::CTRL, Flags::EVENT, 0, Ctrl::Goaway.to_payload());
-                self.send_ctrl(id, &f);
-            }
-        }
-    }
-
-    /// The drain deadline passed: close every session now, counting what is still queued
-    /// as dropped (`timeout`).
-    pub fn shutdown(&mut self, now: Time) {
-        self.draining = true;
-        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
-        for id in ids {
-            if let Some(s) = self.sessions.get_mut(&id) {
-                let (c, g) = s.egress.clear();
-                self.queued.remove(&id);
-                self.egress_drop(DropReason::Timeout, (c + g) as u64);
-            }
-            self.close(now, id, CloseReason::Shutdown, false);
-        }
-        self.refresh_readiness(now);
     }
 
     // ----- outputs -------------------------------------------------------------------

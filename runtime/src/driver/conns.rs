@@ -26,7 +26,6 @@ pub(super) struct Conn {
     pub(super) pending: VecDeque<Transmit>,
     pub(super) reader: AbortHandle,
     pub(super) writer_task: AbortHandle,
-    pub(super) dial: Option<String>,
     /// Bytes of a frame not yet complete.
     pub(super) buf: BytesMut,
     pub(super) established: bool,
@@ -59,7 +58,6 @@ impl<N: Net> Driver<N> {
         stream: N::Stream,
         ctx: Arc<ConnCtx>,
         span: Span,
-        dial: Option<String>,
     ) {
         let ctx = Arc::new(ConnCtx {
             conn,
@@ -96,7 +94,6 @@ impl<N: Net> Driver<N> {
                 pending: VecDeque::new(),
                 reader,
                 writer_task,
-                dial,
                 buf: BytesMut::new(),
                 established: false,
                 span,
@@ -157,13 +154,6 @@ impl<N: Net> Driver<N> {
     }
 
     pub(super) fn forget(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else {
-            return;
-        };
-        if let Some(addr) = &c.dial {
-            if let Some(d) = self.dials.get(addr) {
-                let _ = d.ended.try_send(c.established);
-            }
-        }
+        self.conns.remove(&conn);
     }
 }

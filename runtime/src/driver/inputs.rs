@@ -40,33 +40,31 @@ impl<N: Net> Driver<N> {
                 let accept = tracing::info_span!(parent: &span, "svc.overlay.accept",
                     corr_id = %ctx.corr_id, dir = "in");
                 let conn = accept.in_scope(|| self.overlay.handle_accept(now));
-                self.attach(conn, stream, ctx, span, None);
+                self.attach(conn, stream, ctx, span);
                 self.publish(Some(conn), BusKind::Accepted);
             }
-            Control::Connected { stream, addr } => {
-                if self.drain.is_some() {
-                    return;
-                }
-                let ctx = self.new_ctx(addr.clone(), false);
+            Control::Connected { stream, peer, addr } => {
+                self.dials.remove(&peer);
+                let ctx = self.new_ctx(addr, false);
                 let span = self.session_span(&ctx);
-                let conn = span.in_scope(|| self.overlay.handle_connected(now));
-                self.attach(conn, stream, ctx, span, Some(addr));
+                // None: the core no longer wants this peer (draining, removed): the
+                // stream is dropped, which closes it.
+                let Some(conn) = span.in_scope(|| self.overlay.handle_dialed(now, &peer)) else {
+                    return;
+                };
+                self.attach(conn, stream, ctx, span);
                 self.publish(Some(conn), BusKind::Connected);
             }
-            Control::DialFailed {
-                addr,
-                error,
-                failures,
-            } => {
-                self.overlay.metrics().dial_failures.increment(1);
-                self.publish(
-                    None,
-                    BusKind::DialFailed {
+            Control::DialFailed { peer, addr, error } => {
+                self.dials.remove(&peer);
+                if let Some(failures) = self.overlay.handle_dial_failed(now, &peer) {
+                    let kind = BusKind::DialFailed {
                         addr,
                         error,
                         failures,
-                    },
-                );
+                    };
+                    self.publish(None, kind);
+                }
             }
             Control::Probe(p, ok) => self.overlay.set_probe(now, p, ok),
             Control::Panicked {
@@ -84,14 +82,11 @@ impl<N: Net> Driver<N> {
                 self.to_close.push(c);
                 true
             }
-            AfterPanic::Redial(addr) => {
-                self.dials.remove(&addr);
-                // A dialer of a peer no longer configured is not restarted, so not counted.
-                let again = self.cfg.overlay.peers.contains(&addr);
-                if again {
-                    self.spawn_dialer(addr);
-                }
-                again
+            AfterPanic::Redial(peer) => {
+                self.dials.remove(&peer);
+                // A failed dial to the core, which redials a peer still configured (so a
+                // restart, counted) and forgets one that is not.
+                self.overlay.handle_dial_failed(now, &peer).is_some()
             }
             AfterPanic::Restart(probe) => {
                 if let Some(p) = probe {
@@ -175,18 +170,17 @@ impl<N: Net> Driver<N> {
             }
             Command::Reconfigure { cfg, reply } => {
                 let restart = self.overlay.reconfigure(now, *cfg);
-                let old_peers = std::mem::take(&mut self.cfg.overlay.peers);
                 self.cfg = self.overlay.config().clone();
                 self.bounds = Bounds::from_config(&self.cfg);
-                for gone in old_peers
-                    .iter()
-                    .filter(|p| !self.cfg.overlay.peers.contains(p))
-                {
-                    if let Some(d) = self.dials.remove(gone) {
-                        d.task.abort();
+                let peers = &self.cfg.overlay.peers;
+                self.dials.retain(|p, task| {
+                    let keep = peers.iter().any(|c| **c == **p);
+                    if !keep {
+                        task.abort();
                     }
-                }
-                self.spawn_dialers();
+                    keep
+                });
+                self.configure_peers();
                 let _ = reply.send(restart);
             }
             Command::Drain => self.begin_drain(),

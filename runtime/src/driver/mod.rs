@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use overlay_core::sync::{QueueAccount, Snapshot};
 use overlay_core::{Config, ConnId, Event, Overlay, ReadyView, Time};
-use rand_chacha::ChaCha8Rng;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
@@ -37,20 +36,13 @@ mod supervise;
 
 pub(crate) use command::Command;
 pub use command::NodeStats;
-pub use shutdown::ShutdownReport;
-
-/// A configured peer's dialer task, and the channel that tells it its connection ended.
-struct Dial {
-    task: AbortHandle,
-    ended: mpsc::Sender<bool>,
-}
+pub use overlay_core::ShutdownReport;
 
 pub(crate) struct Parts<N: Net> {
     pub net: N,
     pub overlay: Overlay,
     pub cfg: Config,
     pub start: Instant,
-    pub seed: u64,
     pub cmd_rx: mpsc::Receiver<Command>,
     pub bus: broadcast::Sender<BusEvent>,
     pub ready: Arc<Snapshot<ReadySnapshot>>,
@@ -67,11 +59,11 @@ pub(crate) struct Driver<N: Net> {
     bounds: Bounds,
     node: Arc<str>,
     start: Instant,
-    rng: ChaCha8Rng,
     // Ordered maps: the driver aborts and closes by iterating these, and a hash order
     // (random per process) would make simulated runs unrepeatable.
     conns: BTreeMap<ConnId, Conn>,
-    dials: BTreeMap<String, Dial>,
+    /// Connects in flight, by the configured peer the core dialed.
+    dials: BTreeMap<Arc<str>, AbortHandle>,
     tasks: JoinSet<()>,
     ingress_tx: mpsc::Sender<Ingress>,
     ingress_rx: mpsc::Receiver<Ingress>,
@@ -92,13 +84,11 @@ pub(crate) struct Driver<N: Net> {
     to_close: Vec<ConnId>,
     /// Read credits of peers held back while the core pauses reads (`read_paused`).
     held_credits: Vec<crate::io::credit::Credit>,
-    drain: Option<(Instant, Instant)>,
     startup: Vec<Event>,
 }
 
 impl<N: Net> Driver<N> {
     pub(crate) fn new(p: Parts<N>) -> Driver<N> {
-        use rand::SeedableRng;
         let bounds = Bounds::from_config(&p.cfg);
         let ingress_channel = bounds.ingress_channel;
         let (ingress_tx, ingress_rx) = mpsc::channel(bounds.ingress_channel);
@@ -111,7 +101,6 @@ impl<N: Net> Driver<N> {
             cfg: p.cfg,
             bounds,
             start: p.start,
-            rng: ChaCha8Rng::seed_from_u64(p.seed ^ 0x5EED_D1A1),
             conns: BTreeMap::new(),
             dials: BTreeMap::new(),
             tasks: JoinSet::new(),
@@ -131,7 +120,6 @@ impl<N: Net> Driver<N> {
             corr: p.corr,
             to_close: Vec::new(),
             held_credits: Vec::new(),
-            drain: None,
             startup: p.startup,
         }
     }
@@ -148,38 +136,34 @@ impl<N: Net> Driver<N> {
         self.start + t.since_epoch()
     }
 
-    /// The loop: one input, then every output, until the drain ends.
+    /// The loop, as `Overlay`'s contract has it: one input, then every output drained
+    /// (`drain_outputs`), then sleep until the next input or `poll_timeout`, until the
+    /// drain ends. Every deadline (sessions, dials, the drain) is the core's.
     pub(crate) async fn run(mut self) -> ShutdownReport {
         for ev in std::mem::take(&mut self.startup) {
             self.on_event(ev);
         }
+        let now = self.now();
+        self.drain_outputs(now);
         self.publish_ready();
         loop {
             self.heartbeat.beat();
             let now = self.now();
-            if let Some(t) = self.overlay.poll_timeout() {
-                if t <= now {
-                    self.overlay.handle_timeout(now);
-                    self.drain_outputs(now);
-                    // Timers move readiness (sustained windows, recovery); an idle node
-                    // would otherwise serve the old /readyz until its next input.
-                    self.publish_ready();
-                }
+            if self.overlay.poll_timeout().is_some_and(|t| t <= now) {
+                self.overlay.handle_timeout(now);
+                self.drain_outputs(now);
+                // Timers move readiness (sustained windows, recovery); an idle node
+                // would otherwise serve the old /readyz until its next input.
+                self.publish_ready();
             }
-            if let Some((deadline, _)) = self.drain {
-                if self.overlay.is_drained() || Instant::now() >= deadline {
-                    break;
-                }
+            if self.overlay.drain_ended() {
+                break;
             }
             let wake = self
                 .overlay
                 .poll_timeout()
                 .map(|t| self.instant(t))
                 .unwrap_or_else(|| Instant::now() + overlay_core::TICK);
-            let wake = match self.drain {
-                Some((deadline, _)) => wake.min(deadline),
-                None => wake,
-            };
             tokio::select! {
                 // Writer reports first: they return egress permits, which unblock output.
                 biased;

@@ -1,19 +1,17 @@
 //! The tasks the driver starts: supervised tasks whose panic is reported and contained,
-//! singletons restarted by their `Supervisor`, the acceptor, and one dialer per configured
-//! peer.
+//! singletons restarted by their `Supervisor`, the acceptor, and a connect per dial the core
+//! asks for.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use overlay_core::Probe;
-use rand::RngCore;
-use tokio::sync::mpsc;
+use overlay_core::{Dial, Probe};
 use tokio::task::AbortHandle;
 
 use super::supervise::{panic_message, Supervisor};
-use super::{Dial, Driver};
+use super::Driver;
 use crate::io::accept::accept_loop;
 use crate::io::fd::FdBudget;
 use crate::io::messages::{AfterPanic, Control};
@@ -78,32 +76,30 @@ impl<N: Net> Driver<N> {
         self.spawn_supervised(AfterPanic::Lost, task, fut);
     }
 
-    pub(crate) fn spawn_dialers(&mut self) {
-        for addr in self.cfg.overlay.peers.clone() {
-            self.spawn_dialer(addr);
+    /// Hands the configured peers to the core, which decides when each is dialed. An
+    /// address is the configured `host:port` itself, connected as given.
+    pub(crate) fn configure_peers(&mut self) {
+        let now = self.now();
+        let peers = self.cfg.overlay.peers.clone();
+        self.overlay.retain_peers(|p| peers.iter().any(|c| c == p));
+        for peer in &peers {
+            self.overlay.set_peer_addrs(now, peer, vec![peer.clone()]);
         }
+        self.drain_outputs(now);
     }
 
-    pub(super) fn spawn_dialer(&mut self, addr: String) {
-        if self.dials.contains_key(&addr) || self.drain.is_some() {
-            return;
-        }
-        let (ended_tx, ended_rx) = mpsc::channel(1);
-        let fut = crate::io::dial::dial_loop(
+    /// Runs one dial the core asked for.
+    pub(super) fn spawn_dial(&mut self, d: Dial) {
+        let fut = crate::io::dial::dial(
             self.net.clone(),
-            addr.clone(),
+            d.peer.clone(),
+            d.addr,
             self.ctl_tx.clone(),
-            ended_rx,
-            self.rng.next_u64(),
-            self.bounds.clone(),
+            self.bounds.connect_timeout,
         );
-        let task = self.spawn_supervised(AfterPanic::Redial(addr.clone()), "dialer", fut);
-        self.dials.insert(
-            addr,
-            Dial {
-                task,
-                ended: ended_tx,
-            },
-        );
+        let task = self.spawn_supervised(AfterPanic::Redial(d.peer.clone()), "dialer", fut);
+        if let Some(old) = self.dials.insert(d.peer, task) {
+            old.abort();
+        }
     }
 }

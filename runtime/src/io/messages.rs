@@ -3,6 +3,7 @@
 //! rather than on each other.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use overlay_core::{ConnId, Probe};
@@ -15,14 +16,16 @@ pub(crate) enum Control<S> {
         stream: S,
         peer: SocketAddr,
     },
+    /// A dial the core asked for connected; `peer` is the configured peer it was for.
     Connected {
         stream: S,
+        peer: Arc<str>,
         addr: String,
     },
     DialFailed {
+        peer: Arc<str>,
         addr: String,
         error: String,
-        failures: u32,
     },
     Probe(Probe, bool),
     Panicked {
@@ -38,8 +41,9 @@ pub(crate) enum Control<S> {
 pub(crate) enum AfterPanic {
     /// A connection's reader or writer: the connection is closed; new ones are served.
     Close(ConnId),
-    /// A dialer: restarted if its peer is still configured.
-    Redial(String),
+    /// A dial's connect task: the dial counts as failed, and the core retries it if the
+    /// peer is still configured.
+    Redial(Arc<str>),
     /// A singleton task restarted by its `Supervisor`; the probe it upholds reads false
     /// until it runs again.
     Restart(Option<Probe>),

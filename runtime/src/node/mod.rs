@@ -167,7 +167,6 @@ impl Node {
             overlay,
             cfg: cfg.clone(),
             start,
-            seed: opts.seed,
             cmd_rx,
             bus: bus.clone(),
             ready: ready_tx,
@@ -219,7 +218,7 @@ impl Node {
                 {}
             });
         }
-        driver.spawn_dialers();
+        driver.configure_peers();
         let done = tokio::spawn(driver.run());
         Ok(Node {
             ctl: NodeControl {
