@@ -1,6 +1,6 @@
 //! The overlay node: one per process, owning every decision. Inputs are `handle_*` calls
-//! with the time passed in; outputs are drained with `poll_transmit`, `poll_event` and
-//! `poll_timeout` after every input.
+//! with the time passed in; outputs are drained with `poll_transmit`, `poll_event`,
+//! `poll_dial` and `poll_timeout` after every input (the contract is on `Overlay`).
 //!
 //! This file holds the node's state and its public API; the decisions live in one module per
 //! concern: `ingress` (dispatch and rejects), `handshake`, `gossip` (dedupe, fanout, egress
@@ -116,6 +116,74 @@ struct Probes {
     tor_bootstrap: Option<bool>,
 }
 
+/// One overlay node: every decision of a svc-overlay process, with no IO, clock or thread.
+///
+/// # The run loop
+///
+/// The node is driven as quinn-proto's `Connection` or str0m's `Rtc`: the driver owns it
+/// alone and, over and over,
+///
+/// 1. feeds it **one input**, with the time: a connection accepted (`handle_accept`), a
+///    dial connected or failed (`handle_dialed`, `handle_dial_failed`), bytes read
+///    (`handle_bytes`), transmits written (`handle_written`), a connection gone
+///    (`handle_closed`), the time reached (`handle_timeout`), or a command (`publish`,
+///    `set_peer_addrs`, `set_probe`, `reconfigure`, `begin_drain`);
+/// 2. drains **every output**, in this order, until none is left: `poll_transmit` (bytes to
+///    write), `poll_event` (what happened, and aborts to carry out), `poll_dial`
+///    (connections to open to configured peers). Carrying an output out may itself be an
+///    input (an abort closes a connection: `handle_closed`), hence the loop;
+/// 3. waits for the next input or the instant `poll_timeout` names, whichever comes first.
+///
+/// Every deadline is the node's: each session's timeouts, the next dial of each configured
+/// peer (its backoff), and the drain's (`shutdown.drain_deadline`). When `drain_ended`, the
+/// driver calls `shutdown`, lets the closes flush, and logs `shutdown_report`.
+///
+/// ```no_run
+/// use overlay_core::observe::Metrics;
+/// use overlay_core::{Config, ConnId, Dial, Event, Overlay, Time, Transmit};
+///
+/// enum Input {
+///     Read(ConnId, bytes::BytesMut),
+///     Dialed(Dial, bool),
+///     Timeout,
+/// }
+/// # fn now() -> Time { Time::ZERO }
+/// # fn next_input(_wake: Option<Time>) -> Input { Input::Timeout }
+/// # fn write(_: Transmit) {}
+/// # fn connect(_: Dial) {}
+/// # fn on_event(_: Event) {}
+///
+/// let mut node = Overlay::new(Config::default(), Metrics::noop(), 7, now());
+/// node.set_peer_addrs(now(), "n2", vec!["10.0.0.2:7000".into()]);
+/// while !node.drain_ended() {
+///     match next_input(node.poll_timeout()) {
+///         Input::Read(conn, mut buf) => node.handle_bytes(now(), conn, &mut buf),
+///         Input::Dialed(d, true) => _ = node.handle_dialed(now(), &d.peer),
+///         Input::Dialed(d, false) => _ = node.handle_dial_failed(now(), &d.peer),
+///         Input::Timeout => node.handle_timeout(now()),
+///     }
+///     loop {
+///         let mut any = false;
+///         while let Some(t) = node.poll_transmit(now()) {
+///             write(t);
+///             any = true;
+///         }
+///         while let Some(ev) = node.poll_event() {
+///             on_event(ev);
+///             any = true;
+///         }
+///         while let Some(d) = node.poll_dial() {
+///             connect(d);
+///             any = true;
+///         }
+///         if !any {
+///             break;
+///         }
+///     }
+/// }
+/// node.shutdown(now());
+/// let report = node.shutdown_report(now());
+/// ```
 pub struct Overlay {
     cfg: Config,
     node_id: String,
