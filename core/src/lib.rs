@@ -26,8 +26,8 @@ pub mod sync;
 pub mod time;
 
 pub use config::{Config, ConfigError};
-pub use event::Event;
 pub use dialer::Dial;
+pub use event::Event;
 pub use node::{Overlay, PublishError, ShutdownReport, Transmit, PRESSURE_GRACE, TICK};
 pub use ready::{Probe, ReadyState, ReadyView};
 pub use reason::RejectReason;

@@ -28,7 +28,10 @@ fn next_dial(node: &mut Overlay, mut now: Time) -> (Time, String) {
             return (now, d.addr);
         }
         // An overdue deadline runs now.
-        now = now.max(node.poll_timeout().expect("a node always has a next deadline"));
+        now = now.max(
+            node.poll_timeout()
+                .expect("a node always has a next deadline"),
+        );
         node.handle_timeout(now);
         while node.poll_transmit(now).is_some() {}
         while node.poll_event().is_some() {}
@@ -41,7 +44,11 @@ fn failure_gaps(node: &mut Overlay, fails: usize) -> Vec<Duration> {
     let mut now = Time::ZERO;
     node.set_peer_addrs(now, "p", vec!["192.0.2.1:7000".into()]);
     let (at, addr) = next_dial(node, now);
-    assert_eq!((at, addr.as_str()), (now, "192.0.2.1:7000"), "a new peer is dialed at once");
+    assert_eq!(
+        (at, addr.as_str()),
+        (now, "192.0.2.1:7000"),
+        "a new peer is dialed at once"
+    );
     let mut gaps = Vec::new();
     for k in 0..fails {
         assert_eq!(node.handle_dial_failed(now, "p"), Some(k as u32 + 1));
@@ -62,7 +69,10 @@ fn the_backoff_doubles_to_its_ceiling_with_bounded_jitter_and_every_failure_is_c
     let gaps = failure_gaps(&mut net.nodes[0], 12);
     for (k, gap) in gaps.iter().enumerate() {
         let delay = BASE.saturating_mul(1 << k).min(MAX);
-        assert!(within_jitter(*gap, delay), "gap {k} of {gaps:?} vs {delay:?}");
+        assert!(
+            within_jitter(*gap, delay),
+            "gap {k} of {gaps:?} vs {delay:?}"
+        );
     }
     // The jitter is real: not every gap is its nominal delay.
     let nominal = (0..12).filter(|k| gaps[*k] == BASE.saturating_mul(1 << k).min(MAX));
@@ -106,7 +116,9 @@ fn redial_after_session(established: bool) -> Duration {
     let mut net = net(3);
     let gaps = failure_gaps(&mut net.nodes[0], 3);
     let mut now = Time::ZERO + gaps.iter().sum::<Duration>();
-    let a = net.nodes[0].handle_dialed(now, "p").expect("a dial was out");
+    let a = net.nodes[0]
+        .handle_dialed(now, "p")
+        .expect("a dial was out");
     if established {
         let b = net.nodes[1].handle_accept(now);
         pump(&mut net, now, a, b);
@@ -141,7 +153,10 @@ fn a_peer_removed_from_the_set_is_not_redialed() {
     let end = Time::ZERO + MAX * 2;
     while let Some(t) = node.poll_timeout().filter(|t| *t < end) {
         node.handle_timeout(t);
-        assert!(node.poll_dial().is_none(), "redialed a removed peer at {t:?}");
+        assert!(
+            node.poll_dial().is_none(),
+            "redialed a removed peer at {t:?}"
+        );
     }
 }
 
@@ -188,7 +203,10 @@ fn nothing_is_dialed_while_draining() {
 #[test]
 fn the_drain_deadline_fires_at_its_instant_and_the_report_tells_what_it_cost() {
     let mut net = net(9);
-    let (a, b) = (net.nodes[0].handle_connected(Time::ZERO), net.nodes[1].handle_accept(Time::ZERO));
+    let (a, b) = (
+        net.nodes[0].handle_connected(Time::ZERO),
+        net.nodes[1].handle_accept(Time::ZERO),
+    );
     pump(&mut net, Time::ZERO, a, b);
     let node = &mut net.nodes[0];
     assert!(node.session(a).unwrap().is_established());
@@ -201,7 +219,10 @@ fn the_drain_deadline_fires_at_its_instant_and_the_report_tells_what_it_cost() {
     let mut now = start;
     while !node.drain_ended() {
         let t = node.poll_timeout().unwrap();
-        assert!(t <= deadline, "poll_timeout skipped the drain deadline: {t:?}");
+        assert!(
+            t <= deadline,
+            "poll_timeout skipped the drain deadline: {t:?}"
+        );
         now = t;
         node.handle_timeout(now);
         while node.poll_transmit(now).is_some() {}
@@ -220,7 +241,10 @@ fn the_drain_deadline_fires_at_its_instant_and_the_report_tells_what_it_cost() {
 #[test]
 fn a_drain_that_empties_ends_before_its_deadline_and_reports_drained() {
     let mut net = net(10);
-    let (a, b) = (net.nodes[0].handle_connected(Time::ZERO), net.nodes[1].handle_accept(Time::ZERO));
+    let (a, b) = (
+        net.nodes[0].handle_connected(Time::ZERO),
+        net.nodes[1].handle_accept(Time::ZERO),
+    );
     pump(&mut net, Time::ZERO, a, b);
     net.nodes[0].begin_drain(Time::ZERO);
     pump(&mut net, Time::ZERO, a, b);

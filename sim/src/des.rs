@@ -451,8 +451,7 @@ impl Sim {
     /// partition, failed at once otherwise (a refused connect).
     fn dial(&mut self, a: usize, peer: &str, b: usize) {
         let now = self.now;
-        let reachable =
-            self.nodes[b].up && !(self.partitioned && self.side(a) != self.side(b));
+        let reachable = self.nodes[b].up && !(self.partitioned && self.side(a) != self.side(b));
         if !reachable {
             self.nodes[a].overlay.handle_dial_failed(now, peer);
             self.drain(a);

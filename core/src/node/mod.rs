@@ -30,7 +30,6 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Config, PqModeConfig};
 use crate::dialer::Dialer;
-pub use drain::ShutdownReport;
 use crate::egress::{Drr, OutFrame, Permits, Refusal};
 use crate::event::Event;
 use crate::limiter::TokenBucket;
@@ -50,6 +49,7 @@ use crate::session::{CloseReason, ConnId, Phase, Session, Unwritten};
 use crate::stats::{Balance, Stats};
 use crate::store::Store;
 use crate::time::Time;
+pub use drain::ShutdownReport;
 
 /// Housekeeping period: timeouts, keepalives, readiness sampling and gauges. Deadlines are
 /// checked at this granularity.
