@@ -80,6 +80,39 @@ fn the_backoff_doubles_to_its_ceiling_with_bounded_jitter_and_every_failure_is_c
     assert_eq!(net.counter(0, DIAL_FAILURES_TOTAL, &[]), 12);
 }
 
+/// The delays are `overlay.dial_backoff_base` and `_max`, at start and after a reload.
+#[test]
+fn the_backoff_follows_its_config_keys_and_a_reload() {
+    let (base, max) = (Duration::from_millis(10), Duration::from_millis(50));
+    let mut net = Net::new(2, 1, |_| {
+        let mut c = test_config();
+        c.overlay.dial_backoff_base = base;
+        c.overlay.dial_backoff_max = max;
+        c
+    });
+    let gaps = failure_gaps(&mut net.nodes[0], 6);
+    for (k, gap) in gaps.iter().enumerate() {
+        let delay = base.saturating_mul(1 << k).min(max);
+        assert!(
+            within_jitter(*gap, delay),
+            "gap {k} of {gaps:?} vs {delay:?}"
+        );
+    }
+    let node = &mut net.nodes[0];
+    let mut cfg = node.config().clone();
+    cfg.overlay.dial_backoff_base = Duration::from_secs(2);
+    cfg.overlay.dial_backoff_max = Duration::from_secs(4);
+    let now = Time::ZERO + gaps.iter().sum::<Duration>();
+    node.reconfigure(now, cfg);
+    node.handle_dial_failed(now, "p");
+    let (at, _) = next_dial(node, now);
+    // Seven delays taken: the doubling is past the new ceiling.
+    assert!(within_jitter(
+        at.saturating_since(now),
+        Duration::from_secs(4)
+    ));
+}
+
 #[test]
 fn the_same_seed_dials_at_the_same_instants_and_another_seed_does_not() {
     let a = failure_gaps(&mut net(7).nodes[0], 8);

@@ -1,11 +1,13 @@
-//! The driver: the one task that owns a node's `Overlay`. It feeds the node bytes, time
-//! and signals, drains its outputs after every input, and moves transmits to the writer
-//! tasks. Nothing else touches the `Overlay`, so it needs no lock.
+//! The driver: the one task that owns a node's `Overlay`. It feeds the node bytes, time,
+//! dial outcomes and signals, drains its outputs after every input, and carries them out:
+//! transmits to the writer tasks, dials to connect tasks. Nothing else touches the
+//! `Overlay`, so it needs no lock; and it decides nothing the node could (no deadline, no
+//! backoff of its own).
 //!
 //! The loop is here; the rest of `Driver` is split by what it does: `spawn` (the tasks it
-//! starts and supervises), `inputs` (one handler per channel), `conns` (the connection
-//! table), `outputs` (draining the node to writers and the bus), `shutdown` (drain and the
-//! final accounting).
+//! starts and supervises, the dials it runs), `inputs` (one handler per channel), `conns`
+//! (the connection table), `outputs` (draining the node to writers, connects and the bus),
+//! `shutdown` (the drain, the flush, and the log of the node's report).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
