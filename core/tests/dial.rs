@@ -290,3 +290,18 @@ fn a_drain_that_empties_ends_before_its_deadline_and_reports_drained() {
     assert_eq!((r.egress_dropped, r.unwritten), (0, 0));
     assert_eq!(r.drain_time, Duration::from_millis(10));
 }
+
+/// What a node accepts while it has no peer link (cut off, its peers not redialed yet) is
+/// kept, so the first DIGEST of the link that comes back carries it. Before, a node with no
+/// tree link stored nothing, and such a message never left its origin.
+#[test]
+fn a_message_published_while_cut_off_reaches_the_peer_once_the_link_is_back() {
+    let mut net = net(12);
+    let now = net.now;
+    let id = net.nodes[0]
+        .publish(now, "t", bytes::Bytes::from_static(b"alone"), None)
+        .expect("a node alone may publish");
+    net.connect(0, 1);
+    net.advance(Duration::from_secs(3));
+    assert!(net.nodes[1].has_seen(&id, net.now));
+}
