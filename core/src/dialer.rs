@@ -62,6 +62,9 @@ pub struct Dialer {
     targets: BTreeMap<Arc<str>, Target>,
     by_conn: BTreeMap<ConnId, Arc<str>>,
     out: VecDeque<Dial>,
+    /// The earliest dial due, kept as the set changes: `poll_timeout` asks after every
+    /// input, and the set changes rarely.
+    due: Option<Time>,
 }
 
 impl Dialer {
@@ -73,6 +76,7 @@ impl Dialer {
             targets: BTreeMap::new(),
             by_conn: BTreeMap::new(),
             out: VecDeque::new(),
+            due: None,
         }
     }
 
@@ -91,7 +95,7 @@ impl Dialer {
                 t.addrs = addrs;
                 t.next_addr = 0;
             }
-            return;
+            return self.refresh_due();
         }
         self.targets.insert(
             Arc::from(peer),
@@ -103,6 +107,7 @@ impl Dialer {
                 failures: 0,
             },
         );
+        self.refresh_due();
     }
 
     /// Forgets every peer `keep` refuses: it is not dialed again, and an open session to it
@@ -111,6 +116,7 @@ impl Dialer {
         self.targets.retain(|p, _| keep(p));
         self.by_conn.retain(|_, p| keep(p));
         self.out.retain(|d| keep(&d.peer));
+        self.refresh_due();
     }
 
     pub fn peers(&self) -> impl Iterator<Item = &str> {
@@ -119,6 +125,9 @@ impl Dialer {
 
     /// Moves every peer whose delay has passed to `Dialing` and queues its dial.
     pub fn fire(&mut self, now: Time) {
+        if self.due.map_or(true, |d| d > now) {
+            return;
+        }
         for (peer, t) in self.targets.iter_mut() {
             let State::Waiting { due } = t.state else {
                 continue;
@@ -134,6 +143,7 @@ impl Dialer {
                 addr,
             });
         }
+        self.refresh_due();
     }
 
     pub fn poll(&mut self) -> Option<Dial> {
@@ -142,14 +152,19 @@ impl Dialer {
 
     /// The earliest dial that will be due.
     pub fn next_due(&self) -> Option<Time> {
-        self.targets
+        self.due
+    }
+
+    fn refresh_due(&mut self) {
+        self.due = self
+            .targets
             .values()
             .filter(|t| !t.addrs.is_empty())
             .filter_map(|t| match t.state {
                 State::Waiting { due } => Some(due),
                 _ => None,
             })
-            .min()
+            .min();
     }
 
     pub fn is_dialing(&self, peer: &str) -> bool {
@@ -220,6 +235,7 @@ impl Dialer {
         t.state = State::Waiting {
             due: now + exp.mul_f64(1.0 + j),
         };
+        self.refresh_due();
     }
 
     /// No more dials (the node is draining): what is queued is dropped and nothing is due.
@@ -227,5 +243,6 @@ impl Dialer {
         self.out.clear();
         self.targets.clear();
         self.by_conn.clear();
+        self.due = None;
     }
 }
