@@ -170,8 +170,8 @@ struct Probes {
 /// while !node.drain_ended() {
 ///     match next_input(node.poll_timeout()) {
 ///         Input::Read(conn, mut buf) => node.handle_bytes(now(), conn, &mut buf),
-///         Input::Dialed(d, true) => _ = node.handle_dialed(now(), &d.peer),
-///         Input::Dialed(d, false) => _ = node.handle_dial_failed(now(), &d.peer),
+///         Input::Dialed(d, true) => _ = node.handle_dialed(now(), &d),
+///         Input::Dialed(d, false) => _ = node.handle_dial_failed(now(), &d),
 ///         Input::Timeout => node.handle_timeout(now()),
 ///     }
 ///     loop {
