@@ -268,9 +268,18 @@ fn a_key_readable_by_others_stops_the_start_naming_the_file() {
 
 #[test]
 fn auth_on_the_plain_listener_warns_that_tokens_travel_in_clear() {
+    // auth.required needs a key to verify capability tokens with.
+    let keys = Pki::new("plain_auth_key");
+    let key = PathBuf::from(keys.path("root.key"));
+    let out = Command::new(bin())
+        .args(["token", "keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .expect("run svc-overlay token keygen");
+    assert!(out.status.success(), "{out:?}");
+    let verify_keys = format!("[\"{}\"]", key.with_extension("pub").display());
     let d = Daemon::builder()
         .cfg("auth.required", "true")
-        .cfg("auth.tokens", "[capTLSwarn1]")
+        .cfg("auth.verify_keys", &verify_keys)
         .start();
     let w = d
         .wait_log(WAIT, |l| l["event"] == "plain_auth")
@@ -290,7 +299,7 @@ fn auth_on_the_plain_listener_warns_that_tokens_travel_in_clear() {
         .cfg("tls.cert_file", pki.path("n1.pem"))
         .cfg("tls.key_file", pki.path("n1.key"))
         .cfg("auth.required", "true")
-        .cfg("auth.tokens", "[capTLSwarn1]")
+        .cfg("auth.verify_keys", &verify_keys)
         .start();
     d.wait_readyz(200, WAIT);
     assert!(
