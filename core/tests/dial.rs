@@ -231,7 +231,11 @@ fn every_address_of_a_peer_is_dialed_and_one_that_leaves_is_not_redialed() {
     while let Some(t) = node.poll_timeout().filter(|t| *t < end) {
         node.handle_timeout(t);
         while node.poll_transmit(t).is_some() {}
-        assert_eq!(node.poll_dial(), None, "an address gone was redialed at {t:?}");
+        assert_eq!(
+            node.poll_dial(),
+            None,
+            "an address gone was redialed at {t:?}"
+        );
     }
 }
 
@@ -248,8 +252,14 @@ fn nothing_is_dialed_while_draining() {
     assert!(node.poll_dial().is_none());
     node.set_peer_addrs(Time::ZERO, "r", vec!["192.0.2.3:7000".into()]);
     node.handle_closed(Time::ZERO, conn);
-    assert_eq!(node.handle_dial_failed(Time::ZERO, &dial("q", "192.0.2.2:7000")), None);
-    assert_eq!(node.handle_dialed(Time::ZERO, &dial("q", "192.0.2.2:7000")), None);
+    assert_eq!(
+        node.handle_dial_failed(Time::ZERO, &dial("q", "192.0.2.2:7000")),
+        None
+    );
+    assert_eq!(
+        node.handle_dialed(Time::ZERO, &dial("q", "192.0.2.2:7000")),
+        None
+    );
     let end = Time::ZERO + Duration::from_secs(10);
     while let Some(t) = node.poll_timeout().filter(|t| *t < end) {
         node.handle_timeout(t);

@@ -58,8 +58,8 @@ use crate::session::{CloseReason, ConnId, Phase, Session, Unwritten};
 use crate::stats::{Balance, Stats};
 use crate::store::Store;
 use crate::time::Time;
-use accounting::{Count, Counts};
 use crate::transport::Link;
+use accounting::{Count, Counts};
 pub use drain::ShutdownReport;
 
 /// Housekeeping period: timeouts, keepalives, readiness sampling and gauges. Deadlines are

@@ -43,9 +43,8 @@ impl PeerTargets {
     /// The configured entries are now `peers` (start, reload). A name still configured keeps
     /// its answer, so a reload does not stop dialing until the next lookup.
     pub(crate) fn configure(&mut self, peers: &[String]) {
-        let mut old: BTreeMap<String, BTreeSet<String>> = std::mem::take(&mut self.entries)
-            .into_iter()
-            .collect();
+        let mut old: BTreeMap<String, BTreeSet<String>> =
+            std::mem::take(&mut self.entries).into_iter().collect();
         for p in peers {
             if self.entries.iter().any(|(e, _)| e == p) {
                 continue;
@@ -160,7 +159,11 @@ mod tests {
         assert!(t.answer("seed.example:9444", &a));
         let e = t.entries();
         assert_eq!(e[0].1, ["10.0.0.1:9444"]);
-        assert_eq!(e[1].1, ["10.0.0.7:9444"], "an address named twice is dialed once");
+        assert_eq!(
+            e[1].1,
+            ["10.0.0.7:9444"],
+            "an address named twice is dialed once"
+        );
         assert!(
             !t.answer("seed.example:9444", &a),
             "the same answer is no change"
@@ -178,7 +181,10 @@ mod tests {
 
     #[test]
     fn tls_entries_connect_to_their_host_and_port() {
-        let t = PeerTargets::new(&peers(&["tls://n2@10.0.0.2:9445", "tls://seed.example:9445"]));
+        let t = PeerTargets::new(&peers(&[
+            "tls://n2@10.0.0.2:9445",
+            "tls://seed.example:9445",
+        ]));
         assert_eq!(t.names().collect::<Vec<_>>(), ["tls://seed.example:9445"]);
         assert_eq!(host_port("tls://seed.example:9445"), "seed.example:9445");
         assert_eq!(t.entries()[0].1, ["10.0.0.2:9445"]);
