@@ -9,6 +9,7 @@
 pub mod cap;
 pub mod client;
 pub mod config;
+pub mod dialer;
 pub mod egress;
 pub mod event;
 pub mod limiter;
@@ -27,8 +28,9 @@ pub mod time;
 pub mod transport;
 
 pub use config::{Config, ConfigError};
+pub use dialer::Dial;
 pub use event::Event;
-pub use node::{Held, Overlay, PublishError, Transmit, PRESSURE_GRACE, TICK};
+pub use node::{Held, Overlay, PublishError, ShutdownReport, Transmit, PRESSURE_GRACE, TICK};
 pub use ready::{Probe, ReadyState, ReadyView};
 pub use reason::RejectReason;
 pub use session::{CloseReason, ConnId};

@@ -18,11 +18,6 @@ pub const COMMAND_CHANNEL: usize = 256;
 /// Transmits one writer task writes with one vectored write.
 pub const WRITE_BATCH: usize = 64;
 
-/// Redial jitter: the fraction (+-) applied to each backoff delay, so peers that lost the
-/// same node do not all redial it in the same instant. Not a bound on anything a peer can
-/// grow, so not a config key; the delays themselves are (`overlay.dial_backoff_*`).
-pub const DIAL_JITTER: f64 = 0.5;
-
 /// Pause after a failed `accept` (EMFILE and friends), so the loop cannot spin.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -61,9 +56,6 @@ pub struct Bounds {
     /// storm or a hostile client cannot take unbounded tasks and sockets, nor keep probes
     /// from being answered.
     pub admin: AdminLimits,
-    /// First redial delay and its ceiling (`overlay.dial_backoff_base` / `_max`).
-    pub dial_backoff_base: Duration,
-    pub dial_backoff_max: Duration,
 }
 
 impl Bounds {
@@ -78,8 +70,6 @@ impl Bounds {
             read_credit: cfg.overlay.peer.read_credit_chunks,
             bus_capacity: cfg.log.bus_capacity,
             admin: AdminLimits::from_config(&cfg.admin),
-            dial_backoff_base: cfg.overlay.dial_backoff_base,
-            dial_backoff_max: cfg.overlay.dial_backoff_max,
         }
     }
 }
@@ -119,22 +109,16 @@ mod tests {
         assert_eq!(d.admin.max_conns, 64);
         assert_eq!(d.admin.header_timeout, Duration::from_secs(2));
         assert_eq!(d.admin.max_pipelined, 16);
-        assert_eq!(d.dial_backoff_base, Duration::from_millis(200));
-        assert_eq!(d.dial_backoff_max, Duration::from_secs(30));
 
         cfg.overlay.peer.read_credit_chunks = 2;
         cfg.log.bus_capacity = 16;
         cfg.admin.max_conns = 3;
         cfg.admin.write_timeout = Duration::from_millis(300);
-        cfg.overlay.dial_backoff_base = Duration::from_millis(10);
-        cfg.overlay.dial_backoff_max = Duration::from_millis(40);
         cfg.validate().unwrap();
         let b = Bounds::from_config(&cfg);
         assert_eq!(b.read_credit, 2);
         assert_eq!(b.bus_capacity, 16);
         assert_eq!(b.admin.max_conns, 3);
         assert_eq!(b.admin.write_timeout, Duration::from_millis(300));
-        assert_eq!(b.dial_backoff_base, Duration::from_millis(10));
-        assert_eq!(b.dial_backoff_max, Duration::from_millis(40));
     }
 }

@@ -3,7 +3,7 @@
 //! counted in `bus_lagged_total`) and `admin.max_conns` (a connection past the cap evicts
 //! the one that has gone longest without finishing a response; the other admin bounds are
 //! in `admin_abuse.rs`). `overlay.peer.read_credit_chunks` and
-//! `overlay.dial_backoff_*` are enforced by `conn::reader` and `dial::Backoff`, tested in
+//! `overlay.dial_backoff_*` are enforced by `conn::reader` and the core's `dialer`, tested in
 //! their modules with values taken from the config; the backoff is also observed here, on
 //! the gaps between a live node's failed dials.
 

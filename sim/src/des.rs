@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -20,7 +21,8 @@ use rand_chacha::ChaCha8Rng;
 pub struct SimConfig {
     pub seed: u64,
     pub nodes: usize,
-    /// Peers each node dials at start (and after a restart).
+    /// Peers each node is configured with: the core keeps them dialed, and redials them
+    /// with backoff after a failed dial or a session's end (a crash, a partition).
     pub degree: usize,
     pub messages: usize,
     /// Messages are published uniformly over this span.
@@ -202,6 +204,13 @@ enum Ev {
         node: usize,
         epoch: u32,
     },
+    /// A dial the node's core asked for: it connects if `to` is up and reachable.
+    Dial {
+        node: usize,
+        epoch: u32,
+        peer: Arc<str>,
+        to: usize,
+    },
     Publish {
         index: usize,
     },
@@ -256,6 +265,8 @@ impl Arrivals {
 
 struct SimNode {
     overlay: Overlay,
+    /// Its configured peers, the same across restarts.
+    peers: Vec<usize>,
     epoch: u32,
     up: bool,
     // Ordered: closing a node's links draws one latency each, so their order is part of the
@@ -505,9 +516,11 @@ impl Sim {
             cfg,
         };
         for i in 0..sim.cfg.nodes {
-            let overlay = sim.fresh_overlay(i, 0);
+            let peers = sim.pick_peers(i);
+            let overlay = sim.fresh_overlay(i, 0, &peers);
             sim.nodes.push(SimNode {
                 overlay,
+                peers,
                 epoch: 0,
                 up: true,
                 links: BTreeMap::new(),
@@ -519,7 +532,7 @@ impl Sim {
             });
         }
         for i in 0..sim.cfg.nodes {
-            sim.dial_some(i);
+            sim.drain(i);
         }
         let span = sim.cfg.publish_over.as_nanos() as u64;
         for index in 0..sim.cfg.messages {
@@ -553,7 +566,19 @@ impl Sim {
         sim
     }
 
-    fn fresh_overlay(&self, i: usize, epoch: u32) -> Overlay {
+    /// A node's configured peers: `degree` draws among the others.
+    fn pick_peers(&mut self, a: usize) -> Vec<usize> {
+        let mut peers = Vec::new();
+        for _ in 0..self.cfg.degree {
+            let b = self.rng.gen_range(0..self.cfg.nodes);
+            if b != a && !peers.contains(&b) {
+                peers.push(b);
+            }
+        }
+        peers
+    }
+
+    fn fresh_overlay(&self, i: usize, epoch: u32, peers: &[usize]) -> Overlay {
         let seed = self.cfg.seed ^ ((i as u64) << 20) ^ ((epoch as u64) << 48);
         let mut o = Overlay::new(node_config(&self.cfg, i), Metrics::noop(), seed, self.now);
         let facts = [
@@ -565,6 +590,10 @@ impl Sim {
         .map(|p| (p, true));
         o.set_probes(self.now, &facts);
         o.set_local_delivery(true);
+        for &b in peers {
+            let name = format!("n{b}");
+            o.set_peer_addrs(self.now, &name, vec![name.clone()]);
+        }
         o
     }
 
@@ -577,20 +606,25 @@ impl Sim {
         i < self.cfg.nodes / 2
     }
 
-    fn dial_some(&mut self, a: usize) {
-        for _ in 0..self.cfg.degree {
-            let b = self.rng.gen_range(0..self.cfg.nodes);
-            if b == a || !self.nodes[b].up || (self.partitioned && self.side(a) != self.side(b)) {
-                continue;
-            }
-            self.connect(a, b);
-        }
-    }
-
-    fn connect(&mut self, a: usize, b: usize) {
+    /// Carries out node `a`'s dial to `b`: connected when `b` is up and on `a`'s side of a
+    /// partition, failed at once otherwise (a refused connect).
+    fn dial(&mut self, a: usize, peer: &str, b: usize) {
         let now = self.now;
+        // A node's address is its name (`set_peer_addrs` above).
+        let d = overlay_core::Dial {
+            peer: peer.into(),
+            addr: format!("n{b}"),
+        };
+        let reachable = self.nodes[b].up && !(self.partitioned && self.side(a) != self.side(b));
+        if !reachable {
+            self.nodes[a].overlay.handle_dial_failed(now, &d);
+            self.drain(a);
+            return;
+        }
+        let Some(ca) = self.nodes[a].overlay.handle_dialed(now, &d) else {
+            return;
+        };
         let cb = self.nodes[b].overlay.handle_accept(now);
-        let ca = self.nodes[a].overlay.handle_connected(now);
         self.nodes[a].links.insert(
             ca,
             Link {
@@ -665,6 +699,19 @@ impl Sim {
             if t.close {
                 self.close_local(i, t.conn, true);
             }
+        }
+        while let Some(d) = self.nodes[i].overlay.poll_dial() {
+            let to = d.addr[1..].parse().expect("a simulated node's name");
+            let epoch = self.nodes[i].epoch;
+            self.schedule(
+                now,
+                Ev::Dial {
+                    node: i,
+                    epoch,
+                    peer: d.peer,
+                    to,
+                },
+            );
         }
         while let Some(e) = self.nodes[i].overlay.poll_event() {
             match e {
@@ -903,11 +950,18 @@ impl Sim {
                 self.nodes[node].timer_at = None;
                 self.nodes[node].overlay.handle_timeout(now);
                 self.check_queue_readiness(node);
-                // Redial when cut off from everyone.
-                if self.nodes[node].overlay.peer_count() == 0 && self.nodes[node].links.is_empty() {
-                    self.dial_some(node);
-                }
                 self.drain(node);
+            }
+            Ev::Dial {
+                node,
+                epoch,
+                peer,
+                to,
+            } => {
+                if self.nodes[node].epoch != epoch || !self.nodes[node].up {
+                    return;
+                }
+                self.dial(node, &peer, to);
             }
             Ev::Publish { index } => {
                 let live: Vec<usize> = (0..self.cfg.nodes).filter(|&i| self.nodes[i].up).collect();
@@ -947,14 +1001,15 @@ impl Sim {
             }
             Ev::Restart { node } => {
                 let epoch = self.nodes[node].epoch + 1;
-                let overlay = self.fresh_overlay(node, epoch);
+                let peers = std::mem::take(&mut self.nodes[node].peers);
+                let overlay = self.fresh_overlay(node, epoch, &peers);
+                self.nodes[node].peers = peers;
                 let n = &mut self.nodes[node];
                 n.overlay = overlay;
                 n.epoch = epoch;
                 n.up = true;
                 n.timer_at = None;
                 n.links.clear();
-                self.dial_some(node);
                 self.drain(node);
             }
             Ev::PartitionStart => {
@@ -996,15 +1051,9 @@ impl Sim {
                     }
                 }
             }
-            Ev::PartitionEnd => {
-                self.partitioned = false;
-                // Repair: every node dials a few more, across the healed cut.
-                for i in 0..self.cfg.nodes {
-                    if self.nodes[i].up {
-                        self.dial_some(i);
-                    }
-                }
-            }
+            // Repair is the nodes' own: each redials the configured peers it lost across the
+            // cut once their backoff ends, and a new link reconciles.
+            Ev::PartitionEnd => self.partitioned = false,
         }
     }
 

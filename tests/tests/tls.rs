@@ -266,15 +266,20 @@ fn a_key_readable_by_others_stops_the_start_naming_the_file() {
     );
 }
 
-/// A public key (its private half is not needed: no token is minted here).
-const VERIFY_KEY: &str =
-    "[ed25519/88d2e532e2583946f7becdb28519669911e07088edb372bfe8c86bc692ffd172]";
-
 #[test]
 fn auth_on_the_plain_listener_warns_that_tokens_travel_in_clear() {
+    // auth.required needs a key to verify capability tokens with.
+    let keys = Pki::new("plain_auth_key");
+    let key = PathBuf::from(keys.path("root.key"));
+    let out = Command::new(bin())
+        .args(["token", "keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .expect("run svc-overlay token keygen");
+    assert!(out.status.success(), "{out:?}");
+    let verify_keys = format!("[\"{}\"]", key.with_extension("pub").display());
     let d = Daemon::builder()
         .cfg("auth.required", "true")
-        .cfg("auth.verify_keys", VERIFY_KEY)
+        .cfg("auth.verify_keys", &verify_keys)
         .start();
     let w = d
         .wait_log(WAIT, |l| l["event"] == "plain_auth")
@@ -294,7 +299,7 @@ fn auth_on_the_plain_listener_warns_that_tokens_travel_in_clear() {
         .cfg("tls.cert_file", pki.path("n1.pem"))
         .cfg("tls.key_file", pki.path("n1.key"))
         .cfg("auth.required", "true")
-        .cfg("auth.verify_keys", VERIFY_KEY)
+        .cfg("auth.verify_keys", &verify_keys)
         .start();
     d.wait_readyz(200, WAIT);
     assert!(

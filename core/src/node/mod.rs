@@ -1,15 +1,18 @@
 //! The overlay node: one per process, owning every decision. Inputs are `handle_*` calls
-//! with the time passed in; outputs are drained with `poll_transmit`, `poll_event` and
-//! `poll_timeout` after every input.
+//! with the time passed in; outputs are drained with `poll_transmit`, `poll_event`,
+//! `poll_dial` and `poll_timeout` after every input (the contract is on `Overlay`).
 //!
 //! This file holds the node's state and its public API; the decisions live in one module per
 //! concern: `ingress` (dispatch and rejects), `handshake`, `gossip` (dedupe, fanout, egress
 //! admission), `notice` (refusals told without an answer), `transmit` (control first, then DRR within permits), `timers`, `readiness`,
-//! `sessions` (lifecycle), `accounting` (the balance of counts) and `held` (what a session
-//! holds, for readers outside the node).
+//! `sessions` (lifecycle), `dial` (the configured peers kept dialed), `drain` (the end of the
+//! node), `accounting` (the balance of counts) and `held` (what a session holds, for readers
+//! outside the node).
 
 mod access;
 mod accounting;
+mod dial;
+mod drain;
 mod gossip;
 mod handshake;
 mod held;
@@ -36,6 +39,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::cap::CapVerifier;
 use crate::config::{Config, PqModeConfig};
+use crate::dialer::Dialer;
 use crate::egress::{Drr, OutFrame, Permits, Refusal};
 use crate::event::Event;
 use crate::limiter::TokenBucket;
@@ -56,6 +60,7 @@ use crate::store::Store;
 use crate::time::Time;
 use crate::transport::Link;
 use accounting::{Count, Counts};
+pub use drain::ShutdownReport;
 
 /// Housekeeping period: timeouts, keepalives, readiness sampling and gauges. Deadlines are
 /// checked at this granularity.
@@ -123,6 +128,74 @@ struct Probes {
     pq_ready: Option<bool>,
 }
 
+/// One overlay node: every decision of a svc-overlay process, with no IO, clock or thread.
+///
+/// # The run loop
+///
+/// The node is driven as quinn-proto's `Connection` or str0m's `Rtc`: the driver owns it
+/// alone and, over and over,
+///
+/// 1. feeds it **one input**, with the time: a connection accepted (`handle_accept`), a
+///    dial connected or failed (`handle_dialed`, `handle_dial_failed`), bytes read
+///    (`handle_bytes`), transmits written (`handle_written`), a connection gone
+///    (`handle_closed`), the time reached (`handle_timeout`), or a command (`publish`,
+///    `set_peer_addrs`, `set_probe`, `reconfigure`, `begin_drain`);
+/// 2. drains **every output**, in this order, until none is left: `poll_transmit` (bytes to
+///    write), `poll_event` (what happened, and aborts to carry out), `poll_dial`
+///    (connections to open to configured peers). Carrying an output out may itself be an
+///    input (an abort closes a connection: `handle_closed`), hence the loop;
+/// 3. waits for the next input or the instant `poll_timeout` names, whichever comes first.
+///
+/// Every deadline is the node's: each session's timeouts, the next dial of each configured
+/// peer (its backoff), and the drain's (`shutdown.drain_deadline`). When `drain_ended`, the
+/// driver calls `shutdown`, lets the closes flush, and logs `shutdown_report`.
+///
+/// ```no_run
+/// use overlay_core::observe::Metrics;
+/// use overlay_core::{Config, ConnId, Dial, Event, Overlay, Time, Transmit};
+///
+/// enum Input {
+///     Read(ConnId, bytes::BytesMut),
+///     Dialed(Dial, bool),
+///     Timeout,
+/// }
+/// # fn now() -> Time { Time::ZERO }
+/// # fn next_input(_wake: Option<Time>) -> Input { Input::Timeout }
+/// # fn write(_: Transmit) {}
+/// # fn connect(_: Dial) {}
+/// # fn on_event(_: Event) {}
+///
+/// let mut node = Overlay::new(Config::default(), Metrics::noop(), 7, now());
+/// node.set_peer_addrs(now(), "n2", vec!["10.0.0.2:7000".into()]);
+/// while !node.drain_ended() {
+///     match next_input(node.poll_timeout()) {
+///         Input::Read(conn, mut buf) => node.handle_bytes(now(), conn, &mut buf),
+///         Input::Dialed(d, true) => _ = node.handle_dialed(now(), &d),
+///         Input::Dialed(d, false) => _ = node.handle_dial_failed(now(), &d),
+///         Input::Timeout => node.handle_timeout(now()),
+///     }
+///     loop {
+///         let mut any = false;
+///         while let Some(t) = node.poll_transmit(now()) {
+///             write(t);
+///             any = true;
+///         }
+///         while let Some(ev) = node.poll_event() {
+///             on_event(ev);
+///             any = true;
+///         }
+///         while let Some(d) = node.poll_dial() {
+///             connect(d);
+///             any = true;
+///         }
+///         if !any {
+///             break;
+///         }
+///     }
+/// }
+/// node.shutdown(now());
+/// let report = node.shutdown_report(now());
+/// ```
 pub struct Overlay {
     cfg: Config,
     node_id: String,
@@ -189,12 +262,23 @@ pub struct Overlay {
     verifier: Option<Arc<dyn CapVerifier>>,
     /// The token this node presents when it dials (`auth.token_file`, read by the runtime).
     credential: Bytes,
+    /// The configured peers kept dialed, with their backoff.
+    dialer: Dialer,
+    /// Set by `begin_drain` (or a bare `shutdown`): the drain's deadline and its end.
+    drain: Option<drain::Drain>,
 }
 
 impl Overlay {
     /// A node with `cfg` (already validated), its metric handles and an RNG seed.
     pub fn new(cfg: Config, metrics: Metrics, seed: u64, now: Time) -> Overlay {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // Its own stream from the same seed: dials drawing jitter do not move the ids and
+        // nonces drawn from `rng`.
+        let dialer = Dialer::new(
+            cfg.overlay.dial_backoff_base,
+            cfg.overlay.dial_backoff_max,
+            ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_D1A1),
+        );
         let hasher = KeyedHasher::new(rng.next_u64(), rng.next_u64());
         let g = &cfg.overlay.gossip;
         let counts = Counts::new(&metrics);
@@ -254,6 +338,8 @@ impl Overlay {
             timers: std::collections::BinaryHeap::new(),
             verifier: None,
             credential: Bytes::new(),
+            dialer,
+            drain: None,
             cfg,
         };
         node.update_gauges();
@@ -433,6 +519,8 @@ impl Overlay {
             d
         };
         self.permits.set_capacity(g.egress_permits);
+        self.dialer
+            .set_backoff(cfg.overlay.dial_backoff_base, cfg.overlay.dial_backoff_max);
         self.store.set_bounds(g.store_bytes, g.store_ttl);
         self.handshakes
             .reconfigure(cfg.overlay.handshake_rate, cfg.overlay.handshake_burst);
@@ -581,10 +669,12 @@ impl Overlay {
     }
 
     /// The connection is gone (peer closed, error, or our close completed).
-    pub fn handle_closed(&mut self, _now: Time, conn: ConnId) {
+    pub fn handle_closed(&mut self, now: Time, conn: ConnId) {
         let Some(mut s) = self.sessions.remove(&conn) else {
             return;
         };
+        // A session to a configured peer that ended is redialed after the backoff.
+        self.dialer.session_ended(now, conn, s.role.is_some());
         self.unlist(&s);
         self.drr.remove(conn);
         self.ctrl_ready.retain(|c| *c != conn);
@@ -620,9 +710,12 @@ impl Overlay {
         self.update_gauges();
     }
 
-    /// Timers: handshake, read, write and idle timeouts, keepalive, readiness sampling.
+    /// Timers: handshake, read, write and idle timeouts, keepalive, readiness sampling,
+    /// dials whose backoff has passed, the drain deadline.
     pub fn handle_timeout(&mut self, now: Time) {
         self.fire_timers(now);
+        self.fire_dials(now);
+        self.check_drain_deadline(now);
         if now < self.next_tick {
             self.debug_check_balance();
             return;
@@ -690,39 +783,6 @@ impl Overlay {
             });
         }
         Ok(msg_id)
-    }
-
-    /// Starts draining for shutdown: readiness goes down first, every session is told
-    /// GOAWAY, new handshakes are refused `503 not_ready`, and sessions close as their
-    /// queues empty.
-    pub fn begin_drain(&mut self, now: Time) {
-        if self.draining {
-            return;
-        }
-        self.draining = true;
-        self.refresh_readiness(now);
-        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
-        for id in ids {
-            if self.sessions.get(&id).is_some_and(|s| s.is_established()) {
-                self.send_ctrl(id, &Ctrl::goaway());
-            }
-        }
-    }
-
-    /// The drain deadline passed: close every session now, counting what is still queued
-    /// as dropped (`timeout`).
-    pub fn shutdown(&mut self, now: Time) {
-        self.draining = true;
-        let ids: Vec<ConnId> = self.sessions.keys().copied().collect();
-        for id in ids {
-            if let Some(s) = self.sessions.get_mut(&id) {
-                let (c, g) = s.egress.clear();
-                self.queued.remove(&id);
-                self.egress_drop(DropReason::Timeout, (c + g) as u64);
-            }
-            self.close(now, id, CloseReason::Shutdown, false);
-        }
-        self.refresh_readiness(now);
     }
 
     // ----- outputs -------------------------------------------------------------------

@@ -1,4 +1,5 @@
-//! Per-session deadlines: handshake, read, write and idle timeouts, keepalive, notices.
+//! Deadlines: per session (handshake, read, write and idle timeouts, keepalive, notices),
+//! per configured peer (the next dial) and the drain's.
 //!
 //! A timer table in the manner of quinn-proto's: each session is filed under its earliest
 //! deadline, computed from its state, in a min-heap. A deadline that moves later (a frame
@@ -94,9 +95,16 @@ impl Overlay {
         }
     }
 
-    /// The earliest session deadline filed.
+    /// The earliest deadline: a session's filed here, a dial whose backoff ends, the
+    /// drain's. The last two are few (one per configured peer, one per node), so they are
+    /// looked up rather than filed.
     pub(super) fn next_timer(&self) -> Option<Time> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let session = self.timers.peek().map(|Reverse((at, _))| *at);
+        let dial = (!self.draining).then(|| self.dialer.next_due()).flatten();
+        [session, dial, self.drain_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub(super) fn session_timers(&mut self, now: Time, id: ConnId) {

@@ -186,7 +186,10 @@ impl Overlay {
     /// A new message: no longer missing; kept in the store for pulls and repair.
     pub(super) fn tree_accept(&mut self, now: Time, m: &Message) {
         self.missing.remove(&m.header.msg_id);
-        if self.tree_links == 0 {
+        // Spec-only peers never pull, so with no tree link among them nothing would ask. A
+        // node with no peer link at all (cut off, or its peers not yet redialed) keeps it:
+        // the DIGEST of its next link is the only way it reaches anyone.
+        if self.tree_links == 0 && !self.peers.is_empty() {
             return;
         }
         let evicted = self.store.insert(

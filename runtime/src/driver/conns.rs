@@ -27,7 +27,6 @@ pub(super) struct Conn {
     pub(super) pending: VecDeque<Transmit>,
     pub(super) reader: AbortHandle,
     pub(super) writer_task: AbortHandle,
-    pub(super) dial: Option<String>,
     /// Bytes of a frame not yet complete.
     pub(super) buf: BytesMut,
     pub(super) established: bool,
@@ -69,7 +68,6 @@ impl<N: Net> Driver<N> {
         stream: Wire<N::Stream>,
         ctx: Arc<ConnCtx>,
         span: Span,
-        dial: Option<String>,
     ) {
         let ctx = Arc::new(ConnCtx {
             conn,
@@ -106,7 +104,6 @@ impl<N: Net> Driver<N> {
                 pending: VecDeque::new(),
                 reader,
                 writer_task,
-                dial,
                 buf: BytesMut::new(),
                 established: false,
                 span,
@@ -167,21 +164,6 @@ impl<N: Net> Driver<N> {
     }
 
     pub(super) fn forget(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else {
-            return;
-        };
-        if let Some(addr) = &c.dial {
-            match self.dials.get(addr) {
-                Some(d) if d.retired => {
-                    if let Some(d) = self.dials.remove(addr) {
-                        d.task.abort();
-                    }
-                }
-                Some(d) => {
-                    let _ = d.ended.try_send(c.established);
-                }
-                None => {}
-            }
-        }
+        self.conns.remove(&conn);
     }
 }

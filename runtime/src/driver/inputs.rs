@@ -50,26 +50,29 @@ impl<N: Net> Driver<N> {
                     tls,
                 };
                 let conn = accept.in_scope(|| self.overlay.handle_accept_over(now, link));
-                self.attach(conn, stream, ctx, span, None);
+                self.attach(conn, stream, ctx, span);
                 self.publish(Some(conn), BusKind::Accepted);
             }
             Control::Connected {
                 stream,
-                addr,
+                dial,
                 tls,
                 opened,
             } => {
-                if self.drain.is_some() {
-                    return;
-                }
-                let ctx = self.new_ctx(addr.clone(), false, tls.as_ref(), opened);
+                self.dials.remove(&(dial.peer.clone(), dial.addr.clone()));
+                let ctx = self.new_ctx(dial.addr.clone(), false, tls.as_ref(), opened);
                 let span = self.session_span(&ctx);
                 let link = Link {
                     opened: self.time_of(opened),
                     tls,
                 };
-                let conn = span.in_scope(|| self.overlay.handle_connected_over(now, link));
-                self.attach(conn, stream, ctx, span, Some(addr));
+                // None: the core no longer wants this dial (draining, peer or address
+                // removed): the stream is dropped, which closes it.
+                let dialed = span.in_scope(|| self.overlay.handle_dialed_over(now, &dial, link));
+                let Some(conn) = dialed else {
+                    return;
+                };
+                self.attach(conn, stream, ctx, span);
                 self.publish(Some(conn), BusKind::Connected);
             }
             Control::TlsFailed {
@@ -90,20 +93,16 @@ impl<N: Net> Driver<N> {
                     },
                 );
             }
-            Control::DialFailed {
-                addr,
-                error,
-                failures,
-            } => {
-                self.overlay.metrics().dial_failures.increment(1);
-                self.publish(
-                    None,
-                    BusKind::DialFailed {
-                        addr,
+            Control::DialFailed { dial, error } => {
+                self.dials.remove(&(dial.peer.clone(), dial.addr.clone()));
+                if let Some(failures) = self.overlay.handle_dial_failed(now, &dial) {
+                    let kind = BusKind::DialFailed {
+                        addr: dial.addr,
                         error,
                         failures,
-                    },
-                );
+                    };
+                    self.publish(None, kind);
+                }
             }
             Control::Resolved {
                 name,
@@ -126,14 +125,11 @@ impl<N: Net> Driver<N> {
                 self.to_close.push(c);
                 true
             }
-            AfterPanic::Redial(addr) => {
-                self.dials.remove(&addr);
-                // A dialer of an address no longer to dial is not restarted, so not counted.
-                let again = self.targets.contains(&addr);
-                if again {
-                    self.spawn_dialer(addr);
-                }
-                again
+            AfterPanic::Redial(dial) => {
+                self.dials.remove(&(dial.peer.clone(), dial.addr.clone()));
+                // A failed dial to the core, which redials an address still configured (so
+                // a restart, counted) and forgets one that is not.
+                self.overlay.handle_dial_failed(now, &dial).is_some()
             }
             AfterPanic::Resolve(name) => {
                 self.resolvers.remove(&name);

@@ -1,18 +1,20 @@
-//! The driver: the one task that owns a node's `Overlay`. It feeds the node bytes, time
-//! and signals, drains its outputs after every input, and moves transmits to the writer
-//! tasks. Nothing else touches the `Overlay`, so it needs no lock.
+//! The driver: the one task that owns a node's `Overlay`. It feeds the node bytes, time,
+//! dial outcomes and signals, drains its outputs after every input, and carries them out:
+//! transmits to the writer tasks, dials to connect tasks. Nothing else touches the
+//! `Overlay`, so it needs no lock; and it decides nothing the node could (no deadline, no
+//! backoff of its own).
 //!
 //! The loop is here; the rest of `Driver` is split by what it does: `spawn` (the tasks it
-//! starts and supervises), `inputs` (one handler per channel), `conns` (the connection
-//! table), `peers` (resolvers and dialers of the configured peers), `outputs` (draining the node to writers and the bus), `shutdown` (drain and the
-//! final accounting).
+//! starts and supervises, the dials it runs), `inputs` (one handler per channel), `conns`
+//! (the connection table), `peers` (the configured peers, names resolved, handed to the
+//! core), `outputs` (draining the node to writers, connects and the bus), `shutdown` (the
+//! drain, the flush, and the log of the node's report).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use overlay_core::sync::{QueueAccount, Snapshot};
 use overlay_core::{Config, ConnId, Event, Overlay, ReadyView, Time};
-use rand_chacha::ChaCha8Rng;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
@@ -40,23 +42,13 @@ mod supervise;
 
 pub(crate) use command::Command;
 pub use command::NodeStats;
-pub use shutdown::ShutdownReport;
-
-/// A peer address's dialer task, and the channel that tells it its connection ended.
-struct Dial {
-    task: AbortHandle,
-    ended: mpsc::Sender<bool>,
-    /// Its address is no longer to be dialed, but its connection is still open: the dialer
-    /// ends with that connection instead of redialing (`peers`).
-    retired: bool,
-}
+pub use overlay_core::ShutdownReport;
 
 pub(crate) struct Parts<N: Net> {
     pub net: N,
     pub overlay: Overlay,
     pub cfg: Config,
     pub start: Instant,
-    pub seed: u64,
     pub cmd_rx: mpsc::Receiver<Command>,
     pub bus: broadcast::Sender<BusEvent>,
     pub ready: Arc<Snapshot<ReadySnapshot>>,
@@ -75,11 +67,11 @@ pub(crate) struct Driver<N: Net> {
     bounds: Bounds,
     node: Arc<str>,
     start: Instant,
-    rng: ChaCha8Rng,
     // Ordered maps: the driver aborts and closes by iterating these, and a hash order
     // (random per process) would make simulated runs unrepeatable.
     conns: BTreeMap<ConnId, Conn>,
-    dials: BTreeMap<String, Dial>,
+    /// Connects in flight, by the configured peer and address the core dialed.
+    dials: BTreeMap<(Arc<str>, String), AbortHandle>,
     /// What the configured peer entries stand for now, names resolved.
     targets: PeerTargets,
     /// One resolver task per configured peer name.
@@ -104,14 +96,12 @@ pub(crate) struct Driver<N: Net> {
     to_close: Vec<ConnId>,
     /// Read credits of peers held back while the core pauses reads (`read_paused`).
     held_credits: Vec<(ConnId, crate::io::credit::Credit)>,
-    drain: Option<(Instant, Instant)>,
     startup: Vec<Event>,
     tls: Arc<TlsContext>,
 }
 
 impl<N: Net> Driver<N> {
     pub(crate) fn new(p: Parts<N>) -> Driver<N> {
-        use rand::SeedableRng;
         let bounds = Bounds::from_config(&p.cfg);
         let targets = PeerTargets::new(&p.cfg.overlay.peers);
         let ingress_channel = bounds.ingress_channel;
@@ -125,7 +115,6 @@ impl<N: Net> Driver<N> {
             cfg: p.cfg,
             bounds,
             start: p.start,
-            rng: ChaCha8Rng::seed_from_u64(p.seed ^ 0x5EED_D1A1),
             conns: BTreeMap::new(),
             dials: BTreeMap::new(),
             targets,
@@ -147,7 +136,6 @@ impl<N: Net> Driver<N> {
             corr: p.corr,
             to_close: Vec::new(),
             held_credits: Vec::new(),
-            drain: None,
             startup: p.startup,
             tls: p.tls,
         }
@@ -169,38 +157,34 @@ impl<N: Net> Driver<N> {
         self.start + t.since_epoch()
     }
 
-    /// The loop: one input, then every output, until the drain ends.
+    /// The loop, as `Overlay`'s contract has it: one input, then every output drained
+    /// (`drain_outputs`), then sleep until the next input or `poll_timeout`, until the
+    /// drain ends. Every deadline (sessions, dials, the drain) is the core's.
     pub(crate) async fn run(mut self) -> ShutdownReport {
         for ev in std::mem::take(&mut self.startup) {
             self.on_event(ev);
         }
+        let now = self.now();
+        self.drain_outputs(now);
         self.publish_ready();
         loop {
             self.heartbeat.beat();
             let now = self.now();
-            if let Some(t) = self.overlay.poll_timeout() {
-                if t <= now {
-                    self.overlay.handle_timeout(now);
-                    self.drain_outputs(now);
-                    // Timers move readiness (sustained windows, recovery); an idle node
-                    // would otherwise serve the old /readyz until its next input.
-                    self.publish_ready();
-                }
+            if self.overlay.poll_timeout().is_some_and(|t| t <= now) {
+                self.overlay.handle_timeout(now);
+                self.drain_outputs(now);
+                // Timers move readiness (sustained windows, recovery); an idle node
+                // would otherwise serve the old /readyz until its next input.
+                self.publish_ready();
             }
-            if let Some((deadline, _)) = self.drain {
-                if self.overlay.is_drained() || Instant::now() >= deadline {
-                    break;
-                }
+            if self.overlay.drain_ended() {
+                break;
             }
             let wake = self
                 .overlay
                 .poll_timeout()
                 .map(|t| self.instant(t))
                 .unwrap_or_else(|| Instant::now() + overlay_core::TICK);
-            let wake = match self.drain {
-                Some((deadline, _)) => wake.min(deadline),
-                None => wake,
-            };
             tokio::select! {
                 // Writer reports first: they return egress permits, which unblock output.
                 biased;

@@ -9,7 +9,9 @@ use crate::io::net::Net;
 use crate::telemetry::bus::{BusEvent, BusKind, ConnCtx};
 
 impl<N: Net> Driver<N> {
-    /// Drains every output of the node; returns how many connections got transmits.
+    /// Drains every output of the node, in the contract's order (transmits, events, dials;
+    /// then the closes they asked for) until none is left; returns how many connections got
+    /// transmits.
     pub(super) fn drain_outputs(&mut self, now: Time) -> usize {
         let mut touched: Vec<ConnId> = Vec::new();
         loop {
@@ -23,6 +25,10 @@ impl<N: Net> Driver<N> {
             }
             while let Some(ev) = self.overlay.poll_event() {
                 self.on_event(ev);
+                progressed = true;
+            }
+            while let Some(d) = self.overlay.poll_dial() {
+                self.spawn_dial(d);
                 progressed = true;
             }
             for conn in std::mem::take(&mut self.to_close) {

@@ -1,11 +1,8 @@
-//! Keeping the configured peers dialed: one resolver per peer given by name, and one dialer
-//! per address the entries stand for now (`io::resolve::PeerTargets`). A dialer whose
-//! address is gone is stopped, or, while its connection is open, retired: the connection is
-//! left to end by itself, and the dialer ends with it. Retiring rather than stopping is what
-//! keeps an address that flaps out of an answer and back (rotating DNS answers) at one
-//! connection: the dialer it comes back to is the one still holding it.
+//! The configured peers, handed to the core: one resolver per peer given by name, and after
+//! every change (start, reload, an answer that changed) each entry's current addresses
+//! given to the core (`Overlay::set_peer_addrs`), which decides when each is dialed and
+//! stops redialing an address that left its answer (its open session stays).
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use overlay_core::observe::ResolveOutcome;
@@ -17,10 +14,10 @@ use crate::io::resolve::resolve_loop;
 use crate::telemetry::bus::BusKind;
 
 impl<N: Net> Driver<N> {
-    /// Brings the resolvers and dialers in line with `targets`: at start, after a reload,
-    /// after an answer that changed. Nothing new starts once the node drains.
+    /// Brings the resolvers and the core's dial set in line with `targets`. Nothing new
+    /// starts once the node drains.
     pub(crate) fn sync_peers(&mut self) {
-        if self.drain.is_some() {
+        if self.overlay.is_draining() {
             return;
         }
         let targets = &self.targets;
@@ -37,27 +34,29 @@ impl<N: Net> Driver<N> {
                 self.spawn_resolver(name);
             }
         }
-        let addrs = self.targets.addrs();
-        let open: BTreeSet<&str> = self
-            .conns
-            .values()
-            .filter_map(|c| c.dial.as_deref())
-            .collect();
-        self.dials.retain(|addr, d| {
-            d.retired = !addrs.contains(addr);
-            let keep = !d.retired || open.contains(addr.as_str());
+        let now = self.now();
+        let entries = self.targets.entries();
+        self.overlay
+            .retain_peers(|p| entries.iter().any(|(e, _)| e == p));
+        // Connects the core no longer wants would be dropped when they came back; stop them
+        // now instead.
+        self.dials.retain(|(peer, addr), task| {
+            let keep = entries
+                .iter()
+                .any(|(e, addrs)| **e == **peer && addrs.contains(addr));
             if !keep {
-                d.task.abort();
+                task.abort();
             }
             keep
         });
-        for addr in addrs {
-            self.spawn_dialer(addr);
+        for (entry, addrs) in entries {
+            self.overlay.set_peer_addrs(now, &entry, addrs);
         }
+        self.drain_outputs(now);
     }
 
     pub(super) fn spawn_resolver(&mut self, name: String) {
-        if self.resolvers.contains_key(&name) || self.drain.is_some() {
+        if self.resolvers.contains_key(&name) || self.overlay.is_draining() {
             return;
         }
         let fut = resolve_loop(
@@ -72,7 +71,7 @@ impl<N: Net> Driver<N> {
     }
 
     /// Stops every resolver, so that the next `sync_peers` starts them anew (a reload that
-    /// changed `overlay.peer_resolve_interval`); the answers they had stay.
+    /// changed `overlay.peer_resolve_interval`, or the drain); the answers they had stay.
     pub(super) fn restart_resolvers(&mut self) {
         for task in std::mem::take(&mut self.resolvers).into_values() {
             task.abort();

@@ -1,19 +1,18 @@
 //! The tasks the driver starts: supervised tasks whose panic is reported and contained,
-//! singletons restarted by their `Supervisor`, the acceptor, and the dialer of one peer
-//! address.
+//! singletons restarted by their `Supervisor`, the acceptor, and a connect per dial the core
+//! asks for.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use overlay_core::Probe;
-use rand::RngCore;
-use tokio::sync::{mpsc, Semaphore};
+use overlay_core::{Dial, Probe};
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use super::supervise::{panic_message, Supervisor};
-use super::{Dial, Driver};
+use super::Driver;
 use crate::io::accept::{accept_loop, TlsAccept};
 use crate::io::fd::FdBudget;
 use crate::io::messages::{AfterPanic, Control};
@@ -103,28 +102,19 @@ impl<N: Net> Driver<N> {
         self.spawn_supervised(AfterPanic::Lost, task, fut);
     }
 
-    pub(super) fn spawn_dialer(&mut self, addr: String) {
-        if self.dials.contains_key(&addr) || self.drain.is_some() {
-            return;
-        }
-        let (ended_tx, ended_rx) = mpsc::channel(1);
-        let fut = crate::io::dial::dial_loop(
+    /// Runs one dial the core asked for.
+    pub(super) fn spawn_dial(&mut self, d: Dial) {
+        let key = (d.peer.clone(), d.addr.clone());
+        let fut = crate::io::dial::dial(
             self.net.clone(),
-            addr.clone(),
+            d.clone(),
             self.ctl_tx.clone(),
-            ended_rx,
-            self.rng.next_u64(),
-            self.bounds.clone(),
+            self.bounds.connect_timeout,
             self.tls.clone(),
         );
-        let task = self.spawn_supervised(AfterPanic::Redial(addr.clone()), "dialer", fut);
-        self.dials.insert(
-            addr,
-            Dial {
-                task,
-                ended: ended_tx,
-                retired: false,
-            },
-        );
+        let task = self.spawn_supervised(AfterPanic::Redial(d), "dialer", fut);
+        if let Some(old) = self.dials.insert(key, task) {
+            old.abort();
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use overlay_core::{ConnId, Probe, TlsRefusal, TlsSession};
+use overlay_core::{ConnId, Dial, Probe, TlsRefusal, TlsSession};
 use tokio::time::Instant;
 
 use crate::io::credit::Credit;
@@ -21,9 +21,11 @@ pub(crate) enum Control<S> {
         tls: Option<TlsSession>,
         opened: Instant,
     },
+    /// A dial the core asked for connected (over TLS for a `tls://` peer, its name
+    /// verified).
     Connected {
         stream: Wire<S>,
-        addr: String,
+        dial: Dial,
         tls: Option<TlsSession>,
         opened: Instant,
     },
@@ -35,9 +37,8 @@ pub(crate) enum Control<S> {
         detail: String,
     },
     DialFailed {
-        addr: String,
+        dial: Dial,
         error: String,
-        failures: u32,
     },
     /// A lookup of a peer given by name: its addresses, or why it failed (`failures` in a
     /// row).
@@ -60,8 +61,9 @@ pub(crate) enum Control<S> {
 pub(crate) enum AfterPanic {
     /// A connection's reader or writer: the connection is closed; new ones are served.
     Close(ConnId),
-    /// A dialer: restarted if its address is still one to dial.
-    Redial(String),
+    /// A dial's connect task: the dial counts as failed, and the core retries it if the
+    /// peer is still configured.
+    Redial(Dial),
     /// A peer name's resolver: restarted if the name is still configured.
     Resolve(String),
     /// A singleton task restarted by its `Supervisor`; the probe it upholds reads false

@@ -200,7 +200,6 @@ impl Node {
             overlay,
             cfg: cfg.clone(),
             start,
-            seed: opts.seed,
             cmd_rx,
             bus: bus.clone(),
             ready: ready_tx,
