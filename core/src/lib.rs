@@ -30,7 +30,9 @@ pub mod transport;
 pub use config::{Config, ConfigError};
 pub use dialer::Dial;
 pub use event::Event;
-pub use node::{Held, Overlay, PublishError, ShutdownReport, Transmit, PRESSURE_GRACE, TICK};
+pub use node::{
+    Held, Overlay, PublishError, ShutdownReport, Transmit, PEER_PRESSURE_MAX, PRESSURE_GRACE, TICK,
+};
 pub use ready::{Probe, ReadyState, ReadyView};
 pub use reason::RejectReason;
 pub use session::{CloseReason, ConnId};

@@ -149,3 +149,34 @@ fn a_client_that_closes_owing_is_counted() {
     assert!(!net.nodes[0].reads_paused());
     net.assert_balance();
 }
+
+/// A subscriber that stays behind (here: never reads) pauses the node's peer reads for
+/// `PEER_PRESSURE_MAX` at most: then it is demoted and counted, and the node reads its peers
+/// again while the subscriber is still owed. Before, one slow subscriber could hold every
+/// peer read of its node paused for as long as it kept its session.
+#[test]
+fn a_subscriber_that_stays_behind_stops_pausing_the_node() {
+    let cfg = cfg_with(|_| {});
+    let mut net = Net::new(75, 1, move |_| cfg.clone());
+    let slow = net.client(0, Role::Client, &["t"]);
+    let publisher = net.client(0, Role::Client, &["none"]);
+    net.settle();
+    let conn = net.clients[slow].conn;
+    net.stall(End::Node(0, conn), true);
+    burst(&mut net, publisher, 48);
+    assert!(net.nodes[0].reads_paused());
+    net.advance(overlay_core::PEER_PRESSURE_MAX - Duration::from_millis(300));
+    assert!(net.nodes[0].reads_paused(), "paused within the window");
+    net.advance(Duration::from_millis(600));
+    assert!(!net.nodes[0].reads_paused(), "demoted past the window");
+    assert_eq!(net.counter(0, PEER_DEMOTIONS_TOTAL, &[]), 1);
+    assert!(net.gauge(0, OWED_MESSAGES, &[]) > 0.0, "still owed");
+    net.resume(End::Node(0, conn));
+    net.settle();
+    assert_eq!(
+        net.messages(slow).len(),
+        48,
+        "and it gets them all once it reads"
+    );
+    net.assert_balance();
+}

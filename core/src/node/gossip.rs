@@ -332,8 +332,8 @@ impl Overlay {
             self.fanout_buf = peers;
             // Tree links: the payload whole to eager peers; one over its watermark is owed
             // it (sent from the store as its queue drains), or told the id if even that
-            // is full (it pulls when it has room); the id to lazy ones. The ttl is not spent on tree links: reachability does not depend
-            // on which copy arrived first.
+            // is full (it pulls when it has room); the id to lazy ones. The ttl is not
+            // spent on tree links: reachability does not depend on which copy arrived first.
             let id = m.header.msg_id;
             let wm = self.cfg.readiness.queue_high_watermark;
             let (lim_f, lim_b) = (
@@ -463,8 +463,8 @@ impl Overlay {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        // A client that is owed messages stays under pressure until they are sent: its node
-        // keeps its peer reads paused so that the debt stops growing.
+        // A session that is owed messages stays under pressure until they are sent: its
+        // node keeps its other peer reads paused so that the debt stops growing.
         let over = s.phase != Phase::Closing
             && (!s.owed.is_empty()
                 || s.egress
@@ -472,18 +472,17 @@ impl Overlay {
                     >= wm);
         if over != s.over_watermark {
             s.over_watermark = over;
-            if s.role == Some(Role::Client) {
+            let pressure = match s.role {
+                Some(Role::Client) => Some(&mut self.client_pressure),
+                Some(Role::Peer) => Some(&mut self.peer_pressure),
+                None => None,
+            };
+            if let Some(p) = pressure {
                 if over {
-                    self.client_pressure += 1;
-                } else {
-                    self.client_pressure -= 1;
-                }
-            } else if s.role == Some(Role::Peer) {
-                if over {
-                    self.peer_pressure += 1;
+                    *p += 1;
                 } else {
                     if !s.demoted {
-                        self.peer_pressure -= 1;
+                        *p -= 1;
                     }
                     s.demoted = false;
                     s.pressured_ticks = 0;

@@ -21,6 +21,7 @@ mod link;
 mod notice;
 mod owed;
 mod pressure;
+pub use pressure::PEER_PRESSURE_MAX;
 mod readiness;
 mod sessions;
 mod timers;
@@ -696,7 +697,7 @@ impl Overlay {
         self.forgive(std::mem::take(&mut s.owed));
         if s.over_watermark {
             self.over_watermark -= 1;
-            if s.role == Some(Role::Client) {
+            if s.role == Some(Role::Client) && !s.demoted {
                 self.client_pressure -= 1;
             } else if s.role == Some(Role::Peer) && !s.demoted {
                 self.peer_pressure -= 1;

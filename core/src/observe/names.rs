@@ -550,7 +550,7 @@ pub const INVENTORY: &[MetricSpec] = &[
     spec(
         PEER_DEMOTIONS_TOTAL,
         Kind::Counter,
-        "Peers that stayed over their egress watermark long enough to stop pausing the node's other reads (slow, not busy).",
+        "Sessions (peers or subscribers) that stayed over their egress watermark long enough to stop pausing the node's reads (slow, not busy).",
         &[],
     ),
     spec(
