@@ -727,7 +727,7 @@ impl Overlay {
             self.close_drained(now);
         }
         self.tree_tick(now);
-        self.demote_slow_peers();
+        self.demote_slow_sessions();
         self.refresh_readiness(now);
         self.update_gauges();
         self.debug_check_balance();

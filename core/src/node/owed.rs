@@ -31,10 +31,13 @@ impl Overlay {
         let Some(s) = self.sessions.get(&c) else {
             return false;
         };
+        if s.phase == Phase::Closing {
+            return false;
+        }
         if s.owed_ids.contains(&id) {
             return true;
         }
-        if s.owed.len() >= bound || s.phase == Phase::Closing {
+        if s.owed.len() >= bound {
             return false;
         }
         let Ok(chunks) = oap::Chunks::new(header, data, s.chunk) else {

@@ -17,7 +17,7 @@ pub const PEER_PRESSURE_MAX: Duration = Duration::from_secs(2);
 impl Overlay {
     /// At each tick: sessions over their watermark for `PEER_PRESSURE_MAX` in a row are
     /// demoted. Scans the peers (or the clients) only while one of them is pressing.
-    pub(super) fn demote_slow_peers(&mut self) {
+    pub(super) fn demote_slow_sessions(&mut self) {
         let limit = (PEER_PRESSURE_MAX.as_millis() / TICK.as_millis()) as u32;
         if self.peer_pressure > 0 {
             let peers = std::mem::take(&mut self.peers);

@@ -46,6 +46,7 @@ impl Overlay {
             }
         }
         let owed = if drop_gossip {
+            s.owed_ids.clear();
             std::mem::take(&mut s.owed)
         } else {
             VecDeque::new()
