@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use overlay_core::oap::Role;
 use overlay_core::observe::names::*;
+use overlay_core::ConnId;
 use support::*;
 
 fn cfg_with(f: impl Fn(&mut overlay_core::Config)) -> overlay_core::Config {
@@ -19,6 +20,18 @@ fn cfg_with(f: impl Fn(&mut overlay_core::Config)) -> overlay_core::Config {
     cfg.timeouts.idle = Duration::from_secs(600);
     f(&mut cfg);
     cfg
+}
+
+/// One node with a subscriber of "t" that has stopped reading and a publisher: the
+/// network, the subscriber, the publisher and the subscriber's connection.
+fn stalled(seed: u64, cfg: overlay_core::Config) -> (Net, usize, usize, ConnId) {
+    let mut net = Net::new(seed, 1, move |_| cfg.clone());
+    let slow = net.client(0, Role::Client, &["t"]);
+    let publisher = net.client(0, Role::Client, &["none"]);
+    net.settle();
+    let conn = net.clients[slow].conn;
+    net.stall(End::Node(0, conn), true);
+    (net, slow, publisher, conn)
 }
 
 /// Publishes `n` un-acked messages in reads of 8, the way a peer's bursts arrive.
@@ -59,12 +72,7 @@ fn delivered_ids(net: &Net, c: usize) -> Vec<[u8; 16]> {
 #[test]
 fn a_full_subscriber_is_owed_every_message_in_order() {
     let cfg = cfg_with(|_| {});
-    let mut net = Net::new(71, 1, move |_| cfg.clone());
-    let slow = net.client(0, Role::Client, &["t"]);
-    let publisher = net.client(0, Role::Client, &["none"]);
-    net.settle();
-    let conn = net.clients[slow].conn;
-    net.stall(End::Node(0, conn), true);
+    let (mut net, slow, publisher, conn) = stalled(71, cfg);
     burst(&mut net, publisher, 48);
     assert_eq!(full_drops(&net), 0, "nothing dropped");
     assert!(
@@ -90,12 +98,7 @@ fn owing_past_its_bound_drops_and_counts() {
     for owed in [5usize, 0] {
         let cfg = cfg_with(|c| c.overlay.peer.owed_messages = owed);
         let want = room(&cfg) + owed;
-        let mut net = Net::new(72, 1, move |_| cfg.clone());
-        let slow = net.client(0, Role::Client, &["t"]);
-        let publisher = net.client(0, Role::Client, &["none"]);
-        net.settle();
-        let conn = net.clients[slow].conn;
-        net.stall(End::Node(0, conn), true);
+        let (mut net, slow, publisher, conn) = stalled(72, cfg);
         burst(&mut net, publisher, 60);
         net.resume(End::Node(0, conn));
         net.settle();
@@ -112,12 +115,7 @@ fn owing_past_its_bound_drops_and_counts() {
 fn an_owed_message_the_store_let_go_is_dropped_and_counted() {
     let cfg = cfg_with(|c| c.overlay.gossip.store_ttl = Duration::from_secs(1));
     let held = room(&cfg);
-    let mut net = Net::new(73, 1, move |_| cfg.clone());
-    let slow = net.client(0, Role::Client, &["t"]);
-    let publisher = net.client(0, Role::Client, &["none"]);
-    net.settle();
-    let conn = net.clients[slow].conn;
-    net.stall(End::Node(0, conn), true);
+    let (mut net, slow, publisher, conn) = stalled(73, cfg);
     burst(&mut net, publisher, 50);
     net.advance(Duration::from_secs(2));
     net.resume(End::Node(0, conn));
@@ -135,12 +133,7 @@ fn an_owed_message_the_store_let_go_is_dropped_and_counted() {
 #[test]
 fn a_client_that_closes_owing_is_counted() {
     let cfg = cfg_with(|_| {});
-    let mut net = Net::new(74, 1, move |_| cfg.clone());
-    let slow = net.client(0, Role::Client, &["t"]);
-    let publisher = net.client(0, Role::Client, &["none"]);
-    net.settle();
-    let conn = net.clients[slow].conn;
-    net.stall(End::Node(0, conn), true);
+    let (mut net, _, publisher, conn) = stalled(74, cfg);
     burst(&mut net, publisher, 50);
     net.disconnect(End::Node(0, conn));
     net.settle();
@@ -157,12 +150,7 @@ fn a_client_that_closes_owing_is_counted() {
 #[test]
 fn a_subscriber_that_stays_behind_stops_pausing_the_node() {
     let cfg = cfg_with(|_| {});
-    let mut net = Net::new(75, 1, move |_| cfg.clone());
-    let slow = net.client(0, Role::Client, &["t"]);
-    let publisher = net.client(0, Role::Client, &["none"]);
-    net.settle();
-    let conn = net.clients[slow].conn;
-    net.stall(End::Node(0, conn), true);
+    let (mut net, slow, publisher, conn) = stalled(75, cfg);
     burst(&mut net, publisher, 48);
     assert!(net.nodes[0].reads_paused());
     net.advance(overlay_core::PEER_PRESSURE_MAX - Duration::from_millis(300));
