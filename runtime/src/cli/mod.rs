@@ -14,6 +14,7 @@ use peer::{MessageLine, PublishArgs};
 mod args;
 pub mod daemon;
 pub mod demo;
+mod malloc;
 pub mod peer;
 pub mod signals;
 mod token;
@@ -21,6 +22,7 @@ mod token;
 pub use args::{Cli, Cmd, ConnectOpts, PublishOpts, RunOpts, SubscribeOpts, TokenCmd};
 
 pub fn main() -> ExitCode {
+    malloc::configure();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Cmd::Run(RunOpts::default())) {
         Cmd::Run(o) => run(o),
