@@ -152,6 +152,11 @@ impl DaemonBuilder {
         self.env.push((name, value.into()));
         self
     }
+    /// An environment variable that is not a config key (`MALLOC_ARENA_MAX`).
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
     /// Runs the daemon with `RLIMIT_NOFILE` (soft and hard) at `n`, as `prlimit` would.
     pub fn nofile(mut self, n: u64) -> Self {
         self.nofile = Some(n);
@@ -218,6 +223,7 @@ impl Daemon {
             }
         }
         cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        cmd.env_remove("MALLOC_ARENA_MAX");
         for (k, v) in &b.env {
             cmd.env(k, v);
         }

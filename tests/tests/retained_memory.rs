@@ -123,3 +123,53 @@ fn small_deliveries_behind_large_pings_do_not_pin_memory() {
         "RSS grew {grown} bytes for {queued_bytes} bytes queued"
     );
 }
+
+/// glibc's arenas other than the main one (which grows with `brk`): each is a mapping of
+/// `HEAP_MAX_SIZE` (64 MiB on 64-bit) aligned to its size, the part in use read-write and
+/// the rest reserved `---p` right after it.
+fn arena_heaps(pid: i32) -> usize {
+    const HEAP: u64 = 64 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let anon: Vec<(u64, u64, bool)> = maps
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Anonymous: no path (inode 0, nothing after it).
+            if f.len() != 5 {
+                return None;
+            }
+            let (a, b) = f[0].split_once('-')?;
+            let a = u64::from_str_radix(a, 16).ok()?;
+            let b = u64::from_str_radix(b, 16).ok()?;
+            Some((a, b, f[1].starts_with("rw")))
+        })
+        .collect();
+    anon.windows(2)
+        .filter(|w| {
+            let ((a, b, rw), (c, d, rw2)) = (w[0], w[1]);
+            a % HEAP == 0 && rw && !rw2 && b == c && d - a == HEAP
+        })
+        .count()
+}
+
+#[test]
+fn the_daemon_allocates_from_one_arena_unless_the_operator_says_otherwise() {
+    let one = Daemon::start();
+    one.wait_readyz(200, WAIT);
+    let _ = one.scrape();
+    assert_eq!(
+        arena_heaps(one.pid()),
+        0,
+        "a glibc arena besides the main one: each keeps its own peak of the payloads that \
+         pass through it"
+    );
+    // The operator's setting stands, and the count above can see arenas: glibc's default
+    // gives each worker thread its own.
+    let theirs = Daemon::builder().env("MALLOC_ARENA_MAX", "8").start();
+    theirs.wait_readyz(200, WAIT);
+    let _ = theirs.scrape();
+    assert!(
+        arena_heaps(theirs.pid()) >= 1,
+        "MALLOC_ARENA_MAX=8 was not left to glibc"
+    );
+}
