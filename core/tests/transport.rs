@@ -200,7 +200,10 @@ fn incoming_tls_connections_are_charged_once_before_any_crypto() {
         net.counter(0, HANDSHAKE_FAILURES_TOTAL, &[("reason", "ratelimit")]),
         3
     );
-    assert_eq!(net.counter(0, REJECTED_TOTAL, &[("reason", "ratelimit")]), 3);
+    assert_eq!(
+        net.counter(0, REJECTED_TOTAL, &[("reason", "ratelimit")]),
+        3
+    );
     assert_eq!(net.counter(0, HANDSHAKE_ATTEMPTS_TOTAL, &[]), 3);
     // Refused before any session: nothing to hold, nothing in the frame balance.
     assert_eq!(net.nodes[0].session_count(), 0);

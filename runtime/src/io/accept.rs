@@ -2,15 +2,18 @@
 //! driver; a failed accept pauses instead of spinning, and its log line is rate-limited.
 //! On the TLS listener each connection's handshake runs in its own task, at most
 //! `overlay.max_conns` at once, so a client that stalls its handshake holds one slot for
-//! at most `overlay.handshake_timeout` and cannot hold up the others.
+//! at most `overlay.handshake_timeout` and cannot hold up the others. Before a TLS
+//! connection is read from, the core decides whether it gets a handshake at all
+//! (`Control::Incoming`): one over the handshake rate is closed unread, so a flood costs an
+//! accept and a close per connection, not a TLS handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use overlay_core::observe::{AcceptPause, Metrics};
-use overlay_core::Probe;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use overlay_core::{Admission, Prepaid, Probe};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -19,7 +22,7 @@ use crate::io::fd::FdBudget;
 use crate::io::messages::Control;
 use crate::io::net::{Listener, Stream};
 use crate::io::tls::{TlsContext, Wire};
-use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY};
+use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY, INCOMING_REFUSED_LOG_EVERY};
 
 /// TLS handshakes of one listener: the context, their deadline and their bound.
 pub(crate) struct TlsAccept {
@@ -36,6 +39,7 @@ pub(crate) async fn accept_loop<L: Listener>(
     tls: Option<&TlsAccept>,
 ) {
     let mut errors = LogThrottle::new(ACCEPT_ERROR_LOG_EVERY);
+    let mut refusals = LogThrottle::new(INCOMING_REFUSED_LOG_EVERY);
     // Dropped with this loop (a panic, the node stopping): their handshakes end with it.
     let mut handshakes = JoinSet::new();
     loop {
@@ -69,8 +73,27 @@ pub(crate) async fn accept_loop<L: Listener>(
                 let opened = Instant::now();
                 match (tls, slot) {
                     (Some(t), Some(slot)) => {
-                        let (ctx, timeout, ctl) = (t.ctx.clone(), t.timeout, ctl.clone());
-                        handshakes.spawn(handshake(ctx, stream, peer, opened, timeout, ctl, slot));
+                        let Some(admission) = ask(ctl).await else {
+                            return;
+                        };
+                        let Admission::Admit(prepaid) = admission else {
+                            // Dropped unread (the kernel answers unread bytes with a RST);
+                            // already counted by the core.
+                            drop((stream, slot));
+                            if let Some(suppressed) = refusals.admit() {
+                                tracing::warn!(event = "incoming_refused", reason = "ratelimit",
+                                    suppressed, "TLS connections over overlay.handshake_rate closed before the handshake");
+                            }
+                            continue;
+                        };
+                        let a = Admitted {
+                            stream,
+                            peer,
+                            opened,
+                            prepaid,
+                            _slot: slot,
+                        };
+                        handshakes.spawn(handshake(t.ctx.clone(), t.timeout, ctl.clone(), a));
                     }
                     _ => {
                         let msg = Control::Accepted {
@@ -78,6 +101,7 @@ pub(crate) async fn accept_loop<L: Listener>(
                             peer,
                             tls: None,
                             opened,
+                            prepaid: None,
                         };
                         // A full control channel slows accepting down: backpressure, not loss.
                         if ctl.send(msg).await.is_err() {
@@ -96,6 +120,13 @@ pub(crate) async fn accept_loop<L: Listener>(
             }
         }
     }
+}
+
+/// The core's admission of a TLS connection; `None` once the driver is gone.
+async fn ask<S>(ctl: &mpsc::Sender<Control<S>>) -> Option<Admission> {
+    let (reply, answer) = oneshot::channel();
+    ctl.send(Control::Incoming { reply }).await.ok()?;
+    answer.await.ok()
 }
 
 /// A handshake slot; with none free the acceptor pauses (counted) and leaves new
@@ -119,21 +150,35 @@ async fn take_slot(
     }
 }
 
-async fn handshake<S: Stream>(
-    ctx: Arc<TlsContext>,
+/// A TLS connection the core admitted, holding its handshake slot until its handshake ends.
+struct Admitted<S> {
     stream: S,
     peer: SocketAddr,
     opened: Instant,
+    prepaid: Prepaid,
+    _slot: OwnedSemaphorePermit,
+}
+
+async fn handshake<S: Stream>(
+    ctx: Arc<TlsContext>,
     timeout: Duration,
     ctl: mpsc::Sender<Control<S>>,
-    _slot: OwnedSemaphorePermit,
+    a: Admitted<S>,
 ) {
+    let Admitted {
+        stream,
+        peer,
+        opened,
+        prepaid,
+        _slot,
+    } = a;
     let msg = match ctx.accept(stream, timeout).await {
         Ok((stream, session)) => Control::Accepted {
             stream,
             peer,
             tls: Some(session),
             opened,
+            prepaid: Some(prepaid),
         },
         Err((refusal, detail)) => Control::TlsFailed {
             refusal,

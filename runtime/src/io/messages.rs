@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use overlay_core::{ConnId, Dial, Probe, TlsRefusal, TlsSession};
+use overlay_core::{Admission, ConnId, Dial, Prepaid, Probe, TlsRefusal, TlsSession};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::io::credit::Credit;
@@ -14,12 +15,20 @@ use crate::io::tls::Wire;
 /// Sockets, dial outcomes, panics and probe samples, from the runtime's own tasks.
 pub(crate) enum Control<S> {
     /// A connection ready for HELLO: `tls` is what its TLS handshake verified, if it had
-    /// one; `opened` is when it was accepted or dialed, before any TLS.
+    /// one; `opened` is when it was accepted or dialed, before any TLS; `prepaid`, that
+    /// the core admitted it at `Incoming` (its HELLO is not charged again).
     Accepted {
         stream: Wire<S>,
         peer: SocketAddr,
         tls: Option<TlsSession>,
         opened: Instant,
+        prepaid: Option<Prepaid>,
+    },
+    /// A connection just accepted on the TLS listener, nothing read from it: whether it
+    /// gets a TLS handshake is the core's decision (`Overlay::handle_incoming`). The
+    /// acceptor keeps the socket; only the answer travels.
+    Incoming {
+        reply: oneshot::Sender<Admission>,
     },
     /// A dial the core asked for connected (over TLS for a `tls://` peer, its name
     /// verified).
