@@ -19,16 +19,19 @@ use tokio::time::Instant;
 
 use crate::bounds;
 use crate::io::fd::FdBudget;
+use crate::io::handshakes::HandshakePool;
 use crate::io::messages::Control;
 use crate::io::net::{Listener, Stream};
 use crate::io::tls::{TlsContext, Wire};
 use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY, INCOMING_REFUSED_LOG_EVERY};
 
-/// TLS handshakes of one listener: the context, their deadline and their bound.
+/// TLS handshakes of one listener: the context, their deadline, their bound, and the
+/// runtime they run on (`None`: this one).
 pub(crate) struct TlsAccept {
     pub ctx: Arc<TlsContext>,
     pub timeout: Duration,
     pub slots: Arc<Semaphore>,
+    pub pool: Option<HandshakePool>,
 }
 
 pub(crate) async fn accept_loop<L: Listener>(
@@ -93,7 +96,11 @@ pub(crate) async fn accept_loop<L: Listener>(
                             prepaid,
                             _slot: slot,
                         };
-                        handshakes.spawn(handshake(t.ctx.clone(), t.timeout, ctl.clone(), a));
+                        let hs = handshake(t.ctx.clone(), t.timeout, ctl.clone(), a);
+                        match &t.pool {
+                            Some(pool) => handshakes.spawn_on(hs, pool.handle()),
+                            None => handshakes.spawn(hs),
+                        };
                     }
                     _ => {
                         let msg = Control::Accepted {
