@@ -386,7 +386,7 @@ fn main() {
     };
     let (mut quiet, mut flooded) = (within(&quiet_windows), within(&flood_windows));
     if std::env::var_os("FLOOD_SLOW").is_some() {
-        for (s, l) in got.iter().filter(|(_, l)| *l > 5_000_000) {
+        for (s, l) in got.iter().filter(|(_, l)| *l > 2_000_000) {
             let w = flood_windows.iter().find(|r| r.contains(s));
             let q = quiet_windows.iter().find(|r| r.contains(s));
             eprintln!(

@@ -79,8 +79,9 @@ impl<N: Net> Driver<N> {
                 self.publish(Some(conn), BusKind::Connected);
             }
             // The acceptor gone meanwhile (a panic, the node stopping) drops the answer.
-            Control::Incoming { reply } => {
-                let _ = reply.send(self.overlay.handle_incoming(now));
+            Control::Incoming { n, reply } => {
+                let answers = (0..n).map(|_| self.overlay.handle_incoming(now)).collect();
+                let _ = reply.send(answers);
             }
             Control::TlsFailed {
                 refusal,

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use overlay_core::observe::{AcceptPause, Metrics};
 use overlay_core::{Admission, Prepaid, Probe};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -43,6 +44,8 @@ pub(crate) async fn accept_loop<L: Listener>(
 ) {
     let mut errors = LogThrottle::new(ACCEPT_ERROR_LOG_EVERY);
     let mut refusals = LogThrottle::new(INCOMING_REFUSED_LOG_EVERY);
+    // Refused since the last `incoming_refused` line.
+    let mut refused = 0u64;
     // Dropped with this loop (a panic, the node stopping): their handshakes end with it.
     let mut handshakes = JoinSet::new();
     loop {
@@ -76,31 +79,34 @@ pub(crate) async fn accept_loop<L: Listener>(
                 let opened = Instant::now();
                 match (tls, slot) {
                     (Some(t), Some(slot)) => {
-                        let Some(admission) = ask(ctl).await else {
-                            return;
-                        };
-                        let Admission::Admit(prepaid) = admission else {
-                            // Dropped unread (the kernel answers unread bytes with a RST);
-                            // already counted by the core.
-                            drop((stream, slot));
-                            if let Some(suppressed) = refusals.admit() {
-                                tracing::warn!(event = "incoming_refused", reason = "ratelimit",
-                                    suppressed, "TLS connections over overlay.handshake_rate closed before the handshake");
-                            }
-                            continue;
-                        };
-                        let a = Admitted {
+                        let mut batch = vec![Arrival {
                             stream,
                             peer,
                             opened,
-                            prepaid,
-                            _slot: slot,
+                            slot,
+                        }];
+                        more_arrivals(listener, t, fds, &mut batch);
+                        let Some(admissions) = ask(ctl, batch.len()).await else {
+                            return;
                         };
-                        let hs = handshake(t.ctx.clone(), t.timeout, ctl.clone(), a);
-                        match &t.pool {
-                            Some(pool) => handshakes.spawn_on(hs, pool.handle()),
-                            None => handshakes.spawn(hs),
-                        };
+                        for (a, admission) in batch.into_iter().zip(admissions) {
+                            let Admission::Admit(prepaid) = admission else {
+                                // Dropped unread (the kernel answers unread bytes with a
+                                // RST); already counted by the core.
+                                refused += 1;
+                                continue;
+                            };
+                            let hs = handshake(t.ctx.clone(), t.timeout, ctl.clone(), a, prepaid);
+                            match &t.pool {
+                                Some(pool) => handshakes.spawn_on(hs, pool.handle()),
+                                None => handshakes.spawn(hs),
+                            };
+                        }
+                        if refused > 0 && refusals.admit().is_some() {
+                            tracing::warn!(event = "incoming_refused", reason = "ratelimit",
+                                refused, "TLS connections over overlay.handshake_rate closed before the handshake");
+                            refused = 0;
+                        }
                     }
                     _ => {
                         let msg = Control::Accepted {
@@ -129,10 +135,42 @@ pub(crate) async fn accept_loop<L: Listener>(
     }
 }
 
-/// The core's admission of a TLS connection; `None` once the driver is gone.
-async fn ask<S>(ctl: &mpsc::Sender<Control<S>>) -> Option<Admission> {
+/// Connections the kernel already holds behind the first, while slots and descriptors
+/// last, up to `ADMIT_BATCH`: under a flood one question to the core (one wake-up of the
+/// driver and one of this loop) then covers a whole batch instead of each connection.
+fn more_arrivals<L: Listener>(
+    listener: &mut L,
+    t: &TlsAccept,
+    fds: Option<&FdBudget>,
+    batch: &mut Vec<Arrival<L::Stream>>,
+) {
+    while batch.len() < bounds::ADMIT_BATCH {
+        if fds.is_some_and(|f| !f.headroom()) {
+            return;
+        }
+        let Ok(slot) = t.slots.clone().try_acquire_owned() else {
+            return;
+        };
+        // Never waits. A failed accept is left to the loop's own accept, which pauses.
+        let Some(Ok((stream, peer))) = listener.accept().now_or_never() else {
+            return;
+        };
+        if let Some(f) = fds {
+            f.took_one();
+        }
+        batch.push(Arrival {
+            stream,
+            peer,
+            opened: Instant::now(),
+            slot,
+        });
+    }
+}
+
+/// The core's admission of each of `n` TLS connections; `None` once the driver is gone.
+async fn ask<S>(ctl: &mpsc::Sender<Control<S>>, n: usize) -> Option<Vec<Admission>> {
     let (reply, answer) = oneshot::channel();
-    ctl.send(Control::Incoming { reply }).await.ok()?;
+    ctl.send(Control::Incoming { n, reply }).await.ok()?;
     answer.await.ok()
 }
 
@@ -157,27 +195,27 @@ async fn take_slot(
     }
 }
 
-/// A TLS connection the core admitted, holding its handshake slot until its handshake ends.
-struct Admitted<S> {
+/// A TLS connection accepted and nothing read from it, holding its handshake slot until
+/// it is refused or its handshake ends.
+struct Arrival<S> {
     stream: S,
     peer: SocketAddr,
     opened: Instant,
-    prepaid: Prepaid,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 }
 
 async fn handshake<S: Stream>(
     ctx: Arc<TlsContext>,
     timeout: Duration,
     ctl: mpsc::Sender<Control<S>>,
-    a: Admitted<S>,
+    a: Arrival<S>,
+    prepaid: Prepaid,
 ) {
-    let Admitted {
+    let Arrival {
         stream,
         peer,
         opened,
-        prepaid,
-        _slot,
+        slot: _slot,
     } = a;
     let msg = match ctx.accept(stream, timeout).await {
         Ok((stream, session)) => Control::Accepted {

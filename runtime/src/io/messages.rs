@@ -24,11 +24,12 @@ pub(crate) enum Control<S> {
         opened: Instant,
         prepaid: Option<Prepaid>,
     },
-    /// A connection just accepted on the TLS listener, nothing read from it: whether it
-    /// gets a TLS handshake is the core's decision (`Overlay::handle_incoming`). The
-    /// acceptor keeps the socket; only the answer travels.
+    /// `n` connections just accepted on the TLS listener, nothing read from them: whether
+    /// each gets a TLS handshake is the core's decision (`Overlay::handle_incoming`). The
+    /// acceptor keeps the sockets; only the answers travel, one per connection, in order.
     Incoming {
-        reply: oneshot::Sender<Admission>,
+        n: usize,
+        reply: oneshot::Sender<Vec<Admission>>,
     },
     /// A dial the core asked for connected (over TLS for a `tls://` peer, its name
     /// verified).
