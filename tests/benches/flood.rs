@@ -10,6 +10,7 @@
 //! cargo bench -p e2e --bench flood        # 3 rounds of 5 s quiet then 5 s at 10,000/s
 //! cargo bench -p e2e --bench flood -- --rate 5000 --quiet 5 --flood 8 --rounds 2 --msgs 200
 //! cargo bench -p e2e --bench flood -- --nice 10   # the flooder at a lower CPU priority
+//! cargo bench -p e2e --bench flood -- --cfg overlay.handshake_rate=50   # config overrides
 //! ```
 //!
 //! Quiet and flood phases alternate (`--rounds`), so that load from outside the bench weighs
@@ -48,6 +49,8 @@ struct Opts {
     concurrency: usize,
     rounds: usize,
     nice: i32,
+    /// `key=value` config overrides on top of the defaults.
+    cfg: Vec<(String, String)>,
 }
 
 fn opts() -> Opts {
@@ -59,6 +62,7 @@ fn opts() -> Opts {
         concurrency: 256,
         rounds: 3,
         nice: 0,
+        cfg: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -72,6 +76,11 @@ fn opts() -> Opts {
             "--concurrency" => o.concurrency = val().parse().expect("--concurrency"),
             "--rounds" => o.rounds = val().parse().expect("--rounds"),
             "--nice" => o.nice = val().parse().expect("--nice"),
+            "--cfg" => {
+                let kv = val();
+                let (k, v) = kv.split_once('=').expect("--cfg key=value");
+                o.cfg.push((k.to_string(), v.to_string()));
+            }
             other => panic!("unknown flag {other:?}; see the header of tests/benches/flood.rs"),
         }
     }
@@ -168,13 +177,10 @@ fn publisher(mut c: OapClient, every: Duration, s: Arc<Samples>) -> std::thread:
 fn subscriber(mut c: OapClient, s: Arc<Samples>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !s.stop.load(Ordering::Relaxed) {
-            match c.next_event(Duration::from_millis(200)) {
-                Some(ClientEvent::Message(m)) => {
-                    let sent = u64::from_be_bytes(m.data[..8].try_into().unwrap());
-                    let lat = s.now_ns().saturating_sub(sent);
-                    s.got.lock().unwrap().push((sent, lat));
-                }
-                Some(_) | None => {}
+            if let Some(ClientEvent::Message(m)) = c.next_event(Duration::from_millis(200)) {
+                let sent = u64::from_be_bytes(m.data[..8].try_into().unwrap());
+                let lat = s.now_ns().saturating_sub(sent);
+                s.got.lock().unwrap().push((sent, lat));
             }
         }
     })
@@ -283,6 +289,16 @@ fn counters(d: &Daemon) -> BTreeMap<&'static str, f64> {
     m
 }
 
+/// `VmRSS` (resident set now) of `pid` in MiB.
+fn rss_mib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok());
+    kb.map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
 fn self_cpu() -> f64 {
     procfs::cpu_s(procfs::self_pid()).unwrap_or(0.0)
 }
@@ -290,12 +306,15 @@ fn self_cpu() -> f64 {
 fn main() {
     let o = opts();
     let pki = Pki::new();
-    let d = Daemon::builder()
+    let mut b = Daemon::builder()
         .cfg("overlay.tls_listen", "127.0.0.1:0")
         .cfg("overlay.node_id", "n1")
         .cfg("tls.cert_file", pki.path("n1.pem"))
-        .cfg("tls.key_file", pki.path("n1.key"))
-        .start();
+        .cfg("tls.key_file", pki.path("n1.key"));
+    for (k, v) in &o.cfg {
+        b = b.cfg(k, v.clone());
+    }
+    let d = b.start();
     d.wait_readyz(200, Duration::from_secs(20));
     let tls = d.tls.expect("a TLS listener");
     let pid = d.pid();
@@ -334,6 +353,8 @@ fn main() {
     let (mut rss_quiet, mut flood_s, mut cpu_flood, mut harness_cpu) = (0f64, 0f64, 0f64, 0f64);
     let count = Arc::new(FloodCount::default());
     let hello = pki.client_hello();
+    // The resident set after each flood: what a flood leaves held, round after round.
+    let mut rss_after = Vec::new();
     for round in 0..o.rounds {
         let q = samples.now_ns();
         std::thread::sleep(o.quiet);
@@ -355,6 +376,7 @@ fn main() {
         flood_windows.push(f..samples.now_ns());
         cpu_flood += procfs::cpu_s(pid).unwrap_or(0.0) - c0;
         harness_cpu += self_cpu() - h0;
+        rss_after.push(rss_mib(pid));
     }
     let rss_flood = procfs::peak_rss_mib(pid).unwrap_or(f64::NAN);
     watching.store(false, Ordering::Relaxed);
@@ -430,6 +452,8 @@ fn main() {
         100.0 * harness_cpu / flood_s
     );
     println!("| peak RSS quiet / flood | {rss_quiet:.1} MiB / {rss_flood:.1} MiB |");
+    let rounds: Vec<String> = rss_after.iter().map(|r| format!("{r:.1}")).collect();
+    println!("| RSS after each flood | {} MiB |", rounds.join(", "));
     println!(
         "| log lines during the flood | {} {events:?} |",
         lines.len() - lines0
