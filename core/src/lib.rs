@@ -38,4 +38,4 @@ pub use reason::RejectReason;
 pub use session::{CloseReason, ConnId};
 pub use stats::{Balance, Stats};
 pub use time::Time;
-pub use transport::{CertName, Link, PeerAddr, TlsRefusal, TlsSession};
+pub use transport::{Admission, CertName, Link, PeerAddr, Prepaid, TlsRefusal, TlsSession};

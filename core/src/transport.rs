@@ -85,11 +85,18 @@ pub struct Link {
     /// latency is measured from here.
     pub opened: Time,
     pub tls: Option<TlsSession>,
+    /// Set when `Overlay::handle_incoming` admitted the connection before its TLS
+    /// handshake: its HELLO is not charged to the handshake rate limit a second time.
+    pub prepaid: Option<Prepaid>,
 }
 
 impl Link {
     pub fn tcp(opened: Time) -> Link {
-        Link { opened, tls: None }
+        Link {
+            opened,
+            tls: None,
+            prepaid: None,
+        }
     }
 
     pub fn transport(&self) -> Transport {
@@ -98,6 +105,27 @@ impl Link {
         } else {
             Transport::Tcp
         }
+    }
+}
+
+/// What `Overlay::handle_incoming` decided for a connection nothing has been read from yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Go on with the handshake; hand the `Prepaid` back in the connection's `Link`.
+    Admit(Prepaid),
+    /// Over the handshake rate limit: close it without reading from it (no TLS work),
+    /// already counted.
+    Refuse,
+}
+
+/// Proof that a connection's handshake was charged to the rate limit when it arrived. Only
+/// the core makes one, so a runtime cannot exempt a connection it did not ask about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepaid(());
+
+impl Prepaid {
+    pub(crate) fn new() -> Prepaid {
+        Prepaid(())
     }
 }
 

@@ -9,7 +9,7 @@ use overlay_core::config::PqModeConfig;
 use overlay_core::oap::Role;
 use overlay_core::observe::names::*;
 use overlay_core::observe::TlsFailure;
-use overlay_core::{CertName, ConnId, Link, TlsRefusal, TlsSession};
+use overlay_core::{Admission, CertName, ConnId, Link, Prepaid, TlsRefusal, TlsSession};
 use support::*;
 
 fn tls(group: &'static str, hybrid: bool, names: Option<Vec<CertName>>) -> Link {
@@ -20,6 +20,7 @@ fn tls(group: &'static str, hybrid: bool, names: Option<Vec<CertName>>) -> Link 
             hybrid,
             peer_names: names,
         }),
+        prepaid: None,
     }
 }
 
@@ -175,4 +176,58 @@ fn failed_tls_handshakes_count_one_attempt_and_one_reason_each() {
         1
     );
     assert_eq!(net.nodes[0].session_count(), 0);
+}
+
+#[test]
+fn incoming_tls_connections_are_charged_once_before_any_crypto() {
+    let mut net = Net::new(4, 1, |_| {
+        let mut c = test_config();
+        c.overlay.handshake_rate = 1;
+        c.overlay.handshake_burst = 2;
+        c
+    });
+    let now = net.now;
+    let decisions: Vec<Admission> = (0..5).map(|_| net.nodes[0].handle_incoming(now)).collect();
+    let admitted: Vec<Prepaid> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Admission::Admit(p) => Some(p.clone()),
+            Admission::Refuse => None,
+        })
+        .collect();
+    assert_eq!(admitted.len(), 2, "{decisions:?}");
+    assert_eq!(
+        net.counter(0, HANDSHAKE_FAILURES_TOTAL, &[("reason", "ratelimit")]),
+        3
+    );
+    assert_eq!(
+        net.counter(0, REJECTED_TOTAL, &[("reason", "ratelimit")]),
+        3
+    );
+    assert_eq!(net.counter(0, HANDSHAKE_ATTEMPTS_TOTAL, &[]), 3);
+    // Refused before any session: nothing to hold, nothing in the frame balance.
+    assert_eq!(net.nodes[0].session_count(), 0);
+
+    // The bucket is empty now, yet the two admitted ones are not charged again at HELLO.
+    for (i, p) in admitted.into_iter().enumerate() {
+        let link = Link {
+            prepaid: Some(p),
+            ..tls("X25519", false, None)
+        };
+        let (ev, closed, _) = hello_over(&mut net, link, &format!("c{i}"));
+        assert!(matches!(ev, Some(ClientEvent::Established(_))), "{ev:?}");
+        assert!(!closed);
+    }
+    // One that did not ask (the plain listener) still pays at HELLO, and hears the 429.
+    let (ev, closed, _) = hello_over(&mut net, tls("X25519", false, None), "c9");
+    assert!(
+        matches!(ev, Some(ClientEvent::Refused { code: 429, .. })),
+        "{ev:?}"
+    );
+    assert!(closed);
+    assert_eq!(
+        net.counter(0, HANDSHAKE_FAILURES_TOTAL, &[("reason", "ratelimit")]),
+        4
+    );
+    net.assert_balance();
 }

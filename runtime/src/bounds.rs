@@ -21,6 +21,15 @@ pub const WRITE_BATCH: usize = 64;
 /// Pause after a failed `accept` (EMFILE and friends), so the loop cannot spin.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// Most TLS connections the acceptor takes from the backlog and has the core admit at
+/// once (`Control::Incoming`).
+pub const ADMIT_BATCH: usize = 64;
+
+/// Threads of the TLS listener's handshake runtime (`io/handshakes.rs`). How many
+/// handshakes run is bounded by `overlay.handshake_rate` and `overlay.max_conns`; this only
+/// bounds the cores their crypto may take from the sessions at once.
+pub const HANDSHAKE_THREADS: usize = 1;
+
 /// How often fd headroom is sampled and the Prometheus recorder's upkeep runs.
 pub const FD_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);

@@ -1,6 +1,7 @@
 //! The TLS listener and `tls://` dials against real rustls clients and certificates made
 //! in the test (rcgen): each failure reason of spec section 7 reached and counted, mTLS
-//! identity, PQ hybrid, key file permissions and reload.
+//! identity, PQ hybrid, key file permissions and reload, and a connection flood refused
+//! before any TLS work.
 
 mod common;
 
@@ -592,4 +593,117 @@ async fn a_reload_can_add_trust_roots_and_a_tls_peer_to_a_node_started_without_t
     for n in [b, a] {
         n.shutdown().await.unwrap();
     }
+}
+
+/// The first bytes a rustls client sends: a ClientHello, to replay on raw sockets.
+fn client_hello(ca: &Ca) -> Vec<u8> {
+    let name = ServerName::try_from("n1".to_string()).unwrap();
+    let mut c = rustls::ClientConnection::new(Arc::new(ClientSpec::new(ca).build()), name).unwrap();
+    let mut out = Vec::new();
+    c.write_tls(&mut out).unwrap();
+    out
+}
+
+/// Sends `hello` on a new connection and reads until the node closes it: the bytes it
+/// answered with (a ServerHello, if it started a TLS handshake).
+async fn replay(addr: SocketAddr, hello: &[u8]) -> usize {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // A refused connection may be closed before this arrives: then the write fails.
+    let _ = s.write_all(hello).await;
+    let mut buf = [0u8; 4096];
+    // A RST (the node dropped it unread) reads as an error: nothing answered.
+    tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the node answers or closes")
+        .unwrap_or_default()
+}
+
+fn sum(node: &Node, family: &str) -> f64 {
+    let text = node.prometheus().render();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_over_the_handshake_rate_are_closed_before_any_tls_work() {
+    let dir = Dir::new("flood");
+    let ca = Ca::new();
+    let mut c = tls_cfg(&dir, &ca, "n1");
+    c.overlay.handshake_rate = 1;
+    c.overlay.handshake_burst = 1;
+    let node = Node::start(TokioNet, c, opts(11)).await.unwrap();
+    // The one handshake the burst allows: a subscriber, established before the flood.
+    let mut sub = connect(tls_addr(&node), ClientSpec::new(&ca), "n1")
+        .await
+        .unwrap();
+    let mut client = Client::new("c1", Role::Client, vec!["t".into()], None);
+    client.start();
+    while let Some(b) = client.poll_transmit() {
+        sub.write_all(&b).await.unwrap();
+    }
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut next_event = async |client: &mut Client, buf: &mut BytesMut| loop {
+        if let Some(ev) = client.poll_event() {
+            return ev;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), sub.read_buf(buf))
+            .await
+            .expect("a frame")
+            .unwrap();
+        assert!(n > 0, "the subscriber's session closed");
+        client.handle_bytes(buf);
+    };
+    let ev = next_event(&mut client, &mut buf).await;
+    assert!(matches!(ev, ClientEvent::Established(_)), "{ev:?}");
+
+    let hello: Arc<[u8]> = client_hello(&ca).into();
+    // Half one at a time, half at once: the acceptor asks about a backlog in batches.
+    const N: usize = 40;
+    let mut silent = 0;
+    for _ in 0..N / 2 {
+        if replay(tls_addr(&node), &hello).await == 0 {
+            silent += 1;
+        }
+    }
+    let mut together = tokio::task::JoinSet::new();
+    for _ in 0..N / 2 {
+        let (addr, hello) = (tls_addr(&node), hello.clone());
+        together.spawn(async move { replay(addr, &hello).await });
+    }
+    while let Some(answered) = together.join_next().await {
+        if answered.unwrap() == 0 {
+            silent += 1;
+        }
+    }
+    // One token a second comes back, so a slow run may admit one or two; never most.
+    assert!(silent >= N / 2, "only {silent} of {N} closed unanswered");
+    let ratelimit = r#"overlay_handshake_failures_total{reason="ratelimit"}"#;
+    until_metric(&node, ratelimit, silent as f64).await;
+    assert_eq!(
+        metric(&node, r#"rejected_total{reason="ratelimit"}"#),
+        silent as f64
+    );
+    // Those that were answered were TLS handshakes broken off by the client (`proto`);
+    // the refused ones reached no TLS code at all.
+    let proto = r#"overlay_handshake_failures_total{reason="proto"}"#;
+    until_metric(&node, proto, (N - silent) as f64).await;
+    assert_eq!(sum(&node, "tls_handshake_failures_total"), 0.0);
+    assert_eq!(
+        metric(&node, "overlay_handshake_attempts_total"),
+        (N + 1) as f64
+    );
+
+    assert_eq!(node.ready().status, 200, "{}", node.ready().body);
+    node.publish("t", bytes::Bytes::from_static(b"still here"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let ev = next_event(&mut client, &mut buf).await;
+    assert!(
+        matches!(&ev, ClientEvent::Message(m) if &m.data[..] == b"still here"),
+        "{ev:?}"
+    );
+    node.shutdown().await.unwrap();
 }

@@ -81,7 +81,12 @@ impl Overlay {
                 ..refuse(RejectReason::NotReady, None, "draining")
             });
         }
-        if !self.handshakes.try_take(now) {
+        // A connection admitted before its TLS handshake paid there (`handle_incoming`).
+        let prepaid = self
+            .sessions
+            .get(&conn)
+            .is_some_and(|s| s.link.prepaid.is_some());
+        if !prepaid && !self.handshakes.try_take(now) {
             return Err(HelloRefusal {
                 retry_after: Some(self.handshakes.retry_after_secs()),
                 ..refuse(

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::observe::PqOutcome;
-use crate::transport::TlsRefusal;
+use crate::transport::{Admission, Prepaid, TlsRefusal};
 
 impl Overlay {
     /// Files `link` with a new session and counts the key exchange it negotiated. Under
@@ -37,6 +37,24 @@ impl Overlay {
         });
         self.close(now, id, CloseReason::HandshakeFailed, true);
         false
+    }
+
+    /// A connection just accepted on the TLS listener, before anything is read from it:
+    /// charges the handshake rate limit now, so that a flood over the rate costs the node
+    /// an accept and a close instead of a TLS handshake each (what quinn-proto's `Incoming`
+    /// does for QUIC). A refused one is counted as a handshake attempted and failed
+    /// (`ratelimit`) and as `rejected_total{reason="ratelimit"}`, as a HELLO over the rate
+    /// is, but it hears no 429: answering would take the TLS handshake this saves. The
+    /// plain listener does not ask: it has no crypto to save, and its HELLO is charged.
+    pub fn handle_incoming(&mut self, now: Time) -> Admission {
+        if self.handshakes.try_take(now) {
+            return Admission::Admit(Prepaid::new());
+        }
+        self.metrics.handshake_attempts.increment(1);
+        self.metrics.handshake_failure(HandshakeFailure::Ratelimit);
+        // A connection with no frame to blame: `Stats::refused`, outside the frame balance.
+        self.count(Count::Refused(RejectReason::Ratelimit), 1);
+        Admission::Refuse
     }
 
     /// A TLS handshake (accepted or dialed) that failed: there is no session, and the

@@ -40,6 +40,7 @@ impl<N: Net> Driver<N> {
                 peer,
                 tls,
                 opened,
+                prepaid,
             } => {
                 let ctx = self.new_ctx(peer.to_string(), true, tls.as_ref(), opened);
                 let span = self.session_span(&ctx);
@@ -48,6 +49,7 @@ impl<N: Net> Driver<N> {
                 let link = Link {
                     opened: self.time_of(opened),
                     tls,
+                    prepaid,
                 };
                 let conn = accept.in_scope(|| self.overlay.handle_accept_over(now, link));
                 self.attach(conn, stream, ctx, span);
@@ -65,6 +67,7 @@ impl<N: Net> Driver<N> {
                 let link = Link {
                     opened: self.time_of(opened),
                     tls,
+                    prepaid: None,
                 };
                 // None: the core no longer wants this dial (draining, peer or address
                 // removed): the stream is dropped, which closes it.
@@ -74,6 +77,11 @@ impl<N: Net> Driver<N> {
                 };
                 self.attach(conn, stream, ctx, span);
                 self.publish(Some(conn), BusKind::Connected);
+            }
+            // The acceptor gone meanwhile (a panic, the node stopping) drops the answer.
+            Control::Incoming { n, reply } => {
+                let answers = (0..n).map(|_| self.overlay.handle_incoming(now)).collect();
+                let _ = reply.send(answers);
             }
             Control::TlsFailed {
                 refusal,

@@ -15,6 +15,7 @@ use super::supervise::{panic_message, Supervisor};
 use super::Driver;
 use crate::io::accept::{accept_loop, TlsAccept};
 use crate::io::fd::FdBudget;
+use crate::io::handshakes::HandshakePool;
 use crate::io::messages::{AfterPanic, Control};
 use crate::io::net::Net;
 use crate::io::tls::TlsContext;
@@ -63,10 +64,12 @@ impl<N: Net> Driver<N> {
             Some(t) if t.hybrid() => Probe::PqReady,
             _ => Probe::ListenersBound,
         };
+        let apart = self.net.handshakes_apart();
         let tls = tls.map(|ctx| TlsAccept {
             ctx,
             timeout: self.cfg.overlay.handshake_timeout,
             slots: Arc::new(Semaphore::new(self.cfg.overlay.max_conns)),
+            pool: apart.then(handshake_pool).flatten(),
         });
         let task = if tls.is_some() {
             "tls_acceptor"
@@ -117,4 +120,15 @@ impl<N: Net> Driver<N> {
             old.abort();
         }
     }
+}
+
+/// The TLS handshakes' own runtime; without one (no thread to be had) they share the
+/// session runtime, as in a simulation.
+fn handshake_pool() -> Option<HandshakePool> {
+    HandshakePool::start()
+        .inspect_err(|e| {
+            tracing::warn!(event = "handshake_pool", reason = "io", error = %e,
+                "no thread for TLS handshakes; they share the session runtime");
+        })
+        .ok()
 }

@@ -2,30 +2,37 @@
 //! driver; a failed accept pauses instead of spinning, and its log line is rate-limited.
 //! On the TLS listener each connection's handshake runs in its own task, at most
 //! `overlay.max_conns` at once, so a client that stalls its handshake holds one slot for
-//! at most `overlay.handshake_timeout` and cannot hold up the others.
+//! at most `overlay.handshake_timeout` and cannot hold up the others. Before a TLS
+//! connection is read from, the core decides whether it gets a handshake at all
+//! (`Control::Incoming`): one over the handshake rate is closed unread, so a flood costs an
+//! accept and a close per connection, not a TLS handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use overlay_core::observe::{AcceptPause, Metrics};
-use overlay_core::Probe;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use overlay_core::{Admission, Prepaid, Probe};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::bounds;
 use crate::io::fd::FdBudget;
+use crate::io::handshakes::HandshakePool;
 use crate::io::messages::Control;
 use crate::io::net::{Listener, Stream};
 use crate::io::tls::{TlsContext, Wire};
-use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY};
+use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY, INCOMING_REFUSED_LOG_EVERY};
 
-/// TLS handshakes of one listener: the context, their deadline and their bound.
+/// TLS handshakes of one listener: the context, their deadline, their bound, and the
+/// runtime they run on (`None`: this one).
 pub(crate) struct TlsAccept {
     pub ctx: Arc<TlsContext>,
     pub timeout: Duration,
     pub slots: Arc<Semaphore>,
+    pub pool: Option<HandshakePool>,
 }
 
 pub(crate) async fn accept_loop<L: Listener>(
@@ -36,6 +43,9 @@ pub(crate) async fn accept_loop<L: Listener>(
     tls: Option<&TlsAccept>,
 ) {
     let mut errors = LogThrottle::new(ACCEPT_ERROR_LOG_EVERY);
+    let mut refusals = LogThrottle::new(INCOMING_REFUSED_LOG_EVERY);
+    // Refused since the last `incoming_refused` line.
+    let mut refused = 0u64;
     // Dropped with this loop (a panic, the node stopping): their handshakes end with it.
     let mut handshakes = JoinSet::new();
     loop {
@@ -69,8 +79,34 @@ pub(crate) async fn accept_loop<L: Listener>(
                 let opened = Instant::now();
                 match (tls, slot) {
                     (Some(t), Some(slot)) => {
-                        let (ctx, timeout, ctl) = (t.ctx.clone(), t.timeout, ctl.clone());
-                        handshakes.spawn(handshake(ctx, stream, peer, opened, timeout, ctl, slot));
+                        let mut batch = vec![Arrival {
+                            stream,
+                            peer,
+                            opened,
+                            slot,
+                        }];
+                        more_arrivals(listener, t, fds, &mut batch);
+                        let Some(admissions) = ask(ctl, batch.len()).await else {
+                            return;
+                        };
+                        for (a, admission) in batch.into_iter().zip(admissions) {
+                            let Admission::Admit(prepaid) = admission else {
+                                // Dropped unread (the kernel answers unread bytes with a
+                                // RST); already counted by the core.
+                                refused += 1;
+                                continue;
+                            };
+                            let hs = handshake(t.ctx.clone(), t.timeout, ctl.clone(), a, prepaid);
+                            match &t.pool {
+                                Some(pool) => handshakes.spawn_on(hs, pool.handle()),
+                                None => handshakes.spawn(hs),
+                            };
+                        }
+                        if refused > 0 && refusals.admit().is_some() {
+                            tracing::warn!(event = "incoming_refused", reason = "ratelimit",
+                                refused, "TLS connections over overlay.handshake_rate closed before the handshake");
+                            refused = 0;
+                        }
                     }
                     _ => {
                         let msg = Control::Accepted {
@@ -78,6 +114,7 @@ pub(crate) async fn accept_loop<L: Listener>(
                             peer,
                             tls: None,
                             opened,
+                            prepaid: None,
                         };
                         // A full control channel slows accepting down: backpressure, not loss.
                         if ctl.send(msg).await.is_err() {
@@ -96,6 +133,45 @@ pub(crate) async fn accept_loop<L: Listener>(
             }
         }
     }
+}
+
+/// Connections the kernel already holds behind the first, while slots and descriptors
+/// last, up to `ADMIT_BATCH`: under a flood one question to the core (one wake-up of the
+/// driver and one of this loop) then covers a whole batch instead of each connection.
+fn more_arrivals<L: Listener>(
+    listener: &mut L,
+    t: &TlsAccept,
+    fds: Option<&FdBudget>,
+    batch: &mut Vec<Arrival<L::Stream>>,
+) {
+    while batch.len() < bounds::ADMIT_BATCH {
+        if fds.is_some_and(|f| !f.headroom()) {
+            return;
+        }
+        let Ok(slot) = t.slots.clone().try_acquire_owned() else {
+            return;
+        };
+        // Never waits. A failed accept is left to the loop's own accept, which pauses.
+        let Some(Ok((stream, peer))) = listener.accept().now_or_never() else {
+            return;
+        };
+        if let Some(f) = fds {
+            f.took_one();
+        }
+        batch.push(Arrival {
+            stream,
+            peer,
+            opened: Instant::now(),
+            slot,
+        });
+    }
+}
+
+/// The core's admission of each of `n` TLS connections; `None` once the driver is gone.
+async fn ask<S>(ctl: &mpsc::Sender<Control<S>>, n: usize) -> Option<Vec<Admission>> {
+    let (reply, answer) = oneshot::channel();
+    ctl.send(Control::Incoming { n, reply }).await.ok()?;
+    answer.await.ok()
 }
 
 /// A handshake slot; with none free the acceptor pauses (counted) and leaves new
@@ -119,21 +195,35 @@ async fn take_slot(
     }
 }
 
-async fn handshake<S: Stream>(
-    ctx: Arc<TlsContext>,
+/// A TLS connection accepted and nothing read from it, holding its handshake slot until
+/// it is refused or its handshake ends.
+struct Arrival<S> {
     stream: S,
     peer: SocketAddr,
     opened: Instant,
+    slot: OwnedSemaphorePermit,
+}
+
+async fn handshake<S: Stream>(
+    ctx: Arc<TlsContext>,
     timeout: Duration,
     ctl: mpsc::Sender<Control<S>>,
-    _slot: OwnedSemaphorePermit,
+    a: Arrival<S>,
+    prepaid: Prepaid,
 ) {
+    let Arrival {
+        stream,
+        peer,
+        opened,
+        slot: _slot,
+    } = a;
     let msg = match ctx.accept(stream, timeout).await {
         Ok((stream, session)) => Control::Accepted {
             stream,
             peer,
             tls: Some(session),
             opened,
+            prepaid: Some(prepaid),
         },
         Err((refusal, detail)) => Control::TlsFailed {
             refusal,

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use overlay_core::{ConnId, Dial, Probe, TlsRefusal, TlsSession};
+use overlay_core::{Admission, ConnId, Dial, Prepaid, Probe, TlsRefusal, TlsSession};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::io::credit::Credit;
@@ -14,12 +15,21 @@ use crate::io::tls::Wire;
 /// Sockets, dial outcomes, panics and probe samples, from the runtime's own tasks.
 pub(crate) enum Control<S> {
     /// A connection ready for HELLO: `tls` is what its TLS handshake verified, if it had
-    /// one; `opened` is when it was accepted or dialed, before any TLS.
+    /// one; `opened` is when it was accepted or dialed, before any TLS; `prepaid`, that
+    /// the core admitted it at `Incoming` (its HELLO is not charged again).
     Accepted {
         stream: Wire<S>,
         peer: SocketAddr,
         tls: Option<TlsSession>,
         opened: Instant,
+        prepaid: Option<Prepaid>,
+    },
+    /// `n` connections just accepted on the TLS listener, nothing read from them: whether
+    /// each gets a TLS handshake is the core's decision (`Overlay::handle_incoming`). The
+    /// acceptor keeps the sockets; only the answers travel, one per connection, in order.
+    Incoming {
+        n: usize,
+        reply: oneshot::Sender<Vec<Admission>>,
     },
     /// A dial the core asked for connected (over TLS for a `tls://` peer, its name
     /// verified).

@@ -27,6 +27,12 @@ pub trait Net: Clone + Send + Sync + 'static {
     /// The addresses `host:port` names now. Behind the trait so simulations and tests
     /// answer from a table they control, never from real DNS.
     fn resolve(&self, host_port: &str) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
+
+    /// Whether the TLS listener's handshakes may run on a runtime of their own
+    /// (`io/handshakes.rs`). A simulation keeps every task on its own runtime.
+    fn handshakes_apart(&self) -> bool {
+        false
+    }
 }
 
 /// Production: tokio TCP.
@@ -92,5 +98,9 @@ impl Net for TokioNet {
 
     async fn resolve(&self, host_port: &str) -> io::Result<Vec<SocketAddr>> {
         Ok(tokio::net::lookup_host(host_port).await?.collect())
+    }
+
+    fn handshakes_apart(&self) -> bool {
+        true
     }
 }

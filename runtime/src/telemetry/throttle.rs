@@ -1,6 +1,7 @@
-//! Rate limits for log lines that a failing syscall can repeat in a loop (accept errors at
-//! the fd limit): one line per period, carrying how many were held back, so the log
-//! neither floods nor hides that the failure kept happening.
+//! Rate limits for log lines that a failing syscall or a peer can repeat in a loop (accept
+//! errors at the fd limit, a connection flood refused before TLS): one line per period,
+//! carrying how many were held back, so the log neither floods nor hides that the failure
+//! kept happening.
 
 use std::time::Duration;
 
@@ -8,6 +9,10 @@ use tokio::time::Instant;
 
 /// At most one accept-error line per second per listener.
 pub const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// At most one line per second for TLS connections refused over the handshake rate: a
+/// flood must not turn into a log line per connection.
+pub const INCOMING_REFUSED_LOG_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct LogThrottle {

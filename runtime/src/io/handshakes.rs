@@ -1,0 +1,40 @@
+//! Where the TLS listener's handshakes run: on a runtime of their own, one thread, beside
+//! the one that serves sessions. A handshake's crypto (key exchange, certificate
+//! signature) runs without yielding, and a burst of admitted handshakes (up to
+//! `overlay.handshake_burst` at once) queued on the session runtime's workers would hold
+//! the driver and every session's reader and writer behind it for as long as their crypto
+//! takes: hundreds of milliseconds on two cores. On a thread of its own it is the kernel
+//! that shares the CPU, and the driver, mostly asleep, is woken promptly.
+
+use std::io;
+
+use tokio::runtime::{Builder, Handle, Runtime};
+
+use crate::bounds::HANDSHAKE_THREADS;
+
+pub(crate) struct HandshakePool(Option<Runtime>);
+
+impl HandshakePool {
+    pub(crate) fn start() -> io::Result<HandshakePool> {
+        let rt = Builder::new_multi_thread()
+            .worker_threads(HANDSHAKE_THREADS)
+            .thread_name("svc-tls-handshake")
+            .enable_all()
+            .build()?;
+        Ok(HandshakePool(Some(rt)))
+    }
+
+    pub(crate) fn handle(&self) -> &Handle {
+        self.0.as_ref().expect("taken only on drop").handle()
+    }
+}
+
+impl Drop for HandshakePool {
+    fn drop(&mut self) {
+        // Dropped by the acceptor, on the session runtime, where waiting for the threads
+        // to end is not allowed: the handshakes still running end with their runtime.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
