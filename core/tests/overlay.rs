@@ -514,6 +514,57 @@ fn malformed_prefixes_are_answered_and_closed_with_their_reason() {
     }
 }
 
+/// A connection nobody has admitted may not make the node buffer a whole `max_frame_bytes`
+/// frame: the length prefix of a HELLO over `overlay.max_hello_bytes` is refused
+/// `oversize` before any of it is held (1024 such connections pinned 0.9 GiB in the
+/// release daemon). Once established, the session may send frames of any size again.
+#[test]
+fn a_frame_over_max_hello_bytes_before_the_handshake_is_refused_from_its_prefix() {
+    let mut net = Net::new(16, 1, |_| test_config());
+    let limit = net.nodes[0].config().overlay.max_hello_bytes;
+    assert_eq!(limit, 32 << 10, "the default");
+    let conn = net.raw(0);
+    // REQ|START HELLO header declaring one byte over the limit; none of its body is sent.
+    let head = Frame::new(
+        AppProto::HELLO,
+        Flags::REQ | Flags::START,
+        5,
+        vec![b' '; limit as usize - 38 + 1].into(),
+    )
+    .to_bytes(1 << 20)
+    .unwrap();
+    net.feed(0, conn, &head[..38]);
+    let (out, closed) = net.drain_raw(0, conn);
+    assert!(closed, "refused from the length prefix");
+    let frames = read_frames(&out);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].code, 413);
+    assert_eq!(net.counter(0, REJECTED_TOTAL, &[("reason", "oversize")]), 1);
+    assert_eq!(
+        net.counter(0, HANDSHAKE_FAILURES_TOTAL, &[("reason", "proto")]),
+        1
+    );
+
+    // The spec's HELLO is far below it; after it, a 512 KiB PING is answered.
+    let conn = net.raw(0);
+    net.feed(0, conn, &hex(HELLO_N1));
+    let (_, closed) = net.drain_raw(0, conn);
+    assert!(!closed);
+    let mut ping = vec![0x01];
+    ping.extend_from_slice(&7u64.to_be_bytes());
+    ping.resize(512 << 10, 0);
+    let ping = Frame::new(AppProto::CTRL, Flags::EVENT, 9, ping.into())
+        .to_bytes(1 << 20)
+        .unwrap();
+    net.feed(0, conn, &ping);
+    let (out, closed) = net.drain_raw(0, conn);
+    assert!(!closed, "an established session may send large frames");
+    let frames = read_frames(&out);
+    assert_eq!(frames.len(), 1, "the PONG");
+    assert_eq!(frames[0].payload[..9], [2, 0, 0, 0, 0, 0, 0, 0, 7]);
+    net.assert_balance();
+}
+
 #[test]
 fn a_bad_frame_after_good_ones_loses_nothing_before_it() {
     let mut net = Net::new(15, 1, |_| test_config());

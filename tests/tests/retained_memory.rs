@@ -124,6 +124,53 @@ fn small_deliveries_behind_large_pings_do_not_pin_memory() {
     );
 }
 
+/// Connections that are not yet admitted, each sending all but the last byte of a HELLO
+/// that declares 1 MiB: the node must not buffer them (256 such connections pinned 256 MiB
+/// for the handshake timeout). `overlay.max_hello_bytes` refuses each from its length
+/// prefix, and the refusals are counted.
+#[test]
+fn partial_hellos_of_unadmitted_connections_do_not_pin_memory() {
+    const CONNS: usize = 256;
+    let d = Daemon::builder()
+        // Pinned buffers, if any, would outlive the measurement.
+        .cfg("overlay.handshake_timeout", "60s")
+        .cfg("overlay.handshake_rate", "100000")
+        // What a reader takes before the driver refuses its connection passes through;
+        // one chunk each keeps that far below what pinning would cost.
+        .cfg("overlay.peer.read_credit_chunks", "1")
+        .start();
+    d.wait_readyz(200, WAIT);
+    let before = rss(&d);
+    let mut hello =
+        RawFrame::new(0, wire::REQ | wire::START, 1, &vec![b' '; (1 << 20) - 64]).bytes();
+    hello.pop();
+    let held: Vec<std::net::TcpStream> = (0..CONNS)
+        .map(|_| {
+            let mut s = wire::connect(d.overlay);
+            // The node closes a refused connection: the rest of the write may fail.
+            let _ = std::io::Write::write_all(&mut s, &hello);
+            s
+        })
+        .collect();
+    let pinned = (CONNS << 20) as i64;
+    // Either every connection is refused, or the node buffers what they sent (the kernel
+    // holds some of it at first, so wait for the node to have read it).
+    poll_until("refused, or read and held", WAIT, || {
+        let refused = d.metric("rejected_total", &[("reason", "oversize")]) >= CONNS as f64;
+        (refused || rss(&d) - before > pinned / 4).then_some(())
+    });
+    let grown = rss(&d) - before;
+    eprintln!(
+        "RSS grew {} KiB for {CONNS} partial 1 MiB HELLOs",
+        grown / 1024
+    );
+    assert!(
+        grown < pinned / 4,
+        "RSS grew {grown} bytes, pinning would be {pinned}"
+    );
+    drop(held);
+}
+
 /// glibc's arenas other than the main one (which grows with `brk`): each is a mapping of
 /// `HEAP_MAX_SIZE` (64 MiB on 64-bit) aligned to its size, the part in use read-write and
 /// the rest reserved `---p` right after it.

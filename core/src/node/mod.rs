@@ -527,9 +527,10 @@ impl Overlay {
             .reconfigure(cfg.overlay.handshake_rate, cfg.overlay.handshake_burst);
         self.queues_bad.set_sustain(cfg.readiness.sustain);
         self.shed_bad.set_sustain(cfg.readiness.sustain);
-        let dl = decoder_limits(&cfg);
+        let (dl, hl) = (decoder_limits(&cfg), hello_limits(&cfg));
         for s in self.sessions.values_mut() {
-            s.decoder.set_limits(dl);
+            s.decoder
+                .set_limits(if s.is_established() { dl } else { hl });
             s.rate
                 .reconfigure(cfg.overlay.peer.max_rps, cfg.overlay.peer.max_rps);
         }
@@ -815,6 +816,17 @@ fn decoder_limits(cfg: &Config) -> oap::Limits {
         max_frame: cfg.overlay.gossip.max_frame_bytes,
         max_body_bytes: cfg.limits.max_body_bytes,
         decompress_ratio_cap: cfg.limits.decompress_ratio_cap,
+    }
+}
+
+/// The limits of a session whose handshake is not done: a frame longer than
+/// `overlay.max_hello_bytes` is refused `oversize` from its length prefix, before any of it
+/// is buffered, so connections nobody has admitted yet hold at most that much each.
+fn hello_limits(cfg: &Config) -> oap::Limits {
+    let full = decoder_limits(cfg);
+    oap::Limits {
+        max_frame: full.max_frame.min(cfg.overlay.max_hello_bytes),
+        ..full
     }
 }
 

@@ -11,7 +11,7 @@ impl Overlay {
             id,
             inbound,
             now,
-            Decoder::new(decoder_limits(cfg)),
+            Decoder::new(hello_limits(cfg)),
             Reassembler::new(StreamLimits {
                 max_body_bytes: cfg.limits.max_body_bytes,
                 max_streams: cfg.overlay.gossip.max_partial_streams,
