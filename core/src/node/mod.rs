@@ -431,6 +431,8 @@ impl Overlay {
             queues_ok: self.queues_ok,
             shed_rate_ok: self.shed_rate_ok,
             fd_headroom: self.probes.fd_headroom,
+            // Live, not sampled: the next connection is refused the moment this is false.
+            conns_ok: self.sessions.len() < self.cfg.overlay.max_conns,
             draining: self.draining,
         }
     }
