@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use overlay_core::client::ClientEvent;
 use overlay_core::oap::{AppProto, Decoder, Flags, Frame, Role};
 use overlay_core::observe::names::*;
-use overlay_core::{Event, ReadyState, RejectReason};
+use overlay_core::{ConnId, Event, ReadyState, RejectReason};
 use support::*;
 
 /// Publishes in batches so a stalled reader's send window fills first, then its queue.
@@ -562,6 +562,60 @@ fn a_frame_over_max_hello_bytes_before_the_handshake_is_refused_from_its_prefix(
     let frames = read_frames(&out);
     assert_eq!(frames.len(), 1, "the PONG");
     assert_eq!(frames[0].payload[..9], [2, 0, 0, 0, 0, 0, 0, 0, 7]);
+    net.assert_balance();
+}
+
+/// Incomplete frames count against `overlay.gossip.max_partial_bytes_total` at their
+/// declared length (the receive buffer the decoder reserves for them): established clients
+/// that each begin a large frame and never finish it cannot together hold more than the
+/// total. The one that would pass it is refused `oversize`, the others keep their frames, and
+/// a frame finished gives its room back.
+#[test]
+fn incomplete_frames_are_held_within_max_partial_bytes_total() {
+    let mut cfg = test_config();
+    cfg.overlay.gossip.max_partial_bytes_total = 2 << 20;
+    let mut net = Net::new(19, 1, move |_| cfg.clone());
+    let big_ping = |nonce: u64| {
+        let mut p = vec![0x01];
+        p.extend_from_slice(&nonce.to_be_bytes());
+        p.resize(900 << 10, 0);
+        Frame::new(AppProto::CTRL, Flags::EVENT, nonce, p.into())
+            .to_bytes(1 << 20)
+            .unwrap()
+    };
+    let conns: Vec<ConnId> = (0..3)
+        .map(|_| {
+            let c = net.raw(0);
+            net.feed(0, c, &hex(HELLO_N1));
+            assert!(!net.drain_raw(0, c).1);
+            c
+        })
+        .collect();
+    let pings: Vec<Bytes> = (1..=3).map(big_ping).collect();
+    // Two begun 900 KiB frames fit in 2 MiB; the third does not.
+    for (c, p) in conns.iter().zip(&pings) {
+        net.feed(0, *c, &p[..1000]);
+    }
+    let (out, closed) = net.drain_raw(0, conns[2]);
+    assert!(closed, "the frame that would pass the total is refused");
+    assert_eq!(read_frames(&out)[0].code, 413);
+    assert_eq!(net.counter(0, REJECTED_TOTAL, &[("reason", "oversize")]), 1);
+    for c in &conns[..2] {
+        assert!(!net.drain_raw(0, *c).1, "the others keep their sessions");
+    }
+    // The first frame is finished (the harness keeps no receive buffer between feeds, so the
+    // whole frame stands for its rest): it is answered, and its room is free again.
+    let mut rest = BytesMut::from(&pings[0][..]);
+    let now = net.now;
+    net.nodes[0].handle_bytes(now, conns[0], &mut rest);
+    assert!(rest.is_empty());
+    let (out, closed) = net.drain_raw(0, conns[0]);
+    assert!(!closed);
+    assert_eq!(read_frames(&out).len(), 1, "the PONG");
+    let c = net.raw(0);
+    net.feed(0, c, &hex(HELLO_N1));
+    net.feed(0, c, &big_ping(4)[..1000]);
+    assert!(!net.drain_raw(0, c).1, "room again");
     net.assert_balance();
 }
 

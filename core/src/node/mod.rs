@@ -215,6 +215,9 @@ pub struct Overlay {
     holders: usize,
     /// Bytes held in every session's partial streams (`max_partial_bytes_total`).
     partial_bytes: usize,
+    /// Receive buffer held by every session's incomplete frame (`Session::incomplete`),
+    /// within the same `max_partial_bytes_total`.
+    incomplete_bytes: usize,
     /// Frames held in them (the `gossip_ingress` depth and the balance's pending).
     partial_frames: u64,
     /// Sessions with frames queued: the gauges look at these, not at every session.
@@ -302,6 +305,7 @@ impl Overlay {
             permits: Permits::new(g.egress_permits),
             holders: 0,
             partial_bytes: 0,
+            incomplete_bytes: 0,
             partial_frames: 0,
             queued: std::collections::BTreeSet::new(),
             seen: SeenCache::new(g.seen_cache_size, g.seen_ttl, hasher.clone()),
@@ -630,6 +634,8 @@ impl Overlay {
             }
             match s.decoder.decode(buf) {
                 Ok(Some(frame)) => {
+                    // Whole now: its room moves to the partial stream it may join.
+                    self.incomplete_bytes -= std::mem::take(&mut s.incomplete);
                     s.last_rx = now;
                     s.partial_since = (!buf.is_empty()).then_some(now);
                     self.on_frame(now, conn, frame);
@@ -649,6 +655,7 @@ impl Overlay {
                 }
             }
         }
+        self.hold_incomplete(now, conn, buf);
         // A frame or a stream begun brings the read deadline closer.
         self.arm(conn);
         self.debug_check_balance();
@@ -694,6 +701,7 @@ impl Overlay {
         self.queued.remove(&conn);
         self.egress_drop(DropReason::Shed, (ctrl + gossip + unwritten) as u64);
         self.partial_bytes -= s.reasm.buffered_bytes();
+        self.incomplete_bytes -= s.incomplete;
         self.partial_frames -= s.reasm.partial_frames();
         let partial = s.reasm.clear();
         self.rx_dropped(RxDrop::Closed, partial);

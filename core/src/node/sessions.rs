@@ -75,6 +75,8 @@ impl Overlay {
         };
         self.partial_bytes -= s.reasm.buffered_bytes();
         self.partial_frames -= s.reasm.partial_frames();
+        // A closing session's buffer is discarded with whatever frame it had begun.
+        self.incomplete_bytes -= std::mem::take(&mut s.incomplete);
         s.reasm.clear()
     }
 
