@@ -1,6 +1,7 @@
 //! Rate limits for log lines that a failing syscall can repeat in a loop (accept errors at
-//! the fd limit): one line per period, carrying how many were held back, so the log
-//! neither floods nor hides that the failure kept happening.
+//! the fd limit) or a flood can repeat (the log bus lagging): one line per period, carrying
+//! how many were held back, so the log neither floods nor hides that the failure kept
+//! happening.
 
 use std::time::Duration;
 
@@ -8,6 +9,9 @@ use tokio::time::Instant;
 
 /// At most one accept-error line per second per listener.
 pub const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// At most one `bus_lagged` line per second per bus subscriber.
+pub const BUS_LAG_LOG_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct LogThrottle {
@@ -31,7 +35,7 @@ impl LogThrottle {
         self.admit_at(Instant::now())
     }
 
-    fn admit_at(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn admit_at(&mut self, now: Instant) -> Option<u64> {
         match self.last {
             Some(t) if now.saturating_duration_since(t) < self.every => {
                 self.suppressed += 1;
