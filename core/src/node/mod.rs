@@ -716,6 +716,7 @@ impl Overlay {
         }
         let reason = s.close_reason.unwrap_or(CloseReason::PeerClosed);
         self.events.push_back(Event::Closed { conn, reason });
+        self.conns_changed(now);
         if s.tree.is_some() {
             self.update_tree_gauges();
         }

@@ -22,6 +22,7 @@ impl Overlay {
         );
         self.sessions.insert(id, s);
         self.arm(id);
+        self.conns_changed(now);
         id
     }
 
