@@ -48,6 +48,10 @@ pub struct OverlayConfig {
     pub keepalive: Duration,
     /// Most topic filters one client may name in HELLO.
     pub max_topics: usize,
+    /// Largest frame a connection may send before its handshake is done. A HELLO is small
+    /// (a token and a topic list), and an unauthenticated connection must not make the node
+    /// buffer a whole `max_frame_bytes` frame: `max_conns` of them would pin a GiB.
+    pub max_hello_bytes: u32,
     /// Post-quantum mode this node asks for in HELLO (`off` or `hybrid`).
     pub pq_mode: PqModeConfig,
     /// First redial delay after a dial to a configured peer fails or its session ends...
@@ -333,6 +337,9 @@ impl Default for OverlayConfig {
             handshake_burst: 1000,
             keepalive: Duration::from_secs(5),
             max_topics: 64,
+            // A default HELLO at its largest (a 4 KiB token, 64 topics of 255 bytes) is
+            // about 21 KiB.
+            max_hello_bytes: 32 << 10,
             pq_mode: PqModeConfig::Off,
             dial_backoff_base: Duration::from_millis(200),
             dial_backoff_max: Duration::from_secs(30),
@@ -796,6 +803,13 @@ impl Config {
             (64..=65535).contains(&a.max_token_bytes),
             "auth.max_token_bytes",
             "must be in 64..=65535 (the cap field is 16 bits)",
+        )?;
+        // Room for the largest token a HELLO may carry plus its JSON, so a token over
+        // `auth.max_token_bytes` is refused `unauth`, not cut off as `oversize`.
+        check(
+            self.overlay.max_hello_bytes as usize >= self.auth.max_token_bytes + 1024,
+            "overlay.max_hello_bytes",
+            "must be >= auth.max_token_bytes + 1024",
         )?;
         check(
             self.log.max_lines_per_sec >= 1,

@@ -135,6 +135,9 @@ pub struct ReadyView {
     pub queues_ok: bool,
     pub shed_rate_ok: bool,
     pub fd_headroom: bool,
+    /// Fewer sessions than `overlay.max_conns`: at the bound every new connection is
+    /// refused `503 busy`, so a balancer must stop sending clients here until one ends.
+    pub conns_ok: bool,
     /// Draining for shutdown: not ready whatever the keys say.
     pub draining: bool,
 }
@@ -155,6 +158,7 @@ impl ReadyView {
         need(self.queues_ok, "queues_ok");
         need(self.shed_rate_ok, "shed_rate_ok");
         need(self.fd_headroom, "fd_headroom");
+        need(self.conns_ok, "conns_ok");
         need(self.pq_ready != Some(false), "pq_ready");
         need(!self.draining, "draining");
         m
@@ -201,6 +205,7 @@ mod tests {
             queues_ok: true,
             shed_rate_ok: true,
             fd_headroom: true,
+            conns_ok: true,
             draining: false,
         }
     }

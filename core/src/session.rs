@@ -117,6 +117,9 @@ pub(crate) struct Session {
     pub(crate) last_write: Time,
     /// Since when an incomplete frame has sat in the receive buffer.
     pub(crate) partial_since: Option<Time>,
+    /// Receive buffer the incomplete frame holds: its declared length, which the decoder
+    /// reserves (`Overlay::hold_incomplete`).
+    pub(crate) incomplete: usize,
     /// The nonce of the PING awaiting its PONG: while one is out, no other is sent.
     pub(crate) ping: Option<u64>,
     pub(crate) next_stream: u64,
@@ -177,6 +180,7 @@ impl Session {
             last_rx: now,
             last_write: now,
             partial_since: None,
+            incomplete: 0,
             ping: None,
             next_stream: 1,
             chunk,

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use overlay_core::client::ClientEvent;
 use overlay_core::oap::{AppProto, Decoder, Flags, Frame, Role};
 use overlay_core::observe::names::*;
-use overlay_core::{Event, ReadyState, RejectReason};
+use overlay_core::{ConnId, Event, ReadyState, RejectReason};
 use support::*;
 
 /// Publishes in batches so a stalled reader's send window fills first, then its queue.
@@ -514,6 +514,111 @@ fn malformed_prefixes_are_answered_and_closed_with_their_reason() {
     }
 }
 
+/// A connection nobody has admitted may not make the node buffer a whole `max_frame_bytes`
+/// frame: the length prefix of a HELLO over `overlay.max_hello_bytes` is refused
+/// `oversize` before any of it is held (1024 such connections pinned 0.9 GiB in the
+/// release daemon). Once established, the session may send frames of any size again.
+#[test]
+fn a_frame_over_max_hello_bytes_before_the_handshake_is_refused_from_its_prefix() {
+    let mut net = Net::new(16, 1, |_| test_config());
+    let limit = net.nodes[0].config().overlay.max_hello_bytes;
+    assert_eq!(limit, 32 << 10, "the default");
+    let conn = net.raw(0);
+    // REQ|START HELLO header declaring one byte over the limit; none of its body is sent.
+    let head = Frame::new(
+        AppProto::HELLO,
+        Flags::REQ | Flags::START,
+        5,
+        vec![b' '; limit as usize - 38 + 1].into(),
+    )
+    .to_bytes(1 << 20)
+    .unwrap();
+    net.feed(0, conn, &head[..38]);
+    let (out, closed) = net.drain_raw(0, conn);
+    assert!(closed, "refused from the length prefix");
+    let frames = read_frames(&out);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].code, 413);
+    assert_eq!(net.counter(0, REJECTED_TOTAL, &[("reason", "oversize")]), 1);
+    assert_eq!(
+        net.counter(0, HANDSHAKE_FAILURES_TOTAL, &[("reason", "proto")]),
+        1
+    );
+
+    // The spec's HELLO is far below it; after it, a 512 KiB PING is answered.
+    let conn = net.raw(0);
+    net.feed(0, conn, &hex(HELLO_N1));
+    let (_, closed) = net.drain_raw(0, conn);
+    assert!(!closed);
+    let mut ping = vec![0x01];
+    ping.extend_from_slice(&7u64.to_be_bytes());
+    ping.resize(512 << 10, 0);
+    let ping = Frame::new(AppProto::CTRL, Flags::EVENT, 9, ping.into())
+        .to_bytes(1 << 20)
+        .unwrap();
+    net.feed(0, conn, &ping);
+    let (out, closed) = net.drain_raw(0, conn);
+    assert!(!closed, "an established session may send large frames");
+    let frames = read_frames(&out);
+    assert_eq!(frames.len(), 1, "the PONG");
+    assert_eq!(frames[0].payload[..9], [2, 0, 0, 0, 0, 0, 0, 0, 7]);
+    net.assert_balance();
+}
+
+/// Incomplete frames count against `overlay.gossip.max_partial_bytes_total` at their
+/// declared length (the receive buffer the decoder reserves for them): established clients
+/// that each begin a large frame and never finish it cannot together hold more than the
+/// total. The one that would pass it is refused `oversize`, the others keep their frames, and
+/// a frame finished gives its room back.
+#[test]
+fn incomplete_frames_are_held_within_max_partial_bytes_total() {
+    let mut cfg = test_config();
+    cfg.overlay.gossip.max_partial_bytes_total = 2 << 20;
+    let mut net = Net::new(19, 1, move |_| cfg.clone());
+    let big_ping = |nonce: u64| {
+        let mut p = vec![0x01];
+        p.extend_from_slice(&nonce.to_be_bytes());
+        p.resize(900 << 10, 0);
+        Frame::new(AppProto::CTRL, Flags::EVENT, nonce, p.into())
+            .to_bytes(1 << 20)
+            .unwrap()
+    };
+    let conns: Vec<ConnId> = (0..3)
+        .map(|_| {
+            let c = net.raw(0);
+            net.feed(0, c, &hex(HELLO_N1));
+            assert!(!net.drain_raw(0, c).1);
+            c
+        })
+        .collect();
+    let pings: Vec<Bytes> = (1..=3).map(big_ping).collect();
+    // Two begun 900 KiB frames fit in 2 MiB; the third does not.
+    for (c, p) in conns.iter().zip(&pings) {
+        net.feed(0, *c, &p[..1000]);
+    }
+    let (out, closed) = net.drain_raw(0, conns[2]);
+    assert!(closed, "the frame that would pass the total is refused");
+    assert_eq!(read_frames(&out)[0].code, 413);
+    assert_eq!(net.counter(0, REJECTED_TOTAL, &[("reason", "oversize")]), 1);
+    for c in &conns[..2] {
+        assert!(!net.drain_raw(0, *c).1, "the others keep their sessions");
+    }
+    // The first frame is finished (the harness keeps no receive buffer between feeds, so the
+    // whole frame stands for its rest): it is answered, and its room is free again.
+    let mut rest = BytesMut::from(&pings[0][..]);
+    let now = net.now;
+    net.nodes[0].handle_bytes(now, conns[0], &mut rest);
+    assert!(rest.is_empty());
+    let (out, closed) = net.drain_raw(0, conns[0]);
+    assert!(!closed);
+    assert_eq!(read_frames(&out).len(), 1, "the PONG");
+    let c = net.raw(0);
+    net.feed(0, c, &hex(HELLO_N1));
+    net.feed(0, c, &big_ping(4)[..1000]);
+    assert!(!net.drain_raw(0, c).1, "room again");
+    net.assert_balance();
+}
+
 #[test]
 fn a_bad_frame_after_good_ones_loses_nothing_before_it() {
     let mut net = Net::new(15, 1, |_| test_config());
@@ -601,6 +706,16 @@ fn max_conns_refuses_with_503_busy() {
         0,
         "a connection refused at max_conns is not a write refused busy"
     );
+    // Readiness says so while the node is at the bound (every new client would hear 503),
+    // in /readyz and in readyz_state at once, and recovers when a session ends.
+    let view = net.nodes[0].readiness();
+    assert_eq!(view.missing(), vec!["conns_ok"]);
+    assert_eq!(view.state(), ReadyState::Degraded);
+    assert_eq!(net.gauge(0, READYZ_STATE, &[]), 2.0);
+    net.disconnect(End::Client(cs[0]));
+    net.settle();
+    assert!(net.nodes[0].readiness().missing().is_empty());
+    assert_eq!(net.gauge(0, READYZ_STATE, &[]), 1.0);
 }
 
 #[test]

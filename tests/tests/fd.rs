@@ -6,6 +6,7 @@
 use std::net::TcpStream;
 use std::time::Duration;
 
+use e2e::wire::OapClient;
 use e2e::Daemon;
 
 const LIMIT: u64 = 256;
@@ -50,4 +51,29 @@ fn the_acceptor_keeps_the_fd_reserve_and_readiness_says_so() {
     drop(clients);
     d.wait_readyz(200, Duration::from_secs(20));
     assert_eq!(d.get("/healthz").status, 200);
+}
+
+/// At `overlay.max_conns` sessions every new connection is refused `503 busy`: `/readyz`
+/// says so (`conns_ok` missing) while the admin plane keeps answering, and is ready again
+/// as soon as a session ends.
+#[test]
+fn readiness_says_when_the_node_is_at_max_conns_and_recovers() {
+    const MAX: usize = 8;
+    let d = Daemon::builder()
+        .cfg("overlay.max_conns", MAX.to_string())
+        .start();
+    d.wait_readyz(200, Duration::from_secs(10));
+    let mut clients: Vec<OapClient> = (0..MAX)
+        .map(|i| OapClient::connect(d.overlay, &format!("c{i}"), &["t"], None).unwrap())
+        .collect();
+    let body = d.wait_readyz(503, Duration::from_secs(10));
+    assert_eq!(body["missing"], serde_json::json!(["conns_ok"]), "{body}");
+    assert_eq!(d.get("/healthz").status, 200);
+    assert!(
+        OapClient::connect(d.overlay, "one-too-many", &[], None).is_err(),
+        "refused while /readyz says so"
+    );
+    clients.pop();
+    d.wait_readyz(200, Duration::from_secs(10));
+    assert!(OapClient::connect(d.overlay, "room-again", &[], None).is_ok());
 }

@@ -124,6 +124,94 @@ fn small_deliveries_behind_large_pings_do_not_pin_memory() {
     );
 }
 
+/// Connections that are not yet admitted, each sending all but the last byte of a HELLO
+/// that declares 1 MiB: the node must not buffer them (256 such connections pinned 256 MiB
+/// for the handshake timeout). `overlay.max_hello_bytes` refuses each from its length
+/// prefix, and the refusals are counted.
+#[test]
+fn partial_hellos_of_unadmitted_connections_do_not_pin_memory() {
+    const CONNS: usize = 256;
+    let d = Daemon::builder()
+        // Pinned buffers, if any, would outlive the measurement.
+        .cfg("overlay.handshake_timeout", "60s")
+        .cfg("overlay.handshake_rate", "100000")
+        // What a reader takes before the driver refuses its connection passes through;
+        // one chunk each keeps that far below what pinning would cost.
+        .cfg("overlay.peer.read_credit_chunks", "1")
+        .start();
+    d.wait_readyz(200, WAIT);
+    let before = rss(&d);
+    let mut hello =
+        RawFrame::new(0, wire::REQ | wire::START, 1, &vec![b' '; (1 << 20) - 64]).bytes();
+    hello.pop();
+    let held: Vec<std::net::TcpStream> = (0..CONNS)
+        .map(|_| {
+            let mut s = wire::connect(d.overlay);
+            // The node closes a refused connection: the rest of the write may fail.
+            let _ = std::io::Write::write_all(&mut s, &hello);
+            s
+        })
+        .collect();
+    let pinned = (CONNS << 20) as i64;
+    // Either every connection is refused, or the node buffers what they sent (the kernel
+    // holds some of it at first, so wait for the node to have read it).
+    poll_until("refused, or read and held", WAIT, || {
+        let refused = d.metric("rejected_total", &[("reason", "oversize")]) >= CONNS as f64;
+        (refused || rss(&d) - before > pinned / 4).then_some(())
+    });
+    let grown = rss(&d) - before;
+    eprintln!(
+        "RSS grew {} KiB for {CONNS} partial 1 MiB HELLOs",
+        grown / 1024
+    );
+    assert!(
+        grown < pinned / 4,
+        "RSS grew {grown} bytes, pinning would be {pinned}"
+    );
+    drop(held);
+}
+
+/// Established clients, each sending all but the last byte of a ~1 MiB frame: together
+/// they may hold no more than `overlay.gossip.max_partial_bytes_total` (64 MiB), where
+/// nothing counted them before (256 such clients held 256 MiB until `timeouts.read`).
+#[test]
+fn incomplete_frames_of_many_clients_are_held_within_the_partial_total() {
+    const CONNS: usize = 256;
+    let d = Daemon::builder()
+        .cfg("overlay.handshake_rate", "100000")
+        .cfg("timeouts.read", "120s")
+        .cfg("timeouts.idle", "120s")
+        .cfg("overlay.peer.read_credit_chunks", "1")
+        .start();
+    d.wait_readyz(200, WAIT);
+    let mut clients: Vec<OapClient> = (0..CONNS)
+        .map(|i| OapClient::connect(d.overlay, &format!("inc{i}"), &["none"], None).unwrap())
+        .collect();
+    let before = rss(&d);
+    let mut frame = big_ping(1);
+    frame.pop();
+    for c in clients.iter_mut() {
+        // A refused client is closed: the rest of its write may fail.
+        let _ = std::io::Write::write_all(&mut c.stream, &frame);
+    }
+    let total = 64i64 << 20;
+    let pinned = (CONNS << 20) as i64;
+    // Either the node refuses what passes the total, or it reads and holds it all.
+    poll_until("refused past the total, or read and held", WAIT, || {
+        let refused = d.metric("rejected_total", &[("reason", "oversize")]);
+        (refused >= (CONNS - 64) as f64 || rss(&d) - before > total + pinned / 4).then_some(())
+    });
+    let grown = rss(&d) - before;
+    eprintln!(
+        "RSS grew {} KiB for {CONNS} incomplete 1 MiB frames",
+        grown / 1024
+    );
+    assert!(
+        grown < total + SLACK,
+        "RSS grew {grown} bytes, max_partial_bytes_total {total}"
+    );
+}
+
 /// glibc's arenas other than the main one (which grows with `brk`): each is a mapping of
 /// `HEAP_MAX_SIZE` (64 MiB on 64-bit) aligned to its size, the part in use read-write and
 /// the rest reserved `---p` right after it.

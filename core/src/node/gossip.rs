@@ -33,7 +33,8 @@ impl Overlay {
                 let held = s.reasm.partial_frames();
                 let over_session = held as usize > self.cfg.overlay.peer.inflight_frames;
                 let over_node = !over_session
-                    && self.partial_bytes > self.cfg.overlay.gossip.max_partial_bytes_total;
+                    && self.partial_bytes + self.incomplete_bytes
+                        > self.cfg.overlay.gossip.max_partial_bytes_total;
                 if over_session || over_node {
                     // Either bound is the sender's to respect: more frames held than a
                     // session may have in flight, or more partial bytes than the whole node

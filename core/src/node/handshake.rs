@@ -297,6 +297,8 @@ impl Overlay {
             return;
         };
         s.phase = Phase::Established;
+        // Admitted: from the next frame on, the session may send frames of any size.
+        s.decoder.set_limits(decoder_limits(&self.cfg));
         s.role = Some(role);
         s.node = node.clone();
         s.last_rx = now;

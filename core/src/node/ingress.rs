@@ -1,6 +1,7 @@
 //! Frames in: dispatch by session phase and app_proto, CTRL, and rejects.
 
 use super::*;
+use crate::oap::FrameErrorKind;
 
 impl Overlay {
     pub(super) fn on_frame(&mut self, now: Time, conn: ConnId, frame: Frame) {
@@ -57,6 +58,48 @@ impl Overlay {
             ..Frame::default()
         };
         self.reject_frame(now, conn, &blame, e.reason(), 1, &e.kind.to_string());
+    }
+
+    /// Charges the frame left incomplete in `conn`'s receive buffer, at its declared length
+    /// (what the decoder reserves for it), to `overlay.gossip.max_partial_bytes_total`
+    /// together with the partial streams. Without it each session could hold a frame of up
+    /// to `max_frame_bytes` that no bound counted: 900 clients each sending all but the last
+    /// byte of a 1 MiB frame held 0.8 GiB. A frame the budget has no room for is refused
+    /// `oversize` on the session that begins it, like a stream passing the total.
+    pub(super) fn hold_incomplete(&mut self, now: Time, conn: ConnId, buf: &mut BytesMut) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if s.phase == Phase::Closing {
+            return;
+        }
+        let held = match buf.get(..4) {
+            // The decoder has checked the prefix against max_frame already.
+            Some(p) => u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
+            None => buf.len(),
+        };
+        let before = std::mem::replace(&mut s.incomplete, held);
+        self.incomplete_bytes = self.incomplete_bytes - before + held;
+        let total = self.cfg.overlay.gossip.max_partial_bytes_total;
+        if held <= before || self.partial_bytes + self.incomplete_bytes <= total {
+            return;
+        }
+        let room = total.saturating_sub(self.partial_bytes + self.incomplete_bytes - held);
+        let field = |r: std::ops::Range<usize>| {
+            buf.get(r)
+                .map(|b| b.iter().fold(0u64, |a, x| a << 8 | *x as u64))
+        };
+        let e = FrameError {
+            kind: FrameErrorKind::OverBudget {
+                len: held as u32,
+                room,
+            },
+            app_proto: field(10..12).unwrap_or(0) as u16,
+            corr_id: field(30..38).unwrap_or(0),
+        };
+        // Closing the session releases its charge (`clear_partials`).
+        self.on_frame_error(now, conn, e);
+        buf.clear();
     }
 
     pub(super) fn on_ctrl(&mut self, now: Time, conn: ConnId, frame: Frame) {

@@ -215,6 +215,9 @@ pub struct Overlay {
     holders: usize,
     /// Bytes held in every session's partial streams (`max_partial_bytes_total`).
     partial_bytes: usize,
+    /// Receive buffer held by every session's incomplete frame (`Session::incomplete`),
+    /// within the same `max_partial_bytes_total`.
+    incomplete_bytes: usize,
     /// Frames held in them (the `gossip_ingress` depth and the balance's pending).
     partial_frames: u64,
     /// Sessions with frames queued: the gauges look at these, not at every session.
@@ -302,6 +305,7 @@ impl Overlay {
             permits: Permits::new(g.egress_permits),
             holders: 0,
             partial_bytes: 0,
+            incomplete_bytes: 0,
             partial_frames: 0,
             queued: std::collections::BTreeSet::new(),
             seen: SeenCache::new(g.seen_cache_size, g.seen_ttl, hasher.clone()),
@@ -431,6 +435,8 @@ impl Overlay {
             queues_ok: self.queues_ok,
             shed_rate_ok: self.shed_rate_ok,
             fd_headroom: self.probes.fd_headroom,
+            // Live, not sampled: the next connection is refused the moment this is false.
+            conns_ok: self.sessions.len() < self.cfg.overlay.max_conns,
             draining: self.draining,
         }
     }
@@ -527,9 +533,10 @@ impl Overlay {
             .reconfigure(cfg.overlay.handshake_rate, cfg.overlay.handshake_burst);
         self.queues_bad.set_sustain(cfg.readiness.sustain);
         self.shed_bad.set_sustain(cfg.readiness.sustain);
-        let dl = decoder_limits(&cfg);
+        let (dl, hl) = (decoder_limits(&cfg), hello_limits(&cfg));
         for s in self.sessions.values_mut() {
-            s.decoder.set_limits(dl);
+            s.decoder
+                .set_limits(if s.is_established() { dl } else { hl });
             s.rate
                 .reconfigure(cfg.overlay.peer.max_rps, cfg.overlay.peer.max_rps);
         }
@@ -627,6 +634,8 @@ impl Overlay {
             }
             match s.decoder.decode(buf) {
                 Ok(Some(frame)) => {
+                    // Whole now: its room moves to the partial stream it may join.
+                    self.incomplete_bytes -= std::mem::take(&mut s.incomplete);
                     s.last_rx = now;
                     s.partial_since = (!buf.is_empty()).then_some(now);
                     self.on_frame(now, conn, frame);
@@ -646,6 +655,7 @@ impl Overlay {
                 }
             }
         }
+        self.hold_incomplete(now, conn, buf);
         // A frame or a stream begun brings the read deadline closer.
         self.arm(conn);
         self.debug_check_balance();
@@ -691,6 +701,7 @@ impl Overlay {
         self.queued.remove(&conn);
         self.egress_drop(DropReason::Shed, (ctrl + gossip + unwritten) as u64);
         self.partial_bytes -= s.reasm.buffered_bytes();
+        self.incomplete_bytes -= s.incomplete;
         self.partial_frames -= s.reasm.partial_frames();
         let partial = s.reasm.clear();
         self.rx_dropped(RxDrop::Closed, partial);
@@ -705,6 +716,7 @@ impl Overlay {
         }
         let reason = s.close_reason.unwrap_or(CloseReason::PeerClosed);
         self.events.push_back(Event::Closed { conn, reason });
+        self.conns_changed(now);
         if s.tree.is_some() {
             self.update_tree_gauges();
         }
@@ -815,6 +827,17 @@ fn decoder_limits(cfg: &Config) -> oap::Limits {
         max_frame: cfg.overlay.gossip.max_frame_bytes,
         max_body_bytes: cfg.limits.max_body_bytes,
         decompress_ratio_cap: cfg.limits.decompress_ratio_cap,
+    }
+}
+
+/// The limits of a session whose handshake is not done: a frame longer than
+/// `overlay.max_hello_bytes` is refused `oversize` from its length prefix, before any of it
+/// is buffered, so connections nobody has admitted yet hold at most that much each.
+fn hello_limits(cfg: &Config) -> oap::Limits {
+    let full = decoder_limits(cfg);
+    oap::Limits {
+        max_frame: full.max_frame.min(cfg.overlay.max_hello_bytes),
+        ..full
     }
 }
 

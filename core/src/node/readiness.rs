@@ -24,6 +24,20 @@ impl Overlay {
         }
     }
 
+    /// `conns_ok` is read live by `readiness()`; when a session crosses `overlay.max_conns`
+    /// the gauge and the readiness event follow at once, not at the next tick, so
+    /// `readyz_state` never says ready while `/readyz` says the node is full.
+    pub(super) fn conns_changed(&mut self, now: Time) {
+        let ok = self.sessions.len() < self.cfg.overlay.max_conns;
+        let stale = self
+            .last_ready
+            .as_ref()
+            .is_some_and(|(_, missing)| missing.contains(&"conns_ok") == ok);
+        if stale {
+            self.refresh_readiness(now);
+        }
+    }
+
     pub(super) fn update_gauges(&self) {
         let m = &self.metrics;
         let (mut egress, partial, mut fill) = (0usize, self.partial_frames, 0.0f64);

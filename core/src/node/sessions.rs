@@ -11,7 +11,7 @@ impl Overlay {
             id,
             inbound,
             now,
-            Decoder::new(decoder_limits(cfg)),
+            Decoder::new(hello_limits(cfg)),
             Reassembler::new(StreamLimits {
                 max_body_bytes: cfg.limits.max_body_bytes,
                 max_streams: cfg.overlay.gossip.max_partial_streams,
@@ -22,6 +22,7 @@ impl Overlay {
         );
         self.sessions.insert(id, s);
         self.arm(id);
+        self.conns_changed(now);
         id
     }
 
@@ -75,6 +76,8 @@ impl Overlay {
         };
         self.partial_bytes -= s.reasm.buffered_bytes();
         self.partial_frames -= s.reasm.partial_frames();
+        // A closing session's buffer is discarded with whatever frame it had begun.
+        self.incomplete_bytes -= std::mem::take(&mut s.incomplete);
         s.reasm.clear()
     }
 

@@ -38,6 +38,10 @@ impl FrameError {
 pub enum FrameErrorKind {
     #[error("frame length {len} exceeds max_frame {max}")]
     Oversize { len: u32, max: u32 },
+    /// Not a decoder error: the node's budget for received data
+    /// (`overlay.gossip.max_partial_bytes_total`) has no room for the frame begun.
+    #[error("frame length {len} exceeds the {room} bytes left of overlay.gossip.max_partial_bytes_total")]
+    OverBudget { len: u32, room: usize },
     #[error("frame length {len} is shorter than the 38-byte header")]
     TooShort { len: u32 },
     #[error("cap_len {cap_len} does not fit in frame length {len}")]
@@ -59,7 +63,9 @@ pub enum FrameErrorKind {
 impl FrameErrorKind {
     pub fn reason(&self) -> RejectReason {
         match self {
-            FrameErrorKind::Oversize { .. } => RejectReason::Oversize,
+            FrameErrorKind::Oversize { .. } | FrameErrorKind::OverBudget { .. } => {
+                RejectReason::Oversize
+            }
             FrameErrorKind::InflateLimit { .. } => RejectReason::RatioCap,
             _ => RejectReason::Proto,
         }

@@ -217,6 +217,7 @@ mod tests {
             queues_ok: ready,
             shed_rate_ok: true,
             fd_headroom: true,
+            conns_ok: true,
             draining: false,
         }
     }

@@ -1,7 +1,7 @@
 //! Rate limits for log lines that a failing syscall or a peer can repeat in a loop (accept
-//! errors at the fd limit, a connection flood refused before TLS): one line per period,
-//! carrying how many were held back, so the log neither floods nor hides that the failure
-//! kept happening.
+//! errors at the fd limit, a connection flood refused before TLS, the log bus lagging): one
+//! line per period, carrying how many were held back, so the log neither floods nor hides
+//! that the failure kept happening.
 
 use std::time::Duration;
 
@@ -13,6 +13,9 @@ pub const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
 /// At most one line per second for TLS connections refused over the handshake rate: a
 /// flood must not turn into a log line per connection.
 pub const INCOMING_REFUSED_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// At most one `bus_lagged` line per second per bus subscriber.
+pub const BUS_LAG_LOG_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct LogThrottle {
@@ -36,7 +39,7 @@ impl LogThrottle {
         self.admit_at(Instant::now())
     }
 
-    fn admit_at(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn admit_at(&mut self, now: Instant) -> Option<u64> {
         match self.last {
             Some(t) if now.saturating_duration_since(t) < self.every => {
                 self.suppressed += 1;
