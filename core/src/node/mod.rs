@@ -255,6 +255,8 @@ pub struct Overlay {
     /// Announced messages not yet arrived, and their pull deadlines in order.
     missing: HashMap<MsgId, tree::Missing, KeyedHasher>,
     missing_order: VecDeque<(Time, MsgId)>,
+    /// How late announced messages have lately arrived (see `tree::Missing`).
+    arrival_lag: Duration,
     /// Established tree sessions.
     tree_links: usize,
     /// Sessions filed under their earliest deadline (see `timers`).
@@ -335,6 +337,7 @@ impl Overlay {
             peer_pressure: 0,
             missing: HashMap::with_hasher(hasher.clone()),
             missing_order: VecDeque::new(),
+            arrival_lag: Duration::ZERO,
             tree_links: 0,
             timers: std::collections::BinaryHeap::new(),
             verifier: None,
