@@ -916,6 +916,13 @@ mod tests {
             e.to_string().contains("readiness.queue_high_watermark"),
             "{e}"
         );
+        let mut c = Config::default();
+        assert_eq!(c.overlay.peer.socket_recv_bytes, 256 << 10);
+        c.overlay.peer.socket_recv_bytes = 0;
+        c.validate().expect("0: the kernel's autotuning");
+        c.overlay.peer.socket_send_bytes = 100;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "overlay.peer.socket_send_bytes");
     }
 
     #[test]

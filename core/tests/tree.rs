@@ -227,3 +227,40 @@ fn slow_eager_copies_do_not_keep_the_tree_pulling() {
     assert!(copies <= 1.8, "{copies:.3} payload copies per delivery");
     net.assert_balance();
 }
+
+/// A pulled copy that arrives after the eager copy it was pulled in place of is a slow
+/// answer to this node's own GRAFT, not a sign that the announcer's pushes are redundant: it
+/// must not PRUNE the announcer (which, asked to push by that very GRAFT, would stop again).
+#[test]
+fn a_late_answer_to_a_pull_prunes_nothing() {
+    let mut net = Net::new(66, 3, |_| cfg());
+    let (c02, _) = net.connect(0, 2);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    let publisher = net.client(0, Role::Client, &[]);
+    net.settle();
+    // The first message forms the tree: 0 pushes to 1 and 2, whose pushes to each other
+    // cross and are pruned both ways, so 1 announces to 2 from then on.
+    publish_n(&mut net, publisher, 0, 1);
+    net.advance(Duration::from_secs(1));
+    let prunes = |net: &Net| net.counter(2, TREE_FRAMES_TOTAL, &[("dir", "tx"), ("op", "prune")]);
+    let grafts = |net: &Net| net.counter(2, TREE_FRAMES_TOTAL, &[("dir", "tx"), ("op", "graft")]);
+    let (prunes0, grafts0) = (prunes(&net), grafts(&net));
+    // Node 0's copy toward 2 is held up: 2 hears of it from 1 and pulls it from 1.
+    net.stall(End::Node(0, c02), true);
+    publish_n(&mut net, publisher, 1, 1);
+    for _ in 0..4000 {
+        if grafts(&net) > grafts0 {
+            break;
+        }
+        net.advance(Duration::from_micros(250));
+    }
+    assert!(grafts(&net) > grafts0, "node 2 pulled from node 1");
+    // The eager copy arrives first after all; 1's answer to the pull comes second.
+    net.resume(End::Node(0, c02));
+    net.advance(Duration::from_secs(1));
+    assert_eq!(coverage(&net, 0..2), vec![]);
+    assert_eq!(prunes(&net), prunes0, "the late pulled copy pruned node 1");
+    assert!(net.counter(2, RX_OUTCOMES_TOTAL, &[("outcome", "duplicate")]) > 0);
+    net.assert_balance();
+}

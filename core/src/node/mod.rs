@@ -257,6 +257,9 @@ pub struct Overlay {
     missing_order: VecDeque<(Time, MsgId)>,
     /// How late announced messages have lately arrived (see `tree::Missing`).
     arrival_lag: Duration,
+    /// Recent pulls and who they were asked of, oldest first (see `tree::tree_duplicate`).
+    pulled: HashMap<MsgId, ConnId, KeyedHasher>,
+    pulled_order: VecDeque<MsgId>,
     /// Established tree sessions.
     tree_links: usize,
     /// Sessions filed under their earliest deadline (see `timers`).
@@ -338,6 +341,8 @@ impl Overlay {
             missing: HashMap::with_hasher(hasher.clone()),
             missing_order: VecDeque::new(),
             arrival_lag: Duration::ZERO,
+            pulled: HashMap::with_hasher(hasher.clone()),
+            pulled_order: VecDeque::new(),
             tree_links: 0,
             timers: std::collections::BinaryHeap::new(),
             verifier: None,

@@ -195,14 +195,34 @@ impl Overlay {
     /// that direction is pruned. Each direction of a link is its receiver's to prune and
     /// graft: were this node also to stop pushing to `conn`, a peer that pulled from it
     /// (and so asked it to push) would lose that push to the duplicates its own pushes
-    /// cause here, pull again, and the tree would never settle under load.
-    pub(super) fn tree_duplicate(&mut self, conn: ConnId) {
+    /// cause here, pull again, and the tree would never settle under load. A duplicate that
+    /// answers this node's own pull of it from `conn` prunes nothing: it says the pull was
+    /// slow, not that `conn`'s pushes are redundant.
+    pub(super) fn tree_duplicate(&mut self, conn: ConnId, id: &MsgId) {
+        if self.pulled.get(id) == Some(&conn) {
+            self.pulled.remove(id);
+            return;
+        }
         let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) else {
             return;
         };
         if !t.pruned {
             t.pruned = true;
             self.send_tree(conn, &TreeFrame::Prune);
+        }
+    }
+
+    /// Remembers that `id` was pulled from `conn`, within the bound of announced ids.
+    fn note_pull(&mut self, id: MsgId, conn: ConnId) {
+        let cap = self.cfg.overlay.gossip.announce_queue.saturating_mul(4);
+        while self.pulled_order.len() >= cap.max(1) {
+            let Some(old) = self.pulled_order.pop_front() else {
+                break;
+            };
+            self.pulled.remove(&old);
+        }
+        if self.pulled.insert(id, conn).is_none() {
+            self.pulled_order.push_back(id);
         }
     }
 
@@ -314,6 +334,7 @@ impl Overlay {
     /// to the next announcer in line, and the announcer is asked to push to this node.
     fn pull_missing(&mut self, now: Time) {
         let mut grafts: BTreeMap<ConnId, Vec<MsgId>> = BTreeMap::new();
+        let mut pulled = Vec::new();
         let timeout = self.pull_delay();
         if self.reads_paused() {
             // This node is the one behind: what was announced is most likely in its unread
@@ -348,11 +369,15 @@ impl Overlay {
                     m.deadline = now + timeout;
                     self.missing_order.push_back((m.deadline, id));
                     grafts.entry(c).or_default().push(id);
+                    pulled.push((id, c));
                 }
                 None => {
                     self.missing.remove(&id);
                 }
             }
+        }
+        for (id, c) in pulled {
+            self.note_pull(id, c);
         }
         for (c, ids) in grafts {
             self.metrics.tree_pulls[PullOutcome::Requested.index()].increment(ids.len() as u64);
