@@ -264,36 +264,3 @@ fn a_late_answer_to_a_pull_prunes_nothing() {
     assert!(net.counter(2, RX_OUTCOMES_TOTAL, &[("outcome", "duplicate")]) > 0);
     net.assert_balance();
 }
-
-/// At full speed, pushes a peer sent before this node's PRUNE reached it can beat the
-/// parent's copy. Pruning the parent for that would leave the node with no peer pushing to
-/// it: every later message pulled, a pull delay late. The last unpruned peer is kept.
-#[test]
-fn the_last_peer_pushing_to_a_node_is_never_pruned() {
-    let mut net = Net::new(67, 3, |_| cfg());
-    let (c02, _) = net.connect(0, 2);
-    net.connect(0, 1);
-    let (_, c21) = net.connect(1, 2);
-    let publisher = net.client(0, Role::Client, &[]);
-    net.settle();
-    let prunes = |net: &Net| net.counter(2, TREE_FRAMES_TOTAL, &[("dir", "tx"), ("op", "prune")]);
-    // Node 2's PRUNE of node 1 is held on the way, so node 1 keeps pushing to it.
-    net.stall(End::Node(2, c21), true);
-    publish_n(&mut net, publisher, 0, 1);
-    assert_eq!(
-        prunes(&net),
-        1,
-        "node 2 pruned node 1, the second copy of the first message"
-    );
-    // Node 0's copy of the next one is held up: node 1's push arrives first.
-    net.stall(End::Node(0, c02), true);
-    publish_n(&mut net, publisher, 1, 1);
-    net.resume(End::Node(0, c02));
-    net.settle();
-    assert_eq!(coverage(&net, 0..2), vec![]);
-    assert_eq!(prunes(&net), 1, "node 2 pruned node 0, its last parent");
-    assert!(net.counter(2, RX_OUTCOMES_TOTAL, &[("outcome", "duplicate")]) >= 2);
-    net.resume(End::Node(2, c21));
-    net.settle();
-    net.assert_balance();
-}

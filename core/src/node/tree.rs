@@ -203,24 +203,13 @@ impl Overlay {
             self.pulled.remove(id);
             return;
         }
-        let unpruned = |s: &Session| s.tree.as_ref().is_some_and(|t| !t.pruned);
-        if !self.sessions.get(&conn).is_some_and(unpruned) {
+        let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) else {
             return;
-        }
-        // The last peer this node has not pruned is kept: at full speed, pushes sent before
-        // a PRUNE arrived can beat the parent's copy, and pruning it for that would leave
-        // the node with no push at all, every message pulled a pull delay late.
-        let other = self
-            .peers
-            .iter()
-            .any(|p| *p != conn && self.sessions.get(p).is_some_and(unpruned));
-        if !other {
-            return;
-        }
-        if let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) {
+        };
+        if !t.pruned {
             t.pruned = true;
+            self.send_tree(conn, &TreeFrame::Prune);
         }
-        self.send_tree(conn, &TreeFrame::Prune);
     }
 
     /// Remembers that `id` was pulled from `conn`, within the bound of announced ids.
