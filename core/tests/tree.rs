@@ -225,6 +225,13 @@ fn slow_eager_copies_do_not_keep_the_tree_pulling() {
     // is the eager copies that really are later than the timeout.
     assert!(pulled <= 0.3, "{pulled:.3} pulls per delivery");
     assert!(copies <= 1.8, "{copies:.3} payload copies per delivery");
+    let delays: Vec<f64> = (0..n).map(|i| net.gauge(i, TREE_PULL_DELAY, &[])).collect();
+    // Late arrivals raised the pull delay at some nodes, never past 1.5 graft timeouts.
+    assert!(
+        delays.iter().all(|d| (0.3..=0.45).contains(d)),
+        "{delays:?}"
+    );
+    assert!(delays.iter().any(|d| *d > 0.3), "{delays:?}");
     net.assert_balance();
 }
 

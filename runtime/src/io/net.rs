@@ -135,9 +135,19 @@ mod tests {
         // Linux doubles the value for its bookkeeping; other kernels keep it.
         let send = sock.send_buffer_size().unwrap();
         assert!((64 << 10..=128 << 10).contains(&send), "SO_SNDBUF {send}");
-        assert_eq!(sock.recv_buffer_size().unwrap(), before, "0 leaves it alone");
+        assert_eq!(
+            sock.recv_buffer_size().unwrap(),
+            before,
+            "0 leaves it alone"
+        );
         TokioNet
-            .set_buffers(&s, SocketBuffers { send: 0, recv: 32 << 10 })
+            .set_buffers(
+                &s,
+                SocketBuffers {
+                    send: 0,
+                    recv: 32 << 10,
+                },
+            )
             .unwrap();
         let recv = sock.recv_buffer_size().unwrap();
         assert!((32 << 10..=64 << 10).contains(&recv), "SO_RCVBUF {recv}");
