@@ -108,6 +108,14 @@ pub struct PeerLimits {
     /// message store as its queue drains. Past it (or once the store lets one go) they are
     /// dropped and counted. 0: a full queue drops, as the spec's plain relay does.
     pub owed_messages: usize,
+    /// Kernel send buffer (SO_SNDBUF) of each connection's socket; 0 leaves it to the
+    /// kernel's autotuning, which on loopback grows to MiBs: a backlog held there is
+    /// invisible to the node's watermarks and only adds delay.
+    pub socket_send_bytes: usize,
+    /// Kernel receive buffer (SO_RCVBUF) of each connection's socket; 0 leaves it to
+    /// autotuning. What a paused read leaves unread waits here, so this bounds how much a
+    /// pause lets the upstream node push before its own queue, and then its writer, feel it.
+    pub socket_recv_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -361,6 +369,8 @@ impl Default for PeerLimits {
             read_credit_chunks: 4,
             notice_interval: Duration::from_secs(1),
             owed_messages: 8192,
+            socket_send_bytes: 256 << 10,
+            socket_recv_bytes: 256 << 10,
         }
     }
 }
@@ -690,6 +700,16 @@ impl Config {
             "overlay.peer.egress_queue_frames",
             "must be >= 2",
         )?;
+        for (v, key) in [
+            (p.socket_send_bytes, "overlay.peer.socket_send_bytes"),
+            (p.socket_recv_bytes, "overlay.peer.socket_recv_bytes"),
+        ] {
+            check(
+                v == 0 || (4096..=1 << 30).contains(&v),
+                key,
+                "must be 0 (kernel autotuning) or in 4096..=1073741824",
+            )?;
+        }
         check(
             p.egress_queue_bytes >= g.max_frame_bytes as usize,
             "overlay.peer.egress_queue_bytes",
@@ -910,6 +930,13 @@ mod tests {
             e.to_string().contains("readiness.queue_high_watermark"),
             "{e}"
         );
+        let mut c = Config::default();
+        assert_eq!(c.overlay.peer.socket_recv_bytes, 256 << 10);
+        c.overlay.peer.socket_recv_bytes = 0;
+        c.validate().expect("0: the kernel's autotuning");
+        c.overlay.peer.socket_send_bytes = 100;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "overlay.peer.socket_send_bytes");
     }
 
     #[test]

@@ -66,8 +66,12 @@ impl CloseReason {
 /// A session's place in the broadcast tree, when both HELLOs listed the `tree` feature.
 #[derive(Debug)]
 pub(crate) struct TreeLink {
-    /// New messages go to this peer whole; otherwise they are announced (IHAVE).
+    /// New messages go to this peer whole; otherwise they are announced (IHAVE). The
+    /// peer's to set: its PRUNE clears it, its GRAFT sets it.
     pub(crate) eager: bool,
+    /// This node has told the peer to stop pushing to it (PRUNE) and not asked it to push
+    /// again (GRAFT) since: a further duplicate from it needs no second PRUNE.
+    pub(crate) pruned: bool,
     /// Ids waiting to be announced, bounded by `overlay.gossip.announce_queue`.
     pub(crate) announce: VecDeque<MsgId>,
     /// When this peer is next sent a DIGEST of the store.

@@ -65,6 +65,9 @@ pub struct Bounds {
     /// storm or a hostile client cannot take unbounded tasks and sockets, nor keep probes
     /// from being answered.
     pub admin: AdminLimits,
+    /// Kernel buffers of each connection's socket (`overlay.peer.socket_send_bytes`,
+    /// `overlay.peer.socket_recv_bytes`).
+    pub socket: SocketBuffers,
 }
 
 impl Bounds {
@@ -79,8 +82,20 @@ impl Bounds {
             read_credit: cfg.overlay.peer.read_credit_chunks,
             bus_capacity: cfg.log.bus_capacity,
             admin: AdminLimits::from_config(&cfg.admin),
+            socket: SocketBuffers {
+                send: cfg.overlay.peer.socket_send_bytes,
+                recv: cfg.overlay.peer.socket_recv_bytes,
+            },
         }
     }
+}
+
+/// Kernel buffer sizes of a connection's socket (`overlay.peer.socket_send_bytes`,
+/// `overlay.peer.socket_recv_bytes`); 0 leaves one to the kernel's autotuning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketBuffers {
+    pub send: usize,
+    pub recv: usize,
 }
 
 /// The admin plane's bounds, from `admin.*`.

@@ -111,7 +111,7 @@ impl Overlay {
         }
         if self.seen.contains(&m.header.msg_id, now) {
             self.outcome(Outcome::Duplicate, frames);
-            self.tree_duplicate(conn);
+            self.tree_duplicate(conn, &m.header.msg_id);
             if m.ack_req {
                 self.ack(conn, m.corr_id, 202, None);
             }

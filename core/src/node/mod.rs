@@ -258,6 +258,11 @@ pub struct Overlay {
     /// Announced messages not yet arrived, and their pull deadlines in order.
     missing: HashMap<MsgId, tree::Missing, KeyedHasher>,
     missing_order: VecDeque<(Time, MsgId)>,
+    /// How late announced messages have lately arrived (see `tree::Missing`).
+    arrival_lag: Duration,
+    /// Recent pulls and who they were asked of, oldest first (see `tree::tree_duplicate`).
+    pulled: HashMap<MsgId, ConnId, KeyedHasher>,
+    pulled_order: VecDeque<MsgId>,
     /// Established tree sessions.
     tree_links: usize,
     /// Sessions filed under their earliest deadline (see `timers`).
@@ -339,6 +344,9 @@ impl Overlay {
             peer_pressure: 0,
             missing: HashMap::with_hasher(hasher.clone()),
             missing_order: VecDeque::new(),
+            arrival_lag: Duration::ZERO,
+            pulled: HashMap::with_hasher(hasher.clone()),
+            pulled_order: VecDeque::new(),
             tree_links: 0,
             timers: std::collections::BinaryHeap::new(),
             verifier: None,

@@ -20,7 +20,13 @@ const MAX_ANNOUNCERS: usize = 4;
 pub(super) struct Missing {
     announcers: VecDeque<ConnId>,
     deadline: Time,
+    /// When it was first announced: how late it arrives, by whichever path, is what the
+    /// pull delay learns from.
+    announced: Time,
 }
+
+/// Weight of one arrival in the running estimate of how late announced messages arrive.
+const LAG_WEIGHT: u32 = 8;
 
 fn op_of(f: &TreeFrame) -> TreeOp {
     match f {
@@ -46,6 +52,7 @@ impl Overlay {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.tree = Some(TreeLink {
                 eager: true,
+                pruned: false,
                 announce: VecDeque::new(),
                 // A first digest at once: a link that comes back after a partition or a
                 // restart starts its repair immediately.
@@ -118,8 +125,21 @@ impl Overlay {
         self.update_tree_gauges();
     }
 
+    /// How long an announced message may take before it is pulled: the graft timeout, or
+    /// more while announced messages have lately been arriving later than that. A loaded
+    /// eager link delivers late, not never, and a pull that crosses its copy is a second copy
+    /// on the wire, a PRUNE of a working link, and more load on queues already behind. At
+    /// most 1.5 graft timeouts, so a pull and one more from the next announcer still fall
+    /// within the store's window (3 graft timeouts and 2 ticks).
+    pub(super) fn pull_delay(&self) -> Duration {
+        let t = self.cfg.overlay.gossip.graft_timeout;
+        (self.arrival_lag * 3 / 2).clamp(t, t * 3 / 2)
+    }
+
     fn on_ihave(&mut self, now: Time, conn: ConnId, ids: Vec<MsgId>) {
-        let deadline = now + self.cfg.overlay.gossip.graft_timeout;
+        // Deadlines are kept in arrival order, not sorted: as the delay moves, one may wait
+        // behind an earlier, later one for at most the difference (half a graft timeout).
+        let deadline = now + self.pull_delay();
         let cap = self.cfg.overlay.gossip.announce_queue.saturating_mul(4);
         for id in ids {
             if self.seen.contains(&id, now) {
@@ -138,6 +158,7 @@ impl Overlay {
                         Missing {
                             announcers: VecDeque::from([conn]),
                             deadline,
+                            announced: now,
                         },
                     );
                     self.missing_order.push_back((deadline, id));
@@ -170,22 +191,47 @@ impl Overlay {
         }
     }
 
-    /// A message arrived again from `conn`: the tree has a redundant edge there.
-    pub(super) fn tree_duplicate(&mut self, conn: ConnId) {
-        let eager = self
-            .sessions
-            .get(&conn)
-            .and_then(|s| s.tree.as_ref())
-            .is_some_and(|t| t.eager);
-        if eager {
-            self.set_eager(conn, false);
+    /// A message arrived again from `conn`: its pushes to this node are redundant. Only
+    /// that direction is pruned. Each direction of a link is its receiver's to prune and
+    /// graft: were this node also to stop pushing to `conn`, a peer that pulled from it
+    /// (and so asked it to push) would lose that push to the duplicates its own pushes
+    /// cause here, pull again, and the tree would never settle under load. A duplicate that
+    /// answers this node's own pull of it from `conn` prunes nothing: it says the pull was
+    /// slow, not that `conn`'s pushes are redundant.
+    pub(super) fn tree_duplicate(&mut self, conn: ConnId, id: &MsgId) {
+        if self.pulled.get(id) == Some(&conn) {
+            self.pulled.remove(id);
+            return;
+        }
+        let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) else {
+            return;
+        };
+        if !t.pruned {
+            t.pruned = true;
             self.send_tree(conn, &TreeFrame::Prune);
+        }
+    }
+
+    /// Remembers that `id` was pulled from `conn`, within the bound of announced ids.
+    fn note_pull(&mut self, id: MsgId, conn: ConnId) {
+        let cap = self.cfg.overlay.gossip.announce_queue.saturating_mul(4);
+        while self.pulled_order.len() >= cap.max(1) {
+            let Some(old) = self.pulled_order.pop_front() else {
+                break;
+            };
+            self.pulled.remove(&old);
+        }
+        if self.pulled.insert(id, conn).is_none() {
+            self.pulled_order.push_back(id);
         }
     }
 
     /// A new message: no longer missing; kept in the store for pulls and repair.
     pub(super) fn tree_accept(&mut self, now: Time, m: &Message) {
-        self.missing.remove(&m.header.msg_id);
+        if let Some(missing) = self.missing.remove(&m.header.msg_id) {
+            let lag = now.saturating_since(missing.announced);
+            self.arrival_lag = (self.arrival_lag * (LAG_WEIGHT - 1) + lag) / LAG_WEIGHT;
+        }
         // Spec-only peers never pull, so with no tree link among them nothing would ask. A
         // node with no peer link at all (cut off, or its peers not yet redialed) keeps it:
         // the DIGEST of its next link is the only way it reaches anyone.
@@ -243,6 +289,7 @@ impl Overlay {
         self.metrics.store_evictions[StoreEviction::Age.index()].increment(aged as u64);
         self.metrics.store_bytes.set(self.store.bytes() as f64);
         self.metrics.owed.set(self.owed_total as f64);
+        self.metrics.pull_delay.set(self.pull_delay().as_secs_f64());
         if self.tree_links == 0 && self.missing.is_empty() {
             return;
         }
@@ -284,10 +331,11 @@ impl Overlay {
     }
 
     /// GRAFTs for announced messages past their deadline, grouped per announcer; each goes
-    /// to the next announcer in line, and the announcer becomes an eager link.
+    /// to the next announcer in line, and the announcer is asked to push to this node.
     fn pull_missing(&mut self, now: Time) {
         let mut grafts: BTreeMap<ConnId, Vec<MsgId>> = BTreeMap::new();
-        let timeout = self.cfg.overlay.gossip.graft_timeout;
+        let mut pulled = Vec::new();
+        let timeout = self.pull_delay();
         if self.reads_paused() {
             // This node is the one behind: what was announced is most likely in its unread
             // socket buffers already, and a pull would add load where there is too much.
@@ -321,18 +369,26 @@ impl Overlay {
                     m.deadline = now + timeout;
                     self.missing_order.push_back((m.deadline, id));
                     grafts.entry(c).or_default().push(id);
+                    pulled.push((id, c));
                 }
                 None => {
                     self.missing.remove(&id);
                 }
             }
         }
+        for (id, c) in pulled {
+            self.note_pull(id, c);
+        }
         for (c, ids) in grafts {
             self.metrics.tree_pulls[PullOutcome::Requested.index()].increment(ids.len() as u64);
             for part in ids.chunks(MAX_IDS) {
                 self.send_tree(c, &TreeFrame::Graft(part.to_vec()));
             }
-            self.set_eager(c, true);
+            // The GRAFT asks `c` to push to this node; whether this node pushes to `c` is
+            // for `c` to ask.
+            if let Some(t) = self.sessions.get_mut(&c).and_then(|s| s.tree.as_mut()) {
+                t.pruned = false;
+            }
         }
     }
 

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub announce_dropped: Counter,
     pub store_bytes: Gauge,
     pub owed: Gauge,
+    pub pull_delay: Gauge,
     pub peer_demotions: Counter,
     pub store_evictions: [Counter; 2],
     pub reconcile_rounds: Counter,
@@ -176,6 +177,7 @@ impl Metrics {
             announce_dropped: metrics::counter!(ANNOUNCE_DROPPED_TOTAL),
             store_bytes: metrics::gauge!(STORE_BYTES),
             owed: metrics::gauge!(OWED_MESSAGES),
+            pull_delay: metrics::gauge!(TREE_PULL_DELAY),
             peer_demotions: metrics::counter!(PEER_DEMOTIONS_TOTAL),
             store_evictions: std::array::from_fn(|i| {
                 metrics::counter!(STORE_EVICTIONS_TOTAL, "reason" => StoreEviction::ALL[i].as_str())

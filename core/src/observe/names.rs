@@ -303,6 +303,7 @@ pub const TREE_PEERS: &str = "overlay_tree_peers";
 pub const ANNOUNCE_DROPPED_TOTAL: &str = "overlay_announce_dropped_total";
 pub const STORE_BYTES: &str = "overlay_store_bytes";
 pub const OWED_MESSAGES: &str = "overlay_owed_messages";
+pub const TREE_PULL_DELAY: &str = "overlay_tree_pull_delay_seconds";
 pub const PEER_DEMOTIONS_TOTAL: &str = "overlay_peer_demotions_total";
 pub const STORE_EVICTIONS_TOTAL: &str = "overlay_store_evictions_total";
 pub const RECONCILE_ROUNDS_TOTAL: &str = "overlay_reconcile_rounds_total";
@@ -545,6 +546,12 @@ pub const INVENTORY: &[MetricSpec] = &[
         OWED_MESSAGES,
         Kind::Gauge,
         "Messages owed to subscribers whose queues were full, waiting in the store to be sent.",
+        &[],
+    ),
+    spec(
+        TREE_PULL_DELAY,
+        Kind::Gauge,
+        "How long an announced message may now take before it is pulled: the graft timeout, up to 1.5 times it while announced messages arrive late.",
         &[],
     ),
     spec(

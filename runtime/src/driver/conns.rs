@@ -76,6 +76,10 @@ impl<N: Net> Driver<N> {
         let handshake = tracing::info_span!(parent: &span, "svc.overlay.handshake",
             corr_id = %ctx.corr_id, dir = ctx.dir(),
             pq_mode = self.cfg.overlay.pq_mode.mode().as_str(), peer_id = field::Empty);
+        if let Err(e) = self.net.set_buffers(stream.transport(), self.bounds.socket) {
+            // The connection works with the kernel's sizes, only with more delay under load.
+            tracing::warn!(event = "socket_buffers", error = %e, "socket buffers not set");
+        }
         let (rd, wr) = tokio::io::split(stream);
         let (wtx, wrx) = mpsc::channel(self.bounds.writer_queue);
         let credit = CreditPool::new(self.bounds.read_credit);

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use crate::bounds::SocketBuffers;
+
 /// A byte stream the runtime can split into a reader and a writer task.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
@@ -32,6 +34,12 @@ pub trait Net: Clone + Send + Sync + 'static {
     /// (`io/handshakes.rs`). A simulation keeps every task on its own runtime.
     fn handshakes_apart(&self) -> bool {
         false
+    }
+
+    /// Sizes the kernel buffers of a connection's socket. A network without kernel sockets
+    /// (turmoil's) has none to size.
+    fn set_buffers(&self, _stream: &Self::Stream, _b: SocketBuffers) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -102,5 +110,57 @@ impl Net for TokioNet {
 
     fn handshakes_apart(&self) -> bool {
         true
+    }
+
+    fn set_buffers(&self, s: &tokio::net::TcpStream, b: SocketBuffers) -> io::Result<()> {
+        // Setting a size also turns the kernel's autotuning off for that direction, which is
+        // the point: on loopback it grows to MiBs per socket, a backlog behind a paused read
+        // that no watermark of the node sees.
+        let sock = socket2::SockRef::from(s);
+        if b.send > 0 {
+            sock.set_send_buffer_size(b.send)?;
+        }
+        if b.recv > 0 {
+            sock.set_recv_buffer_size(b.recv)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn set_buffers_sizes_the_socket_and_zero_leaves_it() {
+        let l = TokioNet.bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let s = TokioNet.connect(&addr).await.unwrap();
+        let before = socket2::SockRef::from(&s).recv_buffer_size().unwrap();
+        let b = SocketBuffers {
+            send: 64 << 10,
+            recv: 0,
+        };
+        TokioNet.set_buffers(&s, b).unwrap();
+        let sock = socket2::SockRef::from(&s);
+        // Linux doubles the value for its bookkeeping; other kernels keep it.
+        let send = sock.send_buffer_size().unwrap();
+        assert!((64 << 10..=128 << 10).contains(&send), "SO_SNDBUF {send}");
+        assert_eq!(
+            sock.recv_buffer_size().unwrap(),
+            before,
+            "0 leaves it alone"
+        );
+        TokioNet
+            .set_buffers(
+                &s,
+                SocketBuffers {
+                    send: 0,
+                    recv: 32 << 10,
+                },
+            )
+            .unwrap();
+        let recv = sock.recv_buffer_size().unwrap();
+        assert!((32 << 10..=64 << 10).contains(&recv), "SO_RCVBUF {recv}");
     }
 }

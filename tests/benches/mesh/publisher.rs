@@ -2,10 +2,10 @@
 //! keeps reading acks while the node is slow to take its writes.
 //!
 //! Every publish asks for an ack. By default at most `window` acks are outstanding, and a
-//! refused message (429, 503) is published again, with a fresh id and timestamp, after a
-//! backoff that doubles from 1 ms to 100 ms and resets on the next 202. With `no_backoff`
-//! there is no window and no retry: it publishes as fast as the socket takes bytes, and
-//! every refusal it is told of is counted.
+//! refused message (429, 503) is published again, with a fresh id but the timestamp of its
+//! first attempt (latency counts the refusals), after a backoff that doubles from 1 ms to
+//! 100 ms and resets on the next 202. With `no_backoff` there is no window and no retry: it
+//! publishes as fast as the socket takes bytes, and every refusal it is told of is counted.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -127,6 +127,7 @@ fn run(c: &mut OapClient, plan: &Plan, shared: &Shared, r: &mut Report) -> std::
     let mut chunk = vec![0u8; 64 << 10];
     let mut outstanding: HashMap<u64, u64> = HashMap::new();
     let mut retry: VecDeque<u64> = VecDeque::new();
+    let mut first_sent: HashMap<u64, u64> = HashMap::new();
     let mut next_fresh = 0u64;
     let mut pause_until = Instant::now();
     let mut backoff = Duration::ZERO;
@@ -181,7 +182,11 @@ fn run(c: &mut OapClient, plan: &Plan, shared: &Shared, r: &mut Report) -> std::
                 }
             };
             let sent = shared.now_ns();
-            payload::stamp(&mut template, seq, sent);
+            // Latency runs from a message's first attempt: a retry keeps its stamp, so the
+            // time spent refused and backing off counts against the system, as it does for
+            // the application waiting on it.
+            let first = *first_sent.entry(seq).or_insert(sent);
+            payload::stamp(&mut template, seq, first);
             // A fresh id per publish: a refused message is not remembered by the node, but
             // a retry must never be mistaken for a duplicate either way.
             let mut id = [0u8; 16];

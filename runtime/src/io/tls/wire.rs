@@ -16,6 +16,16 @@ pub enum Wire<S> {
     Tls(Box<TlsStream<S>>),
 }
 
+impl<S> Wire<S> {
+    /// The transport stream under the TLS layer, if any (for its socket options).
+    pub fn transport(&self) -> &S {
+        match self {
+            Wire::Plain(s) => s,
+            Wire::Tls(t) => t.get_ref().0,
+        }
+    }
+}
+
 impl<S: Stream> AsyncRead for Wire<S> {
     fn poll_read(
         self: Pin<&mut Self>,
