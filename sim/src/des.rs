@@ -2,7 +2,7 @@
 //! simulated time: no tokio, no threads, no clock. The same seed gives the same trace hash.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,6 +94,13 @@ struct Agenda {
     in_ring: usize,
     /// The millisecond being run, latest key first (popped from the back).
     current: Vec<(u128, Ev)>,
+    /// Events pushed for the very instant being run, in scheduling order. They come after
+    /// everything already queued for that instant (their `seq` is larger) and before the
+    /// rest of the millisecond; a sorted insert into `current` moved everything behind it
+    /// instead, quadratic when thousands of nodes dial at the same instant (the start).
+    same_instant: VecDeque<(u128, Ev)>,
+    /// The time key of the last event popped.
+    last_ns: Option<u128>,
     next_ms: u64,
     /// Events beyond the calendar, by key, waiting in a slab.
     far: BinaryHeap<Reverse<(u128, u32)>>,
@@ -114,6 +121,8 @@ impl Default for Agenda {
             ring: (0..SLOTS).map(|_| Vec::new()).collect(),
             in_ring: 0,
             current: Vec::new(),
+            same_instant: VecDeque::new(),
+            last_ns: None,
             next_ms: 0,
             far: BinaryHeap::new(),
             slab: Vec::new(),
@@ -128,7 +137,9 @@ impl Agenda {
     fn push(&mut self, at: Time, seq: u64, ev: Ev) {
         let key = (at.since_epoch().as_nanos() << 64) | seq as u128;
         let ms = ms_of(key);
-        if ms < self.next_ms {
+        if self.last_ns == Some(at.since_epoch().as_nanos()) {
+            self.same_instant.push_back((key, ev));
+        } else if ms < self.next_ms {
             let pos = self.current.partition_point(|(k, _)| *k > key);
             self.current.insert(pos, (key, ev));
         } else if ms < self.next_ms + SLOTS {
@@ -150,10 +161,23 @@ impl Agenda {
     }
 
     fn pop(&mut self) -> Option<(Time, Ev)> {
+        let (key, ev) = self.pop_keyed()?;
+        self.last_ns = Some(key >> 64);
+        Some((Time::from_duration(Duration::from_nanos((key >> 64) as u64)), ev))
+    }
+
+    fn pop_keyed(&mut self) -> Option<(u128, Ev)> {
         loop {
-            if let Some((key, ev)) = self.current.pop() {
-                let at = Time::from_duration(Duration::from_nanos((key >> 64) as u64));
-                return Some((at, ev));
+            // Both are sorted and hold distinct keys: the smaller head is the next event.
+            // Nothing later than the running instant is popped while `same_instant` holds
+            // anything, so it never outlives its instant.
+            if let Some(&(k, _)) = self.same_instant.front() {
+                if self.current.last().map_or(true, |(c, _)| k < *c) {
+                    return self.same_instant.pop_front();
+                }
+            }
+            if let Some(e) = self.current.pop() {
+                return Some(e);
             }
             if self.in_ring == 0 {
                 // Nothing in the calendar: jump to the first event beyond it.
@@ -180,7 +204,7 @@ impl Agenda {
     }
 
     fn len(&self) -> usize {
-        self.current.len() + self.in_ring + self.far.len()
+        self.current.len() + self.same_instant.len() + self.in_ring + self.far.len()
     }
 }
 
