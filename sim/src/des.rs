@@ -210,6 +210,7 @@ impl Agenda {
 
 #[derive(Debug)]
 enum Ev {
+    // The order of the first four is `Ev::kind`'s, and the report's `events_by_kind`.
     /// Bytes arrive at `(node, conn)`; `epoch` guards against a restarted node.
     Deliver {
         node: usize,
@@ -248,6 +249,21 @@ enum Ev {
     PartitionEnd,
     StallStart,
     StallEnd,
+}
+
+/// What the report counts events by: the first four are nearly all of a run.
+pub const EVENT_KINDS: [&str; 5] = ["deliver", "closed", "timer", "dial", "other"];
+
+impl Ev {
+    fn kind(&self) -> usize {
+        match self {
+            Ev::Deliver { .. } => 0,
+            Ev::Closed { .. } => 1,
+            Ev::Timer { .. } => 2,
+            Ev::Dial { .. } => 3,
+            _ => 4,
+        }
+    }
 }
 
 struct Link {
@@ -352,6 +368,14 @@ pub struct Report {
     pub phases: Vec<(&'static str, Duration)>,
     /// Events the simulator applied, and the most it held queued at once.
     pub events: u64,
+    /// `events` by `EVENT_KINDS`; and the timer events that found their node's deadline
+    /// moved later (left behind when the node's next timeout changed).
+    pub events_by_kind: [u64; 5],
+    pub stale_timers: u64,
+    /// Transmits the nodes handed out, and the deliveries they made: the transmits a node
+    /// hands out on one link in one step arrive together, as TCP delivers them in one read.
+    pub transmits: u64,
+    pub deliveries: u64,
     pub queue_peak: usize,
     pub trace_hash: u64,
     pub balance_ok: bool,
@@ -456,6 +480,19 @@ impl std::fmt::Display for Report {
             self.events,
             self.queue_peak
         )?;
+        let kinds: Vec<String> = EVENT_KINDS
+            .iter()
+            .zip(self.events_by_kind)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "events by kind: {}  ({} timers found their deadline moved; {} transmits in {} deliveries)",
+            kinds.join("  "),
+            self.stale_timers,
+            self.transmits,
+            self.deliveries
+        )?;
         writeln!(f, "queues_ok reported false {} times", self.queues_degraded)?;
         writeln!(
             f,
@@ -495,6 +532,13 @@ pub struct Sim {
     untruths: Vec<String>,
     queues_degraded: u64,
     stalled: bool,
+    /// The bytes of the step being drained, one buffer per link in the order each link was
+    /// first written.
+    outgoing: Vec<(ConnId, BytesMut)>,
+    events_by_kind: [u64; 5],
+    stale_timers: u64,
+    transmits: u64,
+    deliveries: u64,
 }
 
 fn node_config(cfg: &SimConfig, i: usize) -> Config {
@@ -536,6 +580,11 @@ impl Sim {
             untruths: Vec::new(),
             queues_degraded: 0,
             stalled: false,
+            outgoing: Vec::new(),
+            events_by_kind: [0; 5],
+            stale_timers: 0,
+            transmits: 0,
+            deliveries: 0,
             setup: Duration::ZERO,
             cfg,
         };
@@ -707,23 +756,39 @@ impl Sim {
                     f.contains(Flags::START) && f.contains(Flags::END)
                 };
                 let lost = single && self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss);
-                let bytes = (open && !lost).then(|| {
-                    let mut b = BytesMut::with_capacity(t.len());
-                    b.extend_from_slice(&t.head);
-                    b.extend_from_slice(&t.body);
-                    b
-                });
+                self.transmits += 1;
                 if held {
+                    let bytes = (open && !lost).then(|| {
+                        let mut b = BytesMut::with_capacity(t.len());
+                        b.extend_from_slice(&t.head);
+                        b.extend_from_slice(&t.body);
+                        b
+                    });
                     let link = self.nodes[i].links.get_mut(&t.conn).unwrap();
                     link.held.push(bytes);
-                } else if let Some(b) = bytes {
-                    self.send(i, t.conn, b);
+                } else if open && !lost {
+                    // Every transmit of this step on this link goes in one delivery, as one
+                    // TCP read would take them: one event, one `handle_bytes`, one latency.
+                    let at = match self.outgoing.iter().position(|(c, _)| *c == t.conn) {
+                        Some(at) => at,
+                        None => {
+                            self.outgoing
+                                .push((t.conn, BytesMut::with_capacity(t.len())));
+                            self.outgoing.len() - 1
+                        }
+                    };
+                    let b = &mut self.outgoing[at].1;
+                    b.extend_from_slice(&t.head);
+                    b.extend_from_slice(&t.body);
                 }
             }
             if t.close {
+                // What this step wrote before the close arrives before it.
+                self.flush_outgoing(i, Some(t.conn));
                 self.close_local(i, t.conn, true);
             }
         }
+        self.flush_outgoing(i, None);
         while let Some(d) = self.nodes[i].overlay.poll_dial() {
             let to = d.addr[1..].parse().expect("a simulated node's name");
             let epoch = self.nodes[i].epoch;
@@ -789,8 +854,25 @@ impl Sim {
         }
     }
 
+    /// Sends what this step wrote on `only` (or on every link), in the order first written.
+    fn flush_outgoing(&mut self, i: usize, only: Option<ConnId>) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.outgoing);
+        out.retain_mut(|(c, b)| {
+            if only.is_some_and(|o| o != *c) {
+                return true;
+            }
+            self.send(i, *c, std::mem::take(b));
+            false
+        });
+        self.outgoing = out;
+    }
+
     /// Schedules bytes on a link, after the last bytes sent on it (FIFO, as TCP).
     fn send(&mut self, i: usize, conn: ConnId, bytes: BytesMut) {
+        self.deliveries += 1;
         let lat = self.latency();
         let link = self.nodes[i].links.get_mut(&conn).unwrap();
         let (peer, pconn) = link.peer;
@@ -921,6 +1003,7 @@ impl Sim {
                 settling = Some(Instant::now());
             }
             events += 1;
+            self.events_by_kind[ev.kind()] += 1;
             peak = peak.max(self.queue.len() + 1);
             self.now = at;
             self.apply(ev);
@@ -929,6 +1012,8 @@ impl Sim {
         let settled = Instant::now();
         let settling = settling.unwrap_or(settled);
         let setup = self.setup;
+        let (by_kind, stale) = (self.events_by_kind, self.stale_timers);
+        let (transmits, deliveries) = (self.transmits, self.deliveries);
         let mut report = self.finish(started.elapsed());
         report.phases.extend([
             ("setup", setup),
@@ -937,6 +1022,10 @@ impl Sim {
             ("report", settled.elapsed()),
         ]);
         report.events = events;
+        report.events_by_kind = by_kind;
+        report.stale_timers = stale;
+        report.transmits = transmits;
+        report.deliveries = deliveries;
         report.queue_peak = peak;
         report
     }
@@ -969,6 +1058,7 @@ impl Sim {
                     return;
                 }
                 if self.nodes[node].timer_at.is_some_and(|t| t > now) {
+                    self.stale_timers += 1;
                     return;
                 }
                 self.nodes[node].timer_at = None;
