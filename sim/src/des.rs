@@ -532,9 +532,10 @@ pub struct Sim {
     untruths: Vec<String>,
     queues_degraded: u64,
     stalled: bool,
-    /// The bytes of the step being drained, one buffer per link in the order each link was
-    /// first written.
-    outgoing: Vec<(ConnId, BytesMut)>,
+    /// What the step being drained wrote, in order: every link's parts are copied into
+    /// one allocation of their total size when the step ends (grown one transmit at a
+    /// time, the buffers were reallocated over and over). Kept for its allocation.
+    outgoing: Vec<(ConnId, Bytes)>,
     events_by_kind: [u64; 5],
     stale_timers: u64,
     transmits: u64,
@@ -769,17 +770,10 @@ impl Sim {
                 } else if open && !lost {
                     // Every transmit of this step on this link goes in one delivery, as one
                     // TCP read would take them: one event, one `handle_bytes`, one latency.
-                    let at = match self.outgoing.iter().position(|(c, _)| *c == t.conn) {
-                        Some(at) => at,
-                        None => {
-                            self.outgoing
-                                .push((t.conn, BytesMut::with_capacity(t.len())));
-                            self.outgoing.len() - 1
-                        }
-                    };
-                    let b = &mut self.outgoing[at].1;
-                    b.extend_from_slice(&t.head);
-                    b.extend_from_slice(&t.body);
+                    self.outgoing.push((t.conn, t.head));
+                    if !t.body.is_empty() {
+                        self.outgoing.push((t.conn, t.body));
+                    }
                 }
             }
             if t.close {
@@ -860,13 +854,25 @@ impl Sim {
             return;
         }
         let mut out = std::mem::take(&mut self.outgoing);
-        out.retain_mut(|(c, b)| {
-            if only.is_some_and(|o| o != *c) {
-                return true;
+        // A step writes on a few links: finding each link's parts by scanning is cheaper
+        // than any map.
+        for k in 0..out.len() {
+            let c = out[k].0;
+            let first = !out[..k].iter().any(|(p, _)| *p == c);
+            if !first || only.is_some_and(|o| o != c) {
+                continue;
             }
-            self.send(i, *c, std::mem::take(b));
-            false
-        });
+            let parts = || out[k..].iter().filter(|(p, _)| *p == c).map(|(_, b)| b);
+            let mut b = BytesMut::with_capacity(parts().map(Bytes::len).sum());
+            for part in parts() {
+                b.extend_from_slice(part);
+            }
+            self.send(i, c, b);
+        }
+        match only {
+            Some(o) => out.retain(|(c, _)| *c != o),
+            None => out.clear(),
+        }
         self.outgoing = out;
     }
 
