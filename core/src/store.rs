@@ -129,9 +129,7 @@ impl Store {
     }
     pub fn get(&self, id: &MsgId) -> Option<&Stored> {
         let n = *self.map.get(id)?;
-        self.order
-            .get((n - self.popped) as usize)
-            .map(|(_, s)| s)
+        self.order.get((n - self.popped) as usize).map(|(_, s)| s)
     }
 
     /// Keeps a message (its topic owned, its data shared); evicts the oldest to stay within

@@ -163,7 +163,10 @@ impl Agenda {
     fn pop(&mut self) -> Option<(Time, Ev)> {
         let (key, ev) = self.pop_keyed()?;
         self.last_ns = Some(key >> 64);
-        Some((Time::from_duration(Duration::from_nanos((key >> 64) as u64)), ev))
+        Some((
+            Time::from_duration(Duration::from_nanos((key >> 64) as u64)),
+            ev,
+        ))
     }
 
     fn pop_keyed(&mut self) -> Option<(u128, Ev)> {
