@@ -31,10 +31,17 @@ pub enum Eviction {
 
 #[derive(Debug)]
 pub struct Store {
-    map: HashMap<MsgId, Stored, KeyedHasher>,
-    /// Ids with their arrival time, oldest first: arrivals come in time order, so the part
-    /// of the store a digest covers is one run of this queue.
-    order: VecDeque<(MsgId, Time)>,
+    /// Each id's entry number in `order` (`popped + k`). The entries themselves live in
+    /// `order`, which only ever loses its front: a map of whole entries, at hashbrown's
+    /// load factor, was the largest part of a node's memory in the many-node simulator.
+    map: HashMap<MsgId, u64, KeyedHasher>,
+    /// The messages, oldest first: arrivals come in time order, so the part of the store a
+    /// digest covers is one run of this queue.
+    order: VecDeque<(MsgId, Stored)>,
+    /// The topic of the last message kept: the next one with the same topic shares it
+    /// instead of allocating a copy of its own (nearly every message of a mesh has one of
+    /// a few topics).
+    last_topic: Bytes,
     /// How many entries have left the front of `order` ever: `order[k]` is entry
     /// `popped + k`.
     popped: u64,
@@ -94,6 +101,7 @@ impl Store {
         Store {
             map: HashMap::with_hasher(hasher),
             order: VecDeque::new(),
+            last_topic: Bytes::new(),
             popped: 0,
             window: Window::empty(0),
             in_order: true,
@@ -120,7 +128,8 @@ impl Store {
         self.map.is_empty()
     }
     pub fn get(&self, id: &MsgId) -> Option<&Stored> {
-        self.map.get(id)
+        let n = *self.map.get(id)?;
+        self.order.get((n - self.popped) as usize).map(|(_, s)| s)
     }
 
     /// Keeps a message (its topic owned, its data shared); evicts the oldest to stay within
@@ -138,22 +147,28 @@ impl Store {
             }
             evicted += 1;
         }
-        if self.order.back().is_some_and(|&(_, t)| s.at < t) {
+        if self.order.back().is_some_and(|(_, t)| s.at < t.at) {
             self.in_order = false;
         }
-        let at = s.at;
+        // Owned, not a slice of the frame it came in (which would pin the read buffer).
+        if s.header.topic != self.last_topic {
+            self.last_topic = Bytes::copy_from_slice(&s.header.topic);
+        }
         let s = Stored {
-            header: s.header.to_owned_topic(),
+            header: GossipHeader {
+                topic: self.last_topic.clone(),
+                ..s.header
+            },
             ..s
         };
         self.bytes += c;
-        self.map.insert(id, s);
-        self.order.push_back((id, at));
+        self.map.insert(id, self.popped + self.order.len() as u64);
+        self.order.push_back((id, s));
         evicted
     }
 
     fn pop_oldest(&mut self) -> Option<MsgId> {
-        let (id, _) = self.order.pop_front()?;
+        let (id, s) = self.order.pop_front()?;
         let seq = self.popped;
         self.popped += 1;
         let w = &mut self.window;
@@ -162,9 +177,8 @@ impl Store {
         }
         w.lo = w.lo.max(self.popped);
         w.hi = w.hi.max(self.popped);
-        if let Some(s) = self.map.remove(&id) {
-            self.bytes -= cost(&s);
-        }
+        self.map.remove(&id);
+        self.bytes -= cost(&s);
         Some(id)
     }
 
@@ -176,14 +190,14 @@ impl Store {
         }
         self.order
             .front()
-            .is_some_and(|&(_, at)| now.saturating_since(at) < floor)
+            .is_some_and(|(_, s)| now.saturating_since(s.at) < floor)
     }
 
     /// Lets go of messages older than the age bound; returns how many.
     pub fn expire(&mut self, now: Time) -> usize {
         let mut n = 0;
-        while let Some(&(_, at)) = self.order.front() {
-            if now.saturating_since(at) < self.max_age {
+        while let Some((_, s)) = self.order.front() {
+            if now.saturating_since(s.at) < self.max_age {
                 break;
             }
             self.pop_oldest();
@@ -203,8 +217,8 @@ impl Store {
     /// nodes compare (the edges move while messages are in flight).
     fn settled(&self, now: Time, settle: Duration) -> impl Iterator<Item = &MsgId> + '_ {
         let max = self.old_edge(settle);
-        self.order.iter().filter_map(move |(id, at)| {
-            let age = now.saturating_since(*at);
+        self.order.iter().filter_map(move |(id, s)| {
+            let age = now.saturating_since(s.at);
             (age >= settle && age < max).then_some(id)
         })
     }
@@ -231,16 +245,16 @@ impl Store {
         let end = self.popped + self.order.len() as u64;
         let w = &mut self.window;
         while w.hi < end {
-            let (id, at) = self.order[(w.hi - self.popped) as usize];
-            if now.saturating_since(at) < settle {
+            let (id, ref s) = self.order[(w.hi - self.popped) as usize];
+            if now.saturating_since(s.at) < settle {
                 break;
             }
             w.toggle(&id, true);
             w.hi += 1;
         }
         while w.lo < w.hi {
-            let (id, at) = self.order[(w.lo - self.popped) as usize];
-            if now.saturating_since(at) < max {
+            let (id, ref s) = self.order[(w.lo - self.popped) as usize];
+            if now.saturating_since(s.at) < max {
                 break;
             }
             w.toggle(&id, false);
@@ -308,6 +322,39 @@ mod tests {
         assert_eq!(s.expire(Time::from_millis(10_000)), 3);
         assert!(s.is_empty());
         assert_eq!(s.bytes(), 0);
+    }
+
+    /// Entries are found through their number in the arrival queue: after evictions from
+    /// its front every id still answers with its own message, and an evicted one with none.
+    /// Messages of one topic share one copy of it, and none is a slice of its frame.
+    #[test]
+    fn each_id_finds_its_own_entry_and_topics_are_shared() {
+        let one = 10 + 1 + ENTRY_OVERHEAD;
+        let mut s = Store::new(5 * one, Duration::from_secs(60), KeyedHasher::new(5, 6));
+        let frame = Bytes::from_static(b"xt");
+        for n in 0..12u8 {
+            let mut m = stored(10, n as u64);
+            m.header.topic = frame.slice(1..);
+            m.data = Bytes::from(vec![n; 10]);
+            s.insert(id(n), m);
+        }
+        for n in 0..12u8 {
+            match s.get(&id(n)) {
+                Some(m) => {
+                    assert!(n >= 7, "{n} should have been evicted");
+                    assert_eq!((m.data[0], m.at), (n, Time::from_millis(n as u64)));
+                }
+                None => assert!(n < 7, "{n} should still be kept"),
+            }
+        }
+        let (a, b) = (s.get(&id(8)).unwrap(), s.get(&id(9)).unwrap());
+        assert_eq!(a.header.topic.as_ptr(), b.header.topic.as_ptr());
+        assert_ne!(a.header.topic.as_ptr(), frame[1..].as_ptr());
+        let mut other = stored(10, 20);
+        other.header.topic = Bytes::from_static(b"u");
+        s.insert(id(20), other);
+        assert_eq!(&s.get(&id(20)).unwrap().header.topic[..], b"u");
+        assert_eq!(&s.get(&id(9)).unwrap().header.topic[..], b"t");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! simulated time: no tokio, no threads, no clock. The same seed gives the same trace hash.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,6 +94,13 @@ struct Agenda {
     in_ring: usize,
     /// The millisecond being run, latest key first (popped from the back).
     current: Vec<(u128, Ev)>,
+    /// Events pushed for the very instant being run, in scheduling order. They come after
+    /// everything already queued for that instant (their `seq` is larger) and before the
+    /// rest of the millisecond; a sorted insert into `current` moved everything behind it
+    /// instead, quadratic when thousands of nodes dial at the same instant (the start).
+    same_instant: VecDeque<(u128, Ev)>,
+    /// The time key of the last event popped.
+    last_ns: Option<u128>,
     next_ms: u64,
     /// Events beyond the calendar, by key, waiting in a slab.
     far: BinaryHeap<Reverse<(u128, u32)>>,
@@ -114,6 +121,8 @@ impl Default for Agenda {
             ring: (0..SLOTS).map(|_| Vec::new()).collect(),
             in_ring: 0,
             current: Vec::new(),
+            same_instant: VecDeque::new(),
+            last_ns: None,
             next_ms: 0,
             far: BinaryHeap::new(),
             slab: Vec::new(),
@@ -128,7 +137,9 @@ impl Agenda {
     fn push(&mut self, at: Time, seq: u64, ev: Ev) {
         let key = (at.since_epoch().as_nanos() << 64) | seq as u128;
         let ms = ms_of(key);
-        if ms < self.next_ms {
+        if self.last_ns == Some(at.since_epoch().as_nanos()) {
+            self.same_instant.push_back((key, ev));
+        } else if ms < self.next_ms {
             let pos = self.current.partition_point(|(k, _)| *k > key);
             self.current.insert(pos, (key, ev));
         } else if ms < self.next_ms + SLOTS {
@@ -150,10 +161,26 @@ impl Agenda {
     }
 
     fn pop(&mut self) -> Option<(Time, Ev)> {
+        let (key, ev) = self.pop_keyed()?;
+        self.last_ns = Some(key >> 64);
+        Some((
+            Time::from_duration(Duration::from_nanos((key >> 64) as u64)),
+            ev,
+        ))
+    }
+
+    fn pop_keyed(&mut self) -> Option<(u128, Ev)> {
         loop {
-            if let Some((key, ev)) = self.current.pop() {
-                let at = Time::from_duration(Duration::from_nanos((key >> 64) as u64));
-                return Some((at, ev));
+            // Both are sorted and hold distinct keys: the smaller head is the next event.
+            // Nothing later than the running instant is popped while `same_instant` holds
+            // anything, so it never outlives its instant.
+            if let Some(&(k, _)) = self.same_instant.front() {
+                if self.current.last().map_or(true, |(c, _)| k < *c) {
+                    return self.same_instant.pop_front();
+                }
+            }
+            if let Some(e) = self.current.pop() {
+                return Some(e);
             }
             if self.in_ring == 0 {
                 // Nothing in the calendar: jump to the first event beyond it.
@@ -180,12 +207,13 @@ impl Agenda {
     }
 
     fn len(&self) -> usize {
-        self.current.len() + self.in_ring + self.far.len()
+        self.current.len() + self.same_instant.len() + self.in_ring + self.far.len()
     }
 }
 
 #[derive(Debug)]
 enum Ev {
+    // The order of the first four is `Ev::kind`'s, and the report's `events_by_kind`.
     /// Bytes arrive at `(node, conn)`; `epoch` guards against a restarted node.
     Deliver {
         node: usize,
@@ -224,6 +252,21 @@ enum Ev {
     PartitionEnd,
     StallStart,
     StallEnd,
+}
+
+/// What the report counts events by: the first four are nearly all of a run.
+pub const EVENT_KINDS: [&str; 5] = ["deliver", "closed", "timer", "dial", "other"];
+
+impl Ev {
+    fn kind(&self) -> usize {
+        match self {
+            Ev::Deliver { .. } => 0,
+            Ev::Closed { .. } => 1,
+            Ev::Timer { .. } => 2,
+            Ev::Dial { .. } => 3,
+            _ => 4,
+        }
+    }
 }
 
 struct Link {
@@ -328,6 +371,14 @@ pub struct Report {
     pub phases: Vec<(&'static str, Duration)>,
     /// Events the simulator applied, and the most it held queued at once.
     pub events: u64,
+    /// `events` by `EVENT_KINDS`; and the timer events that found their node's deadline
+    /// moved later (left behind when the node's next timeout changed).
+    pub events_by_kind: [u64; 5],
+    pub stale_timers: u64,
+    /// Transmits the nodes handed out, and the deliveries they made: the transmits a node
+    /// hands out on one link in one step arrive together, as TCP delivers them in one read.
+    pub transmits: u64,
+    pub deliveries: u64,
     pub queue_peak: usize,
     pub trace_hash: u64,
     pub balance_ok: bool,
@@ -432,6 +483,19 @@ impl std::fmt::Display for Report {
             self.events,
             self.queue_peak
         )?;
+        let kinds: Vec<String> = EVENT_KINDS
+            .iter()
+            .zip(self.events_by_kind)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "events by kind: {}  ({} timers found their deadline moved; {} transmits in {} deliveries)",
+            kinds.join("  "),
+            self.stale_timers,
+            self.transmits,
+            self.deliveries
+        )?;
         writeln!(f, "queues_ok reported false {} times", self.queues_degraded)?;
         writeln!(
             f,
@@ -471,6 +535,14 @@ pub struct Sim {
     untruths: Vec<String>,
     queues_degraded: u64,
     stalled: bool,
+    /// What the step being drained wrote, in order: every link's parts are copied into
+    /// one allocation of their total size when the step ends (grown one transmit at a
+    /// time, the buffers were reallocated over and over). Kept for its allocation.
+    outgoing: Vec<(ConnId, Bytes)>,
+    events_by_kind: [u64; 5],
+    stale_timers: u64,
+    transmits: u64,
+    deliveries: u64,
 }
 
 fn node_config(cfg: &SimConfig, i: usize) -> Config {
@@ -512,6 +584,11 @@ impl Sim {
             untruths: Vec::new(),
             queues_degraded: 0,
             stalled: false,
+            outgoing: Vec::new(),
+            events_by_kind: [0; 5],
+            stale_timers: 0,
+            transmits: 0,
+            deliveries: 0,
             setup: Duration::ZERO,
             cfg,
         };
@@ -683,23 +760,32 @@ impl Sim {
                     f.contains(Flags::START) && f.contains(Flags::END)
                 };
                 let lost = single && self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss);
-                let bytes = (open && !lost).then(|| {
-                    let mut b = BytesMut::with_capacity(t.len());
-                    b.extend_from_slice(&t.head);
-                    b.extend_from_slice(&t.body);
-                    b
-                });
+                self.transmits += 1;
                 if held {
+                    let bytes = (open && !lost).then(|| {
+                        let mut b = BytesMut::with_capacity(t.len());
+                        b.extend_from_slice(&t.head);
+                        b.extend_from_slice(&t.body);
+                        b
+                    });
                     let link = self.nodes[i].links.get_mut(&t.conn).unwrap();
                     link.held.push(bytes);
-                } else if let Some(b) = bytes {
-                    self.send(i, t.conn, b);
+                } else if open && !lost {
+                    // Every transmit of this step on this link goes in one delivery, as one
+                    // TCP read would take them: one event, one `handle_bytes`, one latency.
+                    self.outgoing.push((t.conn, t.head));
+                    if !t.body.is_empty() {
+                        self.outgoing.push((t.conn, t.body));
+                    }
                 }
             }
             if t.close {
+                // What this step wrote before the close arrives before it.
+                self.flush_outgoing(i, Some(t.conn));
                 self.close_local(i, t.conn, true);
             }
         }
+        self.flush_outgoing(i, None);
         while let Some(d) = self.nodes[i].overlay.poll_dial() {
             let to = d.addr[1..].parse().expect("a simulated node's name");
             let epoch = self.nodes[i].epoch;
@@ -765,8 +851,37 @@ impl Sim {
         }
     }
 
+    /// Sends what this step wrote on `only` (or on every link), in the order first written.
+    fn flush_outgoing(&mut self, i: usize, only: Option<ConnId>) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.outgoing);
+        // A step writes on a few links: finding each link's parts by scanning is cheaper
+        // than any map.
+        for k in 0..out.len() {
+            let c = out[k].0;
+            let first = !out[..k].iter().any(|(p, _)| *p == c);
+            if !first || only.is_some_and(|o| o != c) {
+                continue;
+            }
+            let parts = || out[k..].iter().filter(|(p, _)| *p == c).map(|(_, b)| b);
+            let mut b = BytesMut::with_capacity(parts().map(Bytes::len).sum());
+            for part in parts() {
+                b.extend_from_slice(part);
+            }
+            self.send(i, c, b);
+        }
+        match only {
+            Some(o) => out.retain(|(c, _)| *c != o),
+            None => out.clear(),
+        }
+        self.outgoing = out;
+    }
+
     /// Schedules bytes on a link, after the last bytes sent on it (FIFO, as TCP).
     fn send(&mut self, i: usize, conn: ConnId, bytes: BytesMut) {
+        self.deliveries += 1;
         let lat = self.latency();
         let link = self.nodes[i].links.get_mut(&conn).unwrap();
         let (peer, pconn) = link.peer;
@@ -897,6 +1012,7 @@ impl Sim {
                 settling = Some(Instant::now());
             }
             events += 1;
+            self.events_by_kind[ev.kind()] += 1;
             peak = peak.max(self.queue.len() + 1);
             self.now = at;
             self.apply(ev);
@@ -905,6 +1021,8 @@ impl Sim {
         let settled = Instant::now();
         let settling = settling.unwrap_or(settled);
         let setup = self.setup;
+        let (by_kind, stale) = (self.events_by_kind, self.stale_timers);
+        let (transmits, deliveries) = (self.transmits, self.deliveries);
         let mut report = self.finish(started.elapsed());
         report.phases.extend([
             ("setup", setup),
@@ -913,6 +1031,10 @@ impl Sim {
             ("report", settled.elapsed()),
         ]);
         report.events = events;
+        report.events_by_kind = by_kind;
+        report.stale_timers = stale;
+        report.transmits = transmits;
+        report.deliveries = deliveries;
         report.queue_peak = peak;
         report
     }
@@ -945,6 +1067,7 @@ impl Sim {
                     return;
                 }
                 if self.nodes[node].timer_at.is_some_and(|t| t > now) {
+                    self.stale_timers += 1;
                     return;
                 }
                 self.nodes[node].timer_at = None;

@@ -85,8 +85,21 @@ impl TreeFrame {
         }
     }
 
+    /// The payload's exact size: built in one allocation, not grown bucket by bucket (a
+    /// DIGEST on every link every `reconcile_interval` is a hot path at many nodes).
+    fn payload_len(&self) -> usize {
+        match self {
+            TreeFrame::IHave(ids) | TreeFrame::Graft(ids) => 3 + ids.len().min(MAX_IDS) * 16,
+            TreeFrame::Prune => 1,
+            TreeFrame::Digest(buckets, settle) => {
+                3 + buckets.len().min(DIGEST_BUCKETS) * 12
+                    + if *settle != DIGEST_SETTLE_MS { 4 } else { 0 }
+            }
+        }
+    }
+
     pub fn to_payload(&self) -> Bytes {
-        let mut b = BytesMut::new();
+        let mut b = BytesMut::with_capacity(self.payload_len());
         match self {
             TreeFrame::IHave(ids) | TreeFrame::Graft(ids) => {
                 let op = if matches!(self, TreeFrame::IHave(_)) {
@@ -95,7 +108,6 @@ impl TreeFrame {
                     Self::GRAFT
                 };
                 let ids = &ids[..ids.len().min(MAX_IDS)];
-                b.reserve(3 + ids.len() * 16);
                 b.put_u8(op);
                 b.put_u16(ids.len() as u16);
                 for id in ids {
@@ -116,6 +128,7 @@ impl TreeFrame {
                 }
             }
         }
+        debug_assert_eq!(b.len(), self.payload_len());
         b.freeze()
     }
 }
@@ -178,5 +191,23 @@ mod tests {
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// Each payload is built in exactly the allocation sized for it, past the id limit and
+    /// with a settle of its own too.
+    #[test]
+    fn payloads_are_built_at_their_exact_size() {
+        let frames = [
+            TreeFrame::Prune,
+            TreeFrame::IHave(vec![[1; 16]; 3]),
+            TreeFrame::Graft(vec![[2; 16]; MAX_IDS + 5]),
+            TreeFrame::Digest(vec![(7, 1); DIGEST_BUCKETS], DIGEST_SETTLE_MS),
+            TreeFrame::Digest(vec![(7, 1); 3], DIGEST_SETTLE_MS + 1),
+        ];
+        for f in &frames {
+            let p = f.to_payload();
+            assert_eq!(p.len(), f.payload_len(), "{f:?}");
+            assert!(TreeFrame::parse(&p).is_some(), "{f:?}");
+        }
     }
 }
