@@ -30,6 +30,10 @@ pub const ADMIT_BATCH: usize = 64;
 /// bounds the cores their crypto may take from the sessions at once.
 pub const HANDSHAKE_THREADS: usize = 1;
 
+/// The nice value of the TLS handshake thread (io/handshakes.rs): background work to the
+/// sessions. 10 is what `nice` gives by default.
+pub const HANDSHAKE_NICE: libc::c_int = 10;
+
 /// How often fd headroom is sampled and the Prometheus recorder's upkeep runs.
 pub const FD_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);

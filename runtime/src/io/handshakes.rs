@@ -10,7 +10,7 @@ use std::io;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-use crate::bounds::HANDSHAKE_THREADS;
+use crate::bounds::{HANDSHAKE_NICE, HANDSHAKE_THREADS};
 
 pub(crate) struct HandshakePool(Option<Runtime>);
 
@@ -19,6 +19,7 @@ impl HandshakePool {
         let rt = Builder::new_multi_thread()
             .worker_threads(HANDSHAKE_THREADS)
             .thread_name("svc-tls-handshake")
+            .on_thread_start(yield_to_sessions)
             .enable_all()
             .build()?;
         Ok(HandshakePool(Some(rt)))
@@ -26,6 +27,22 @@ impl HandshakePool {
 
     pub(crate) fn handle(&self) -> &Handle {
         self.0.as_ref().expect("taken only on drop").handle()
+    }
+}
+
+/// Lowers the handshake thread's scheduling priority, so that when the cores are busy the
+/// kernel runs the driver and the sessions first and a flood's admitted handshakes take
+/// what is left: the crypto of a new connection can wait a few milliseconds, an
+/// established session's delivery should not.
+fn yield_to_sessions() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take no pointers; on Linux a tid names one
+        // thread, so only this thread's nice value changes. A failure leaves it as it was.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, HANDSHAKE_NICE);
+        }
     }
 }
 
