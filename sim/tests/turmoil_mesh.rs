@@ -11,8 +11,8 @@ use anyhow::{anyhow, ensure};
 use overlay_core::{CloseReason, Event, PublishError};
 use sim::turmoil::checks::{epilogue, lost_in_transit};
 use sim::turmoil::steps::{
-    assert_replays, count_events, expect_run, ms, names, publish_n, secs, wait_delivered,
-    wait_sessions,
+    assert_replays, count_events, cut_between, expect_run, ms, names, publish_n, secs,
+    wait_delivered, wait_sessions,
 };
 use sim::turmoil::{mesh, run, seed_from_env, Ctx, Setup};
 use svc_overlay::bus::BusKind;
@@ -111,17 +111,9 @@ fn partition_setup(seed: u64) -> Setup {
     )
 }
 
-async fn set_partition(ctx: &Ctx, cut: bool) {
+fn set_partition(ctx: &Ctx, cut: bool) {
     ctx.note(if cut { "partition" } else { "repair" });
-    for a in SIDE_A {
-        for b in SIDE_B {
-            if cut {
-                ::turmoil::partition(a, b);
-            } else {
-                ::turmoil::repair(a, b);
-            }
-        }
-    }
+    cut_between(&SIDE_A, &SIDE_B, cut);
 }
 
 async fn partition(ctx: Ctx) -> anyhow::Result<()> {
@@ -131,7 +123,7 @@ async fn partition(ctx: Ctx) -> anyhow::Result<()> {
     let warm = publish_n(&ctx, "n1", 5, 200, ms(10)).await?;
     wait_delivered(&ctx, &nodes, &warm, secs(3)).await?;
 
-    set_partition(&ctx, true).await;
+    set_partition(&ctx, true);
     // Both sides publish while the cut is not yet noticed, and after.
     let mut during_a = BTreeSet::new();
     let mut during_b = BTreeSet::new();
@@ -163,7 +155,7 @@ async fn partition(ctx: Ctx) -> anyhow::Result<()> {
         );
     }
 
-    set_partition(&ctx, false).await;
+    set_partition(&ctx, false);
     // Dialers redial across the healed cut; readiness is whole everywhere.
     wait_sessions(&ctx, &nodes, 4.0, secs(10)).await?;
     for n in &nodes {

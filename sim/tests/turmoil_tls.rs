@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use anyhow::ensure;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use sim::turmoil::checks::epilogue;
-use sim::turmoil::steps::{expect_run, ms, names, publish_n, secs, wait_delivered, wait_sessions};
+use sim::turmoil::steps::{
+    cut_between, expect_run, ms, names, publish_n, secs, wait_delivered, wait_sessions,
+};
 use sim::turmoil::{mesh, run, seed_from_env, Ctx, Setup};
 
 const THREE: [&str; 3] = ["n1", "n2", "n3"];
@@ -68,18 +70,6 @@ fn tls_setup(seed: u64, dir: &std::path::Path) -> Setup {
     )
 }
 
-async fn set_partition(cut: bool) {
-    for a in SIDE_A {
-        for b in SIDE_B {
-            if cut {
-                ::turmoil::partition(a, b);
-            } else {
-                ::turmoil::repair(a, b);
-            }
-        }
-    }
-}
-
 async fn tls_mesh(ctx: Ctx) -> anyhow::Result<()> {
     let nodes = ctx.nodes();
     let (a, b) = (names(&SIDE_A), names(&SIDE_B));
@@ -88,7 +78,7 @@ async fn tls_mesh(ctx: Ctx) -> anyhow::Result<()> {
     wait_delivered(&ctx, &nodes, &warm, secs(3)).await?;
 
     ctx.note("partition");
-    set_partition(true).await;
+    cut_between(&SIDE_A, &SIDE_B, true);
     let mut during = BTreeSet::new();
     for _ in 0..10 {
         during.extend(publish_n(&ctx, "n1", 1, 200, ms(0)).await?);
@@ -99,7 +89,7 @@ async fn tls_mesh(ctx: Ctx) -> anyhow::Result<()> {
     wait_sessions(&ctx, &b, 1.0, secs(6)).await?;
 
     ctx.note("repair");
-    set_partition(false).await;
+    cut_between(&SIDE_A, &SIDE_B, false);
     // Redialed over TLS, with mTLS and the name checks, and repaired by DIGEST.
     wait_sessions(&ctx, &nodes, 2.0, secs(10)).await?;
     wait_delivered(&ctx, &nodes, &during, secs(10)).await?;

@@ -102,6 +102,20 @@ pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// Cuts (or, with `cut` false, repairs) every link between the hosts of side `a` and those
+/// of side `b`, both directions.
+pub fn cut_between(a: &[&str], b: &[&str], cut: bool) {
+    for x in a {
+        for y in b {
+            if cut {
+                ::turmoil::partition(*x, *y);
+            } else {
+                ::turmoil::repair(*x, *y);
+            }
+        }
+    }
+}
+
 pub fn names(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
