@@ -40,6 +40,10 @@ enum State {
     Dialing,
     /// A session over this address is open.
     Connected(ConnId),
+    /// The address reaches this node itself (its own HELLO came back): never dialed again
+    /// while it stays among the peer's addresses. A name that answers every member of a
+    /// group (a headless Service) answers its asker too.
+    Itself,
 }
 
 /// One address of a configured peer. Each has its own backoff: a name answering several
@@ -200,6 +204,24 @@ impl Dialer {
         }
         self.by_conn.insert(conn, (d.peer.clone(), d.addr.clone()));
         true
+    }
+
+    /// The connections dialed for configured peers whose session is open (or opening).
+    pub fn dialed(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.by_conn.keys().copied()
+    }
+
+    /// The session `conn` was dialed to this node itself: its address is parked (see
+    /// `State::Itself`). Returns the dial, or `None` when `conn` was not dialed by the set.
+    pub fn itself(&mut self, conn: ConnId) -> Option<Dial> {
+        let (peer, addr) = self.by_conn.get(&conn)?.clone();
+        let d = Dial { peer, addr };
+        let slot = self.slot(&d)?;
+        if slot.state != State::Connected(conn) {
+            return None;
+        }
+        slot.state = State::Itself;
+        Some(d)
     }
 
     /// Dial `d` failed: it is tried again after the next delay. Returns the failures in a

@@ -342,3 +342,92 @@ fn a_message_published_while_cut_off_reaches_the_peer_once_the_link_is_back() {
     net.advance(Duration::from_secs(3));
     assert!(net.nodes[1].has_seen(&id, net.now));
 }
+
+/// Moves bytes both ways between two sessions of the same node (a connection to itself)
+/// until neither has more to send; a session that closes is reported closed.
+fn pump_self(node: &mut Overlay, now: Time, a: ConnId, b: ConnId) {
+    loop {
+        let mut moved = false;
+        while let Some(t) = node.poll_transmit(now) {
+            moved = true;
+            if t.is_empty() {
+                continue;
+            }
+            let to = if t.conn == a { b } else { a };
+            let mut buf = BytesMut::from(&t.head[..]);
+            buf.extend_from_slice(&t.body);
+            node.handle_bytes(now, to, &mut buf);
+            node.handle_written(now, t.conn, 1);
+        }
+        while node.poll_event().is_some() {}
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// A name that answers every member of a group (a headless Service) answers the node that
+/// asks too: the node recognizes its own HELLO, is never its own peer, and does not redial
+/// that address, while it keeps dialing the group's other addresses.
+#[test]
+fn an_address_that_reaches_the_node_itself_is_refused_and_parked() {
+    let mut net = net(5);
+    let node = &mut net.nodes[0];
+    let mut now = Time::ZERO;
+    let own = "10.0.0.1:9444".to_string();
+    let other = "10.0.0.2:9444".to_string();
+    node.set_peer_addrs(now, "group", vec![own.clone(), other.clone()]);
+    let mut out = Vec::new();
+    while let Some(d) = node.poll_dial() {
+        out.push(d.addr);
+    }
+    out.sort();
+    assert_eq!(out, [own.clone(), other.clone()]);
+    assert_eq!(
+        node.handle_dial_failed(now, &dial("group", &other)),
+        Some(1)
+    );
+    let a = node.handle_dialed(now, &dial("group", &own)).unwrap();
+    let b = node.handle_accept(now);
+    pump_self(node, now, a, b);
+    assert_eq!(node.established(), 0, "the node is not its own peer");
+    for c in [a, b] {
+        node.handle_closed(now, c);
+    }
+    // Names resolved anew give the same answer: the parked address stays parked.
+    node.set_peer_addrs(now, "group", vec![own.clone(), other.clone()]);
+    let end = now + MAX * 4;
+    let mut redials = Vec::new();
+    while now < end {
+        let (at, addr) = next_dial(node, now);
+        now = at;
+        if now >= end {
+            break;
+        }
+        redials.push(addr.clone());
+        node.handle_dial_failed(now, &dial("group", &addr));
+    }
+    assert!(!redials.is_empty(), "the other address is still dialed");
+    assert!(
+        redials.iter().all(|r| *r == other),
+        "the node redialed itself: {redials:?}"
+    );
+    assert_eq!(
+        net.counter(
+            0,
+            overlay_core::observe::names::REJECTED_TOTAL,
+            &[("reason", "proto")]
+        ),
+        1,
+        "its own HELLO is refused once, and counted"
+    );
+    // The address left the answer and came back (a new pod behind it): dialed again.
+    let node = &mut net.nodes[0];
+    node.set_peer_addrs(now, "group", vec![other.clone()]);
+    node.set_peer_addrs(now, "group", vec![own.clone(), other.clone()]);
+    let mut fresh = Vec::new();
+    while let Some(d) = node.poll_dial() {
+        fresh.push(d.addr);
+    }
+    assert!(fresh.contains(&own), "{fresh:?}");
+}

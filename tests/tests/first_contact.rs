@@ -165,3 +165,49 @@ fn a_peer_given_as_localhost_is_resolved_and_dialed() {
     });
     assert!(b.metric("overlay_peer_resolve_total", &[("outcome", "ok")]) >= 1.0);
 }
+
+/// An address of this node's own among its peers (a headless Service's name answers every
+/// pod, its asker too): the node says so once, is not its own peer, and does not redial it
+/// every backoff.
+#[test]
+fn a_peer_address_that_is_the_node_itself_is_named_and_not_redialed() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (overlay, admin) = (free(), free());
+    let d = Daemon::builder()
+        .listen(overlay, admin)
+        .arg("--peer")
+        .arg(overlay.to_string())
+        .cfg("overlay.dial_backoff_base", "50ms")
+        .cfg("overlay.dial_backoff_max", "100ms")
+        .start();
+    let line = d
+        .wait_log(Duration::from_secs(20), |l| {
+            l["event"] == "handshake_fail"
+                && l["detail"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("reaches this node itself"))
+        })
+        .unwrap_or_else(|| panic!("the self dial not logged\n{}", d.all_output()));
+    assert_eq!(line["level"], "WARN", "{line}");
+    // Twenty backoffs' worth: a node that redials itself would have opened many sessions.
+    let attempts = d.metric("overlay_handshake_attempts_total", &[]);
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        assert_eq!(
+            d.metric("overlay_sessions_active", &[]),
+            0.0,
+            "its own peer"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        d.metric("overlay_handshake_attempts_total", &[]),
+        attempts,
+        "the node redialed itself"
+    );
+}

@@ -105,6 +105,14 @@ impl Overlay {
         })?;
         self.check_hello(&hello)
             .map_err(|why| refuse(RejectReason::Proto, proto, why))?;
+        if let Some(dialed) = self.own_hello(&hello, frame.corr_id) {
+            self.dialed_itself(now, dialed);
+            return Err(refuse(
+                RejectReason::Proto,
+                proto,
+                "the HELLO is this node's own: a configured peer address reaches this node",
+            ));
+        }
         let cap = match self.cfg.auth.required {
             true => Some(self.admit_token(now, &frame.cap, &hello)?),
             false => None,
@@ -158,6 +166,45 @@ impl Overlay {
                 error: Some(f.as_str()),
             }
         })
+    }
+
+    /// The session this node dialed whose HELLO `hello` is: a dialed session still waiting
+    /// for the answer to the same 64-bit random `corr_id`. Matched by the exchange, not by
+    /// the node id, which two nodes left at the default (`node-` + listen address) share
+    /// across hosts.
+    fn own_hello(&self, hello: &Hello, corr_id: u64) -> Option<ConnId> {
+        if hello.role != Role::Peer || hello.node != self.node_id {
+            return None;
+        }
+        self.dialer.dialed().find(|c| {
+            self.sessions
+                .get(c)
+                .is_some_and(|s| s.phase == Phase::AwaitAnswer { corr_id })
+        })
+    }
+
+    /// Ends the dialed half of a connection to this node itself and parks its address, so
+    /// the node neither counts itself as a peer nor redials itself every backoff.
+    fn dialed_itself(&mut self, now: Time, conn: ConnId) {
+        if let Some(d) = self.dialer.itself(conn) {
+            let corr_id = match self.sessions.get(&conn).map(|s| &s.phase) {
+                Some(Phase::AwaitAnswer { corr_id }) => *corr_id,
+                _ => 0,
+            };
+            self.events.push_back(Event::HandshakeFailed {
+                conn,
+                corr_id,
+                reason: None,
+                reject: None,
+                code: RejectReason::Proto.status(),
+                detail: format!(
+                    "{} (peer {}) reaches this node itself: not dialed again while it is \
+                     among the peer's addresses",
+                    d.addr, d.peer
+                ),
+            });
+        }
+        self.close(now, conn, CloseReason::HandshakeFailed, false);
     }
 
     pub(super) fn check_hello(&self, h: &Hello) -> Result<(), &'static str> {
