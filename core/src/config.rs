@@ -235,6 +235,13 @@ pub struct AuthConfig {
     pub token_file: String,
     /// Largest token a HELLO may carry; a larger one is refused before it is parsed.
     pub max_token_bytes: usize,
+    /// Most rights (topic, action) a token may grant: each costs one evaluation of the
+    /// token's checks per HELLO, so a token with more is refused, not evaluated.
+    pub max_rights: usize,
+    /// Most facts one evaluation of a token's datalog may derive.
+    pub max_datalog_facts: u64,
+    /// Most rounds of rule application in one evaluation of a token's datalog.
+    pub max_datalog_iterations: u64,
 }
 
 /// Most verification keys at once: each is tried in turn on a HELLO.
@@ -248,6 +255,9 @@ impl Default for AuthConfig {
             tenant: "default".into(),
             token_file: String::new(),
             max_token_bytes: 4096,
+            max_rights: 64,
+            max_datalog_facts: 1000,
+            max_datalog_iterations: 100,
         }
     }
 }
@@ -824,6 +834,21 @@ impl Config {
             "auth.max_token_bytes",
             "must be in 64..=65535 (the cap field is 16 bits)",
         )?;
+        check(
+            (1..=1024).contains(&a.max_rights),
+            "auth.max_rights",
+            "must be in 1..=1024",
+        )?;
+        check(
+            (100..=100_000).contains(&a.max_datalog_facts),
+            "auth.max_datalog_facts",
+            "must be in 100..=100000",
+        )?;
+        check(
+            (10..=10_000).contains(&a.max_datalog_iterations),
+            "auth.max_datalog_iterations",
+            "must be in 10..=10000",
+        )?;
         // Room for the largest token a HELLO may carry plus its JSON, so a token over
         // `auth.max_token_bytes` is refused `unauth`, not cut off as `oversize`.
         check(
@@ -920,6 +945,15 @@ mod tests {
         let mut c = Config::default();
         c.auth.max_token_bytes = 1 << 16;
         assert_eq!(c.validate().unwrap_err().key, "auth.max_token_bytes");
+        let mut c = Config::default();
+        c.auth.max_rights = 0;
+        assert_eq!(c.validate().unwrap_err().key, "auth.max_rights");
+        let mut c = Config::default();
+        c.auth.max_datalog_facts = 10;
+        assert_eq!(c.validate().unwrap_err().key, "auth.max_datalog_facts");
+        let mut c = Config::default();
+        c.auth.max_datalog_iterations = 1;
+        assert_eq!(c.validate().unwrap_err().key, "auth.max_datalog_iterations");
         let mut c = Config::default();
         c.auth.tenant = String::new();
         assert_eq!(c.validate().unwrap_err().key, "auth.tenant");

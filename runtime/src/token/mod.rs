@@ -26,25 +26,18 @@ use biscuit_auth::error::{Logic, Token as TokenError};
 use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit, PublicKey, UnverifiedBiscuit};
 use bytes::Bytes;
 use overlay_core::cap::{Action, CapVerifier, Grant, Verified};
-use overlay_core::config::Config;
+use overlay_core::config::{AuthConfig, Config};
 use overlay_core::oap::Role;
 use overlay_core::observe::AuthFailure;
 
 pub mod mint;
 
-/// Rights a token may carry: each costs one evaluation per HELLO, so more are refused
-/// (`invalid_caveat`) rather than evaluated. `auth.max_token_bytes` bounds the token first.
-pub const MAX_RIGHTS: usize = 64;
-
-/// Datalog budget of one evaluation. The work is bounded by facts and iterations (and the
-/// token by `auth.max_token_bytes`), which do not depend on how busy the machine is; the
-/// time limit is only a backstop, set far above what a token within those bounds takes,
-/// so that a loaded host does not refuse good tokens (a wall-clock limit would).
-const LIMITS: AuthorizerLimits = AuthorizerLimits {
-    max_facts: 1000,
-    max_iterations: 100,
-    max_time: Duration::from_secs(1),
-};
+/// Datalog time budget of one evaluation: only a backstop. The work is bounded by
+/// `auth.max_datalog_facts` and `auth.max_datalog_iterations` (and the token by
+/// `auth.max_token_bytes`), which do not depend on how busy the machine is; this is set far
+/// above what a token within those bounds takes, so that a loaded host does not refuse good
+/// tokens (a wall-clock limit would).
+const MAX_EVAL_TIME: Duration = Duration::from_secs(1);
 
 /// A public key given inline (`ed25519/<hex>`) or the path of a file holding one.
 pub fn load_public_key(entry: &str) -> anyhow::Result<PublicKey> {
@@ -82,7 +75,8 @@ pub fn auth_for(cfg: &Config) -> anyhow::Result<(Option<Arc<dyn CapVerifier>>, B
         .iter()
         .map(|k| load_public_key(k).context("auth.verify_keys"))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let verifier = (!keys.is_empty()).then(|| Arc::new(TokenVerifier { keys }) as _);
+    let verifier =
+        (!keys.is_empty()).then(|| Arc::new(TokenVerifier::new(keys).bounded(&cfg.auth)) as _);
     let credential = match cfg.auth.token_file.as_str() {
         "" => Bytes::new(),
         path => Bytes::from(read_token(Path::new(path)).context("auth.token_file")?),
@@ -93,11 +87,32 @@ pub fn auth_for(cfg: &Config) -> anyhow::Result<(Option<Arc<dyn CapVerifier>>, B
 /// Verifies tokens against a set of public keys; any one of them may have minted it.
 pub struct TokenVerifier {
     keys: Vec<PublicKey>,
+    /// Rights a token may grant (`auth.max_rights`): each costs one evaluation per HELLO,
+    /// so a token with more is refused (`invalid_caveat`) rather than evaluated.
+    max_rights: usize,
+    limits: AuthorizerLimits,
 }
 
 impl TokenVerifier {
+    /// A verifier with the default bounds of `auth.*`.
     pub fn new(keys: Vec<PublicKey>) -> TokenVerifier {
-        TokenVerifier { keys }
+        TokenVerifier {
+            keys,
+            max_rights: 0,
+            limits: AuthorizerLimits::default(),
+        }
+        .bounded(&AuthConfig::default())
+    }
+
+    /// The same keys, with the token bounds of `auth`.
+    pub fn bounded(mut self, auth: &AuthConfig) -> TokenVerifier {
+        self.max_rights = auth.max_rights;
+        self.limits = AuthorizerLimits {
+            max_facts: auth.max_datalog_facts,
+            max_iterations: auth.max_datalog_iterations,
+            max_time: MAX_EVAL_TIME,
+        };
+        self
     }
 
     fn verify_at(&self, token: &[u8], now: SystemTime) -> Result<Verified, AuthFailure> {
@@ -111,7 +126,8 @@ impl TokenVerifier {
             .filter(|k| hint.map_or(true, |id| key_id(k) == id))
             .find_map(|k| unverified.clone().verify(*k).ok())
             .ok_or(AuthFailure::Unauth)?;
-        let mut world = authorizer(&biscuit, now, None).map_err(|_| AuthFailure::InvalidCaveat)?;
+        let mut world = authorizer(&biscuit, now, None, &self.limits)
+            .map_err(|_| AuthFailure::InvalidCaveat)?;
         // `query` trusts the authority block only: what the minting key said.
         let one = |w: &mut biscuit_auth::Authorizer, rule: &str| -> Result<String, AuthFailure> {
             let mut v: Vec<(String,)> = w.query(rule).map_err(|_| AuthFailure::InvalidCaveat)?;
@@ -130,7 +146,7 @@ impl TokenVerifier {
         let rights: Vec<(String, String)> = world
             .query("data($t, $a) <- right($t, $a)")
             .map_err(|_| AuthFailure::InvalidCaveat)?;
-        if rights.len() > MAX_RIGHTS {
+        if rights.len() > self.max_rights {
             return Err(AuthFailure::InvalidCaveat);
         }
         // Every block may name an expiry; the nearest one is the session's.
@@ -152,7 +168,7 @@ impl TokenVerifier {
         };
         let mut base_ok = false;
         for probe in probes {
-            match check(&biscuit, now, probe.as_ref()) {
+            match check(&biscuit, now, probe.as_ref(), &self.limits) {
                 Ok(()) => match probe {
                     Some((topic, action)) => grants.push(Grant { topic, action }),
                     None => base_ok = true,
@@ -191,9 +207,10 @@ fn authorizer(
     b: &Biscuit,
     now: SystemTime,
     op: Option<&(String, Action)>,
+    limits: &AuthorizerLimits,
 ) -> Result<biscuit_auth::Authorizer, TokenError> {
     let mut a = AuthorizerBuilder::new()
-        .set_limits(LIMITS)
+        .set_limits(limits.clone())
         .fact(fact("time", &[date(&now)]))?;
     if let Some((topic, action)) = op {
         a = a.fact(fact("operation", &[string(action.as_str()), string(topic)]))?;
@@ -203,8 +220,13 @@ fn authorizer(
 
 /// Runs every check of every block for one operation; `Err(true)` when a check that reads
 /// the time is among those that failed (the token, or one of its blocks, has expired).
-fn check(b: &Biscuit, now: SystemTime, op: Option<&(String, Action)>) -> Result<(), bool> {
-    let mut a = authorizer(b, now, op).map_err(|_| false)?;
+fn check(
+    b: &Biscuit,
+    now: SystemTime,
+    op: Option<&(String, Action)>,
+    limits: &AuthorizerLimits,
+) -> Result<(), bool> {
+    let mut a = authorizer(b, now, op, limits).map_err(|_| false)?;
     match a.authorize() {
         Ok(_) => Ok(()),
         Err(TokenError::FailedLogic(

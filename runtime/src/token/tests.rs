@@ -215,3 +215,96 @@ fn whatever_a_peer_sends_as_a_token_is_refused_without_a_panic() {
         }
     }
 }
+
+/// `auth.max_rights` bounds what one HELLO may cost: a token granting more rights is
+/// refused before its checks run for each, and the same token passes under a higher bound.
+#[test]
+fn a_token_granting_more_rights_than_auth_max_rights_is_an_invalid_caveat() {
+    let k = Keys::new("rights");
+    let (key, public) = k.pair("root");
+    let now = SystemTime::now();
+    let topics: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
+    let grants: Vec<(&str, Action)> = topics
+        .iter()
+        .map(|t| (t.as_str(), Action::Publish))
+        .collect();
+    let t = mint(&key, &claims(&grants, None)).unwrap();
+    let bounds = |max_rights| AuthConfig {
+        max_rights,
+        ..AuthConfig::default()
+    };
+    let v = verifier(&[&public]).bounded(&bounds(4));
+    assert_eq!(
+        v.verify_at(t.as_bytes(), now),
+        Err(AuthFailure::InvalidCaveat)
+    );
+    let v = verifier(&[&public]).bounded(&bounds(5));
+    assert_eq!(v.verify_at(t.as_bytes(), now).unwrap().grants.len(), 5);
+}
+
+/// The datalog bounds are the config's: a holder may append a block whose rule derives a
+/// fact per pair of rights (900 for 30); a budget below that refuses the token, the default
+/// (1,000) admits it.
+#[test]
+fn the_datalog_fact_budget_is_auth_max_datalog_facts() {
+    let k = Keys::new("facts");
+    let (key, public) = k.pair("root");
+    let now = SystemTime::now();
+    let topics: Vec<String> = (0..30).map(|i| format!("t{i}")).collect();
+    let grants: Vec<(&str, Action)> = topics
+        .iter()
+        .map(|t| (t.as_str(), Action::Publish))
+        .collect();
+    let t = mint(&key, &claims(&grants, None)).unwrap();
+    let block = biscuit_auth::BlockBuilder::new()
+        .code("pair($a, $b) <- right($a, $x), right($b, $y);")
+        .unwrap();
+    let t = UnverifiedBiscuit::from_base64(&t)
+        .unwrap()
+        .append(block)
+        .unwrap()
+        .to_base64()
+        .unwrap();
+    let v = verifier(&[&public]);
+    assert_eq!(v.verify_at(t.as_bytes(), now).unwrap().grants.len(), 30);
+    let tight = AuthConfig {
+        max_datalog_facts: 500,
+        ..AuthConfig::default()
+    };
+    let v = verifier(&[&public]).bounded(&tight);
+    assert_eq!(
+        v.verify_at(t.as_bytes(), now),
+        Err(AuthFailure::InvalidCaveat)
+    );
+}
+
+/// A block of chained rules takes one round of rule application per link (20 here): a
+/// budget of 10 rounds refuses it, the default (100) admits it.
+#[test]
+fn the_datalog_round_budget_is_auth_max_datalog_iterations() {
+    let k = Keys::new("rounds");
+    let (key, public) = k.pair("root");
+    let now = SystemTime::now();
+    let t = mint(&key, &claims(&[("feed", Action::Publish)], None)).unwrap();
+    let mut code = String::from("l0($t) <- right($t, $a);");
+    for i in 1..20 {
+        code.push_str(&format!("l{i}($t) <- l{}($t);", i - 1));
+    }
+    let block = biscuit_auth::BlockBuilder::new().code(&code).unwrap();
+    let t = UnverifiedBiscuit::from_base64(&t)
+        .unwrap()
+        .append(block)
+        .unwrap()
+        .to_base64()
+        .unwrap();
+    assert!(verifier(&[&public]).verify_at(t.as_bytes(), now).is_ok());
+    let tight = AuthConfig {
+        max_datalog_iterations: 10,
+        ..AuthConfig::default()
+    };
+    let v = verifier(&[&public]).bounded(&tight);
+    assert_eq!(
+        v.verify_at(t.as_bytes(), now),
+        Err(AuthFailure::InvalidCaveat)
+    );
+}
