@@ -216,6 +216,27 @@ fn whatever_a_peer_sends_as_a_token_is_refused_without_a_panic() {
     }
 }
 
+/// A token granting publish on `n` topics `t0..`.
+fn publishing(key: &std::path::Path, n: usize) -> String {
+    let topics: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    let grants: Vec<(&str, Action)> = topics
+        .iter()
+        .map(|t| (t.as_str(), Action::Publish))
+        .collect();
+    mint(key, &claims(&grants, None)).unwrap()
+}
+
+/// `token` with a block of datalog `code` appended, as any holder may.
+fn with_block(token: &str, code: &str) -> String {
+    let block = biscuit_auth::BlockBuilder::new().code(code).unwrap();
+    UnverifiedBiscuit::from_base64(token)
+        .unwrap()
+        .append(block)
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}
+
 /// `auth.max_rights` bounds what one HELLO may cost: a token granting more rights is
 /// refused before its checks run for each, and the same token passes under a higher bound.
 #[test]
@@ -223,12 +244,7 @@ fn a_token_granting_more_rights_than_auth_max_rights_is_an_invalid_caveat() {
     let k = Keys::new("rights");
     let (key, public) = k.pair("root");
     let now = SystemTime::now();
-    let topics: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
-    let grants: Vec<(&str, Action)> = topics
-        .iter()
-        .map(|t| (t.as_str(), Action::Publish))
-        .collect();
-    let t = mint(&key, &claims(&grants, None)).unwrap();
+    let t = publishing(&key, 5);
     let bounds = |max_rights| AuthConfig {
         max_rights,
         ..AuthConfig::default()
@@ -250,21 +266,10 @@ fn the_datalog_fact_budget_is_auth_max_datalog_facts() {
     let k = Keys::new("facts");
     let (key, public) = k.pair("root");
     let now = SystemTime::now();
-    let topics: Vec<String> = (0..30).map(|i| format!("t{i}")).collect();
-    let grants: Vec<(&str, Action)> = topics
-        .iter()
-        .map(|t| (t.as_str(), Action::Publish))
-        .collect();
-    let t = mint(&key, &claims(&grants, None)).unwrap();
-    let block = biscuit_auth::BlockBuilder::new()
-        .code("pair($a, $b) <- right($a, $x), right($b, $y);")
-        .unwrap();
-    let t = UnverifiedBiscuit::from_base64(&t)
-        .unwrap()
-        .append(block)
-        .unwrap()
-        .to_base64()
-        .unwrap();
+    let t = with_block(
+        &publishing(&key, 30),
+        "pair($a, $b) <- right($a, $x), right($b, $y);",
+    );
     let v = verifier(&[&public]);
     assert_eq!(v.verify_at(t.as_bytes(), now).unwrap().grants.len(), 30);
     let tight = AuthConfig {
@@ -290,13 +295,7 @@ fn the_datalog_round_budget_is_auth_max_datalog_iterations() {
     for i in 1..20 {
         code.push_str(&format!("l{i}($t) <- l{}($t);", i - 1));
     }
-    let block = biscuit_auth::BlockBuilder::new().code(&code).unwrap();
-    let t = UnverifiedBiscuit::from_base64(&t)
-        .unwrap()
-        .append(block)
-        .unwrap()
-        .to_base64()
-        .unwrap();
+    let t = with_block(&t, &code);
     assert!(verifier(&[&public]).verify_at(t.as_bytes(), now).is_ok());
     let tight = AuthConfig {
         max_datalog_iterations: 10,
