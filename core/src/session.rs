@@ -72,6 +72,12 @@ pub(crate) struct TreeLink {
     /// This node has told the peer to stop pushing to it (PRUNE) and not asked it to push
     /// again (GRAFT) since: a further duplicate from it needs no second PRUNE.
     pub(crate) pruned: bool,
+    /// When this node last sent that PRUNE: pushes the peer sent before it landed are
+    /// still on the way for about a graft timeout, and say nothing about the peer.
+    pub(crate) pruned_at: Time,
+    /// When the peer last delivered a message first (pushed or pulled): it is a parent of
+    /// this node while that is recent.
+    pub(crate) first_at: Option<Time>,
     /// Ids waiting to be announced, bounded by `overlay.gossip.announce_queue`.
     pub(crate) announce: VecDeque<MsgId>,
     /// When this peer is next sent a DIGEST of the store.

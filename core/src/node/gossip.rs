@@ -111,7 +111,7 @@ impl Overlay {
         }
         if self.seen.contains(&m.header.msg_id, now) {
             self.outcome(Outcome::Duplicate, frames);
-            self.tree_duplicate(conn, &m.header.msg_id);
+            self.tree_duplicate(now, conn, &m.header.msg_id);
             if m.ack_req {
                 self.ack(conn, m.corr_id, 202, None);
             }
@@ -161,6 +161,7 @@ impl Overlay {
             m.data = Bytes::copy_from_slice(&m.data);
         }
         self.tree_accept(now, &m);
+        self.tree_first(now, conn);
         let (relayed, delivered, refusal) = self.deliver_plan(&m, now);
         match (relayed, delivered, refusal) {
             (true, _, _) => self.outcome(Outcome::Relayed, frames),

@@ -53,6 +53,8 @@ impl Overlay {
             s.tree = Some(TreeLink {
                 eager: true,
                 pruned: false,
+                pruned_at: now,
+                first_at: None,
                 announce: VecDeque::new(),
                 // A first digest at once: a link that comes back after a partition or a
                 // restart starts its repair immediately.
@@ -191,24 +193,78 @@ impl Overlay {
         }
     }
 
-    /// A message arrived again from `conn`: its pushes to this node are redundant. Only
-    /// that direction is pruned. Each direction of a link is its receiver's to prune and
-    /// graft: were this node also to stop pushing to `conn`, a peer that pulled from it
-    /// (and so asked it to push) would lose that push to the duplicates its own pushes
-    /// cause here, pull again, and the tree would never settle under load. A duplicate that
-    /// answers this node's own pull of it from `conn` prunes nothing: it says the pull was
-    /// slow, not that `conn`'s pushes are redundant.
-    pub(super) fn tree_duplicate(&mut self, conn: ConnId, id: &MsgId) {
+    /// A message arrived again from `conn`: its pushes to this node are redundant, if
+    /// another link is a parent of this node. Only that direction is pruned. Each direction
+    /// of a link is its receiver's to prune and graft: were this node also to stop pushing
+    /// to `conn`, a peer that pulled from it (and so asked it to push) would lose that push
+    /// to the duplicates its own pushes cause here, pull again, and the tree would never
+    /// settle under load. A duplicate that answers this node's own pull of it from `conn`
+    /// prunes nothing: it says the pull was slow, not that `conn`'s pushes are redundant.
+    ///
+    /// A parent is an unpruned link that has lately delivered a message first. When the
+    /// first copy came from a link already pruned, the pushes it sent before the PRUNE
+    /// landed have beaten `conn`'s: pruning `conn` then would leave no parent (in a first
+    /// burst over links that all start eager, every node pruned every peer that way and
+    /// the whole run was pulled), so `conn` stays. A pruned link that still delivers first
+    /// after its PRUNE had time to land keeps pushing on purpose (an origin's forced pushes)
+    /// and is the better parent: this node asks it to push (an empty GRAFT) and prunes
+    /// `conn`, rather than take both copies (kept, `conn` alone cost 1.10–1.30 copies).
+    pub(super) fn tree_duplicate(&mut self, now: Time, conn: ConnId, id: &MsgId) {
         if self.pulled.get(id) == Some(&conn) {
             self.pulled.remove(id);
             return;
         }
-        let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) else {
+        if !self
+            .sessions
+            .get(&conn)
+            .and_then(|s| s.tree.as_ref())
+            .is_some_and(|t| !t.pruned)
+        {
             return;
-        };
-        if !t.pruned {
+        }
+        let recent = self.cfg.overlay.gossip.graft_timeout;
+        let lately = |at: Time| now.saturating_since(at) < recent;
+        let (mut parent, mut in_flight) = (false, false);
+        let mut adopt: Option<(Time, ConnId)> = None;
+        for &p in &self.peers {
+            let Some(t) = self.sessions.get(&p).and_then(|s| s.tree.as_ref()) else {
+                continue;
+            };
+            let Some(first) = t.first_at.filter(|f| p != conn && lately(*f)) else {
+                continue;
+            };
+            if !t.pruned {
+                parent = true;
+                break;
+            }
+            if lately(t.pruned_at) {
+                in_flight = true;
+            } else if adopt.map_or(true, |(f, _)| first > f) {
+                adopt = Some((first, p));
+            }
+        }
+        // No tree link delivered first lately: the first copy came from a client (this
+        // node is an origin) or a spec link, and `conn`'s pushes are redundant.
+        if let (false, Some((_, p))) = (parent, adopt) {
+            if let Some(t) = self.sessions.get_mut(&p).and_then(|s| s.tree.as_mut()) {
+                t.pruned = false;
+            }
+            self.send_tree(p, &TreeFrame::Graft(Vec::new()));
+        } else if !parent && in_flight {
+            return;
+        }
+        if let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) {
             t.pruned = true;
-            self.send_tree(conn, &TreeFrame::Prune);
+            t.pruned_at = now;
+        }
+        self.send_tree(conn, &TreeFrame::Prune);
+    }
+
+    /// A new message arrived from `conn`: if a tree link, it is a parent while that is
+    /// recent (see `tree_duplicate`).
+    pub(super) fn tree_first(&mut self, now: Time, conn: ConnId) {
+        if let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) {
+            t.first_at = Some(now);
         }
     }
 
