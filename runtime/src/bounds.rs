@@ -38,6 +38,15 @@ pub const HANDSHAKE_NICE: libc::c_int = 10;
 pub const FD_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// The heap trimmer (node/heap.rs): how often it samples, how much more freed memory must
+/// be resident than after its last trim (with as much free in the allocator) for a trim,
+/// and the least time between two trims. 8 MiB is small beside the tens of MiB an attack
+/// or a full store leaves behind, and large enough that the noise of steady traffic does
+/// not trigger a walk; the gap bounds what trims cost when freed pages keep faulting back.
+pub const HEAP_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+pub const HEAP_TRIM_MIN_BYTES: u64 = 8 << 20;
+pub const HEAP_TRIM_MIN_GAP: Duration = Duration::from_secs(5);
+
 /// `/healthz` fails once the driver has not ticked for this long.
 pub const HEALTH_STALE: Duration = Duration::from_secs(2);
 

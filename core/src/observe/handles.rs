@@ -48,6 +48,9 @@ pub struct Metrics {
     pub accept_paused: [Counter; 3],
     pub refusal_notices: [Counter; RejectReason::ALL.len()],
     pub peer_resolves: [Counter; 2],
+    /// Set by the runtime's heap trimmer, which only the daemon runs.
+    pub heap_trims: Counter,
+    pub heap_returned: Counter,
     /// `request_latency_seconds{route="handshake",method}` by `Transport`.
     pub handshake_latency: [Histogram; 2],
     pub(crate) counted: Counted,
@@ -192,6 +195,8 @@ impl Metrics {
             peer_resolves: std::array::from_fn(|i| {
                 metrics::counter!(PEER_RESOLVE_TOTAL, "outcome" => ResolveOutcome::ALL[i].as_str())
             }),
+            heap_trims: metrics::counter!(HEAP_TRIMS_TOTAL),
+            heap_returned: metrics::counter!(HEAP_RETURNED_BYTES_TOTAL),
             handshake_latency: std::array::from_fn(|i| {
                 metrics::histogram!(REQUEST_LATENCY_SECONDS,
                     "route" => LatencyRoute::Handshake.as_str(), "method" => Transport::ALL[i].as_str())

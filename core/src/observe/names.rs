@@ -313,6 +313,8 @@ pub const ACCEPT_PAUSED_TOTAL: &str = "overlay_accept_paused_total";
 pub const REFUSAL_NOTICES_TOTAL: &str = "overlay_refusal_notices_total";
 pub const WRITES_TOTAL: &str = "overlay_writes_total";
 pub const PEER_RESOLVE_TOTAL: &str = "overlay_peer_resolve_total";
+pub const HEAP_TRIMS_TOTAL: &str = "overlay_heap_trims_total";
+pub const HEAP_RETURNED_BYTES_TOTAL: &str = "overlay_heap_returned_bytes_total";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -625,6 +627,18 @@ pub const INVENTORY: &[MetricSpec] = &[
         Kind::Counter,
         "Lookups of peers given by name (every overlay.peer_resolve_interval), by outcome; an error keeps the last good addresses.",
         &[("outcome", ResolveOutcome::VALUES)],
+    ),
+    spec(
+        HEAP_TRIMS_TOTAL,
+        Kind::Counter,
+        "Times the daemon gave freed heap back to the OS (malloc_trim), after freed memory stayed resident.",
+        &[],
+    ),
+    spec(
+        HEAP_RETURNED_BYTES_TOTAL,
+        Kind::Counter,
+        "Anonymous resident bytes those trims gave back to the OS.",
+        &[],
     ),
 ];
 

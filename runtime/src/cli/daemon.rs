@@ -42,6 +42,7 @@ pub async fn run(args: RunArgs, cfg: Config, logging: &Logging) -> anyhow::Resul
     let opts = NodeOptions {
         log_policy: Some(logging.policy.clone()),
         announce: true,
+        heap_trim: true,
         ..NodeOptions::default()
     };
     let node = Node::start(TokioNet, cfg.clone(), opts).await?;

@@ -29,9 +29,10 @@ use crate::io::tls::TlsContext;
 use crate::telemetry::bus::{BusEvent, Subscription};
 use crate::telemetry::logging::LogPolicy;
 use crate::telemetry::recorder::Recorder;
-use samplers::{fd_sampler, upkeep};
+use samplers::{fd_sampler, heap_trimmer, upkeep};
 
 mod handle;
+pub mod heap;
 mod samplers;
 
 pub use handle::NodeControl;
@@ -46,6 +47,9 @@ pub struct NodeOptions {
     /// Sample `/proc/self/fd` for `fd_headroom`; off where the process's descriptors are
     /// not this node's to judge (simulations), which then reports headroom as fine.
     pub fd_sampler: bool,
+    /// Give freed heap back to the OS (`heap.rs`). The allocator is the process's: only
+    /// the node that has the process to itself (the daemon) runs it.
+    pub heap_trim: bool,
     /// Emit `Event::Message` on the bus for every new message.
     pub local_delivery: bool,
     /// Log overlay events from the bus (the logger subscriber).
@@ -67,6 +71,7 @@ impl Default for NodeOptions {
             seed: os_seed(),
             admin: true,
             fd_sampler: true,
+            heap_trim: false,
             local_delivery: false,
             log_events: true,
             log_policy: None,
@@ -242,6 +247,12 @@ impl Node {
                 Some(Probe::FdHeadroom),
                 |mut sup| async move { while sup.run(fd_sampler(&ctl, &fds)).await {} },
             );
+        }
+        if opts.heap_trim {
+            let metrics = rec.metrics.clone();
+            driver.spawn_singleton("heap_trimmer", None, |mut sup| async move {
+                while sup.run(heap_trimmer(&metrics)).await {}
+            });
         }
         if opts.log_events {
             let (bus, lagged) = (bus.clone(), rec.metrics.bus_lagged.clone());

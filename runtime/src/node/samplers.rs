@@ -1,7 +1,8 @@
-//! The node's periodic tasks besides the driver: the Prometheus recorder's upkeep and the
-//! descriptor count behind `fd_headroom`.
+//! The node's periodic tasks besides the driver: the Prometheus recorder's upkeep, the
+//! descriptor count behind `fd_headroom`, and the heap trimmer.
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use overlay_core::observe::Metrics;
 use overlay_core::Probe;
 use tokio::sync::mpsc;
 
@@ -54,4 +55,44 @@ pub(super) async fn fd_sampler<S>(ctl: &mpsc::Sender<Control<S>>, fds: &FdBudget
             return;
         }
     }
+}
+
+/// Samples the heap every `HEAP_SAMPLE_EVERY` and gives freed memory back to the OS when
+/// the policy says it is worth it (`heap.rs`); the trim runs on a blocking thread, off the
+/// workers. Counts each trim and the anonymous resident bytes it gave back.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(super) async fn heap_trimmer(metrics: &Metrics) {
+    use super::heap::{glibc, TrimPolicy};
+
+    let mut policy = TrimPolicy::new(bounds::HEAP_TRIM_MIN_BYTES, bounds::HEAP_TRIM_MIN_GAP);
+    let mut t = tokio::time::interval(bounds::HEAP_SAMPLE_EVERY);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        t.tick().await;
+        let Some(before) = glibc::sample() else {
+            continue;
+        };
+        if !policy.sample(before, bounds::HEAP_SAMPLE_EVERY) {
+            continue;
+        }
+        let Ok(Some(after)) = tokio::task::spawn_blocking(|| {
+            glibc::trim();
+            glibc::sample()
+        })
+        .await
+        else {
+            continue;
+        };
+        policy.trimmed(after);
+        metrics.heap_trims.increment(1);
+        metrics
+            .heap_returned
+            .increment(before.anon.saturating_sub(after.anon));
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(super) async fn heap_trimmer(_metrics: &Metrics) {
+    // Another allocator: nothing this task knows how to ask.
+    std::future::pending::<()>().await
 }

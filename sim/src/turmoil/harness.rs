@@ -289,6 +289,8 @@ async fn run_node(w: Rc<World>, name: String) -> anyhow::Result<()> {
         admin: true,
         // The process's descriptors are not this host's.
         fd_sampler: false,
+        // Many nodes share the process's allocator.
+        heap_trim: false,
         local_delivery: true,
         log_events: true,
         log_policy: None,
