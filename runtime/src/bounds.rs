@@ -34,11 +34,6 @@ pub const HANDSHAKE_THREADS: usize = 1;
 /// sessions. 10 is what `nice` gives by default.
 pub const HANDSHAKE_NICE: libc::c_int = 10;
 
-/// The nice value of the TLS acceptor's thread (io/handshakes.rs). The default: under a
-/// flood it must keep up with the connects, or the kernel backlog overflows and real
-/// clients' connects fail with the flood's.
-pub const ACCEPT_NICE: libc::c_int = 0;
-
 /// How often fd headroom is sampled and the Prometheus recorder's upkeep runs.
 pub const FD_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);

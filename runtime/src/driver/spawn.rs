@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use overlay_core::{Dial, Probe};
-use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
@@ -66,18 +65,11 @@ impl<N: Net> Driver<N> {
             _ => Probe::ListenersBound,
         };
         let apart = self.net.handshakes_apart();
-        // The TLS acceptor on a thread of its own (io/handshakes.rs): under a flood its
-        // accepts and closes would otherwise run between the sessions' tasks.
-        let own = (apart && tls.is_some())
-            .then(|| pool(HandshakePool::acceptor))
-            .flatten();
-        let home = own.as_ref().and_then(|_| Handle::try_current().ok());
         let tls = tls.map(|ctx| TlsAccept {
             ctx,
             timeout: self.cfg.overlay.handshake_timeout,
             slots: Arc::new(Semaphore::new(self.cfg.overlay.max_conns)),
-            pool: apart.then(|| pool(HandshakePool::start)).flatten(),
-            home,
+            pool: apart.then(handshake_pool).flatten(),
         });
         let task = if tls.is_some() {
             "tls_acceptor"
@@ -85,22 +77,16 @@ impl<N: Net> Driver<N> {
             "acceptor"
         };
         self.spawn_singleton(task, Some(probe), move |mut sup| async move {
-            let body = async move {
-                while sup
-                    .run(accept_loop(
-                        &mut listener,
-                        &ctl,
-                        fds.as_deref(),
-                        &metrics,
-                        tls.as_ref(),
-                    ))
-                    .await
-                {}
-            };
-            match own {
-                Some(own) => run_on(&own, body).await,
-                None => body.await,
-            }
+            while sup
+                .run(accept_loop(
+                    &mut listener,
+                    &ctl,
+                    fds.as_deref(),
+                    &metrics,
+                    tls.as_ref(),
+                ))
+                .await
+            {}
         });
     }
 
@@ -136,26 +122,13 @@ impl<N: Net> Driver<N> {
     }
 }
 
-/// A runtime of the TLS listener's own; without one (no thread to be had) its work shares
-/// the session runtime, as in a simulation.
-fn pool(start: fn() -> std::io::Result<HandshakePool>) -> Option<HandshakePool> {
-    start()
+/// The TLS handshakes' own runtime; without one (no thread to be had) they share the
+/// session runtime, as in a simulation.
+fn handshake_pool() -> Option<HandshakePool> {
+    HandshakePool::start()
         .inspect_err(|e| {
             tracing::warn!(event = "handshake_pool", reason = "io", error = %e,
-                "no thread for the TLS listener; it shares the session runtime");
+                "no thread for TLS handshakes; they share the session runtime");
         })
         .ok()
-}
-
-/// Runs `fut` on `pool`'s thread until it ends; a panic that escapes it goes on here, to
-/// the task's own supervision. Aborting this task drops the pool, and `fut` with it.
-async fn run_on<F>(pool: &HandshakePool, fut: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    if let Err(e) = pool.handle().spawn(fut).await {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
-        }
-    }
 }

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use overlay_core::observe::{AcceptPause, Metrics};
-use overlay_core::{Admission, Prepaid, Probe, TlsRefusal};
-use tokio::runtime::Handle;
+use overlay_core::{Admission, Prepaid, Probe};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -27,15 +26,13 @@ use crate::io::net::{Listener, Stream};
 use crate::io::tls::{TlsContext, Wire};
 use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY, INCOMING_REFUSED_LOG_EVERY};
 
-/// TLS handshakes of one listener: the context, their deadline, their bound, the runtime
-/// they run on (`None`: this one), and the one their sockets are served by once admitted
-/// (`home`; `None`: the acceptor's own).
+/// TLS handshakes of one listener: the context, their deadline, their bound, and the
+/// runtime they run on (`None`: this one).
 pub(crate) struct TlsAccept {
     pub ctx: Arc<TlsContext>,
     pub timeout: Duration,
     pub slots: Arc<Semaphore>,
     pub pool: Option<HandshakePool>,
-    pub home: Option<Handle>,
 }
 
 pub(crate) async fn accept_loop<L: Listener>(
@@ -99,7 +96,7 @@ pub(crate) async fn accept_loop<L: Listener>(
                                 refused += 1;
                                 continue;
                             };
-                            let hs = handshake::<L>(t, ctl.clone(), a, prepaid);
+                            let hs = handshake(t.ctx.clone(), t.timeout, ctl.clone(), a, prepaid);
                             match &t.pool {
                                 Some(pool) => handshakes.spawn_on(hs, pool.handle()),
                                 None => handshakes.spawn(hs),
@@ -207,53 +204,20 @@ struct Arrival<S> {
     slot: OwnedSemaphorePermit,
 }
 
-/// The handshake of an admitted connection. Its socket moves first to the session
-/// runtime (`home`): accepted on the acceptor's thread, it would otherwise be served by that
-/// thread's reactor for the rest of its session.
-fn handshake<L: Listener>(
-    t: &TlsAccept,
-    ctl: mpsc::Sender<Control<L::Stream>>,
-    a: Arrival<L::Stream>,
+async fn handshake<S: Stream>(
+    ctx: Arc<TlsContext>,
+    timeout: Duration,
+    ctl: mpsc::Sender<Control<S>>,
+    a: Arrival<S>,
     prepaid: Prepaid,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let (ctx, timeout) = (t.ctx.clone(), t.timeout);
+) {
     let Arrival {
         stream,
         peer,
         opened,
-        slot,
+        slot: _slot,
     } = a;
-    let stream = match &t.home {
-        Some(home) => {
-            let _in_home = home.enter();
-            L::rehome(stream)
-        }
-        None => Ok(stream),
-    };
-    async move {
-        let _slot = slot;
-        let msg = match stream {
-            Ok(stream) => tls_accept(&ctx, stream, timeout, peer, opened, prepaid).await,
-            Err(e) => Control::TlsFailed {
-                refusal: TlsRefusal::Malformed,
-                peer_addr: peer.to_string(),
-                inbound: true,
-                detail: format!("moving the socket to the session runtime: {e}"),
-            },
-        };
-        let _ = ctl.send(msg).await;
-    }
-}
-
-async fn tls_accept<S: Stream>(
-    ctx: &TlsContext,
-    stream: S,
-    timeout: Duration,
-    peer: SocketAddr,
-    opened: Instant,
-    prepaid: Prepaid,
-) -> Control<S> {
-    match ctx.accept(stream, timeout).await {
+    let msg = match ctx.accept(stream, timeout).await {
         Ok((stream, session)) => Control::Accepted {
             stream,
             peer,
@@ -267,5 +231,6 @@ async fn tls_accept<S: Stream>(
             inbound: true,
             detail,
         },
-    }
+    };
+    let _ = ctl.send(msg).await;
 }

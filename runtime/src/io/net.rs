@@ -18,13 +18,6 @@ pub trait Listener: Send + 'static {
     type Stream: Stream;
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
     fn local_addr(&self) -> io::Result<SocketAddr>;
-
-    /// Moves an accepted stream to the runtime of the caller's context (`Handle::enter`),
-    /// for a listener whose acceptor runs on a thread of its own: its sessions are then
-    /// served by the session runtime, not by the acceptor's thread.
-    fn rehome(stream: Self::Stream) -> io::Result<Self::Stream> {
-        Ok(stream)
-    }
 }
 
 /// Bind, accept, connect and look up names: everything the runtime asks of the network.
@@ -70,20 +63,13 @@ impl Listener for TokioListener {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
     }
-
-    fn rehome(s: Self::Stream) -> io::Result<Self::Stream> {
-        // Deregistered from the acceptor's reactor, registered with the current one; the
-        // socket stays non-blocking throughout.
-        tokio::net::TcpStream::from_std(s.into_std()?)
-    }
 }
 
 /// Connections the kernel holds for a listener before `accept`: tokio's default (128, as
 /// std) is less than a few hundred hostile admin clients, and a full queue drops the SYN of
 /// a probe, which then retries only after 1 s. The kernel caps it at `net.core.somaxconn`.
-/// It also holds what the overlay acceptor leaves waiting while it is paused or while the
-/// kernel runs the sessions before it: at 10,000 connections a second, 1,024 is 100 ms.
-pub const LISTEN_BACKLOG: u32 = 4096;
+/// It also holds what the overlay acceptor leaves waiting while it is paused.
+pub const LISTEN_BACKLOG: u32 = 1024;
 
 fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     let s = if addr.is_ipv4() {
@@ -176,40 +162,5 @@ mod tests {
             .unwrap();
         let recv = sock.recv_buffer_size().unwrap();
         assert!((32 << 10..=64 << 10).contains(&recv), "SO_RCVBUF {recv}");
-    }
-
-    /// A stream accepted on one runtime and moved to another keeps working there after the
-    /// first is gone: it is the session runtime's reactor that serves it, not the TLS
-    /// acceptor's thread.
-    #[test]
-    fn rehome_moves_a_stream_to_the_current_runtime() {
-        let rt = |_| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-        };
-        let (accepting, home) = (rt(0), rt(1));
-        let (accepted, client) = accepting.block_on(async {
-            let mut l = TokioNet.bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap().to_string();
-            let client = TokioNet.connect(&addr).await.unwrap();
-            let (s, _) = l.accept().await.unwrap();
-            (s, client.into_std().unwrap())
-        });
-        let moved = {
-            let _in_home = home.enter();
-            TokioListener::rehome(accepted).unwrap()
-        };
-        drop(accepting);
-        home.block_on(async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut client = tokio::net::TcpStream::from_std(client).unwrap();
-            let mut moved = moved;
-            moved.write_all(b"ping").await.unwrap();
-            let mut buf = [0u8; 4];
-            client.read_exact(&mut buf).await.unwrap();
-            assert_eq!(&buf, b"ping");
-        });
     }
 }
