@@ -182,6 +182,37 @@ fn peer_links_are_not_rate_limited() {
     net.assert_balance();
 }
 
+/// Publishes `2 * half` messages of 256 bytes from a client of node 0, one every `spacing`,
+/// lets the mesh settle for `settle`, checks that every node got every one, and returns the
+/// pulls and the payload copies per delivery of the second half: the tree as it runs once
+/// the first half has formed it.
+fn steady_figures(net: &mut Net, half: u64, spacing: Duration, settle: Duration) -> (f64, f64) {
+    let publisher = net.client(0, Role::Client, &[]);
+    net.settle();
+    let publish = |net: &mut Net, k: u64| {
+        net.clients[publisher]
+            .client
+            .publish(msg_id(k), "t", 6, &Bytes::from(vec![1u8; 256]), false)
+            .unwrap();
+        net.advance(spacing);
+    };
+    for k in 0..half {
+        publish(net, k);
+    }
+    let pulls = |net: &Net| sum(net, TREE_PULLS_TOTAL, &[("outcome", "requested")]);
+    let pushes = |net: &Net| sum(net, TREE_PUSHES_TOTAL, &[("mode", "eager")]);
+    let (pulls0, pushes0) = (pulls(net), pushes(net));
+    for k in half..2 * half {
+        publish(net, k);
+    }
+    net.advance(settle);
+    assert_eq!(coverage(net, 0..2 * half), vec![], "seed {}", net.seed);
+    let deliveries = (half * (net.nodes.len() as u64 - 1)) as f64;
+    let pulled = (pulls(net) - pulls0) as f64 / deliveries;
+    let copies = (pushes(net) - pushes0 + pulls(net) - pulls0) as f64 / deliveries;
+    (pulled, copies)
+}
+
 /// Links that are now and then slower than the graft timeout (jitter), as loaded links
 /// are: some eager copies arrive after the pull they provoked. A pull asks the announcer to
 /// push to the puller, and a duplicate stops only the direction it came over. Were a pull to
@@ -197,29 +228,12 @@ fn slow_eager_copies_do_not_keep_the_tree_pulling() {
         jitter: Duration::from_millis(250),
         loss: 0.0,
     };
-    let publisher = net.client(0, Role::Client, &[]);
-    net.settle();
-    let publish = |net: &mut Net, k: u64| {
-        net.clients[publisher]
-            .client
-            .publish(msg_id(k), "t", 6, &Bytes::from(vec![1u8; 256]), false)
-            .unwrap();
-        net.advance(Duration::from_millis(5));
-    };
-    for k in 0..400 {
-        publish(&mut net, k);
-    }
-    let pulls = |net: &Net| sum(net, TREE_PULLS_TOTAL, &[("outcome", "requested")]);
-    let pushes = |net: &Net| sum(net, TREE_PUSHES_TOTAL, &[("mode", "eager")]);
-    let (pulls0, pushes0) = (pulls(&net), pushes(&net));
-    for k in 400..800 {
-        publish(&mut net, k);
-    }
-    net.advance(Duration::from_secs(5));
-    assert_eq!(coverage(&net, 0..800), vec![], "seed {}", net.seed);
-    let deliveries = 400.0 * (n - 1) as f64;
-    let pulled = (pulls(&net) - pulls0) as f64 / deliveries;
-    let copies = (pushes(&net) - pushes0 + pulls(&net) - pulls0) as f64 / deliveries;
+    let (pulled, copies) = steady_figures(
+        &mut net,
+        400,
+        Duration::from_millis(5),
+        Duration::from_secs(5),
+    );
     eprintln!("pulls per delivery {pulled:.3}, copies per delivery {copies:.3}");
     // Before: 0.45 pulls and 2.27 copies per delivery; after: 0.16 and 1.43; with a parent
     // kept (`a_first_burst_leaves_every_node_a_parent`) 0.02 and 1.23. What is left is the
@@ -288,29 +302,12 @@ fn a_first_burst_leaves_every_node_a_parent() {
         jitter: Duration::from_millis(60),
         loss: 0.0,
     };
-    let publisher = net.client(0, Role::Client, &[]);
-    net.settle();
-    let publish = |net: &mut Net, k: u64| {
-        net.clients[publisher]
-            .client
-            .publish(msg_id(k), "t", 6, &Bytes::from(vec![1u8; 256]), false)
-            .unwrap();
-        net.advance(Duration::from_millis(1));
-    };
-    for k in 0..600 {
-        publish(&mut net, k);
-    }
-    let pulls = |net: &Net| sum(net, TREE_PULLS_TOTAL, &[("outcome", "requested")]);
-    let pushes = |net: &Net| sum(net, TREE_PUSHES_TOTAL, &[("mode", "eager")]);
-    let (pulls0, pushes0) = (pulls(&net), pushes(&net));
-    for k in 600..1200 {
-        publish(&mut net, k);
-    }
-    net.advance(Duration::from_secs(3));
-    assert_eq!(coverage(&net, 0..1200), vec![], "seed {}", net.seed);
-    let deliveries = 600.0 * (n - 1) as f64;
-    let pulled = (pulls(&net) - pulls0) as f64 / deliveries;
-    let copies = (pushes(&net) - pushes0 + pulls(&net) - pulls0) as f64 / deliveries;
+    let (pulled, copies) = steady_figures(
+        &mut net,
+        600,
+        Duration::from_millis(1),
+        Duration::from_secs(3),
+    );
     // Every node but the origin needs a peer pushing to it: at least n - 1 eager
     // directions over the mesh.
     let eager: f64 = (0..n)
