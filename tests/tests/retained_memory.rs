@@ -171,12 +171,9 @@ fn partial_hellos_of_unadmitted_connections_do_not_pin_memory() {
     drop(held);
 }
 
-/// Established clients, each sending all but the last byte of a ~1 MiB frame: together
-/// they may hold no more than `overlay.gossip.max_partial_bytes_total` (64 MiB), where
-/// nothing counted them before (256 such clients held 256 MiB until `timeouts.read`).
-#[test]
-fn incomplete_frames_of_many_clients_are_held_within_the_partial_total() {
-    const CONNS: usize = 256;
+/// A daemon that lets clients sit on incomplete frames: no handshake rate to speak of,
+/// read and idle timeouts of two minutes, and one chunk of read credit.
+fn holding_daemon() -> Daemon {
     let d = Daemon::builder()
         .cfg("overlay.handshake_rate", "100000")
         .cfg("timeouts.read", "120s")
@@ -184,16 +181,35 @@ fn incomplete_frames_of_many_clients_are_held_within_the_partial_total() {
         .cfg("overlay.peer.read_credit_chunks", "1")
         .start();
     d.wait_readyz(200, WAIT);
-    let mut clients: Vec<OapClient> = (0..CONNS)
-        .map(|i| OapClient::connect(d.overlay, &format!("inc{i}"), &["none"], None).unwrap())
-        .collect();
-    let before = rss(&d);
+    d
+}
+
+fn clients(d: &Daemon, tag: &str, n: usize) -> Vec<OapClient> {
+    (0..n)
+        .map(|i| OapClient::connect(d.overlay, &format!("{tag}{i}"), &["none"], None).unwrap())
+        .collect()
+}
+
+/// Each client writes all of a ~1 MiB frame but its last byte.
+fn send_all_but_the_last_byte(clients: &mut [OapClient]) {
     let mut frame = big_ping(1);
     frame.pop();
     for c in clients.iter_mut() {
         // A refused client is closed: the rest of its write may fail.
         let _ = std::io::Write::write_all(&mut c.stream, &frame);
     }
+}
+
+/// Established clients, each sending all but the last byte of a ~1 MiB frame: together
+/// they may hold no more than `overlay.gossip.max_partial_bytes_total` (64 MiB), where
+/// nothing counted them before (256 such clients held 256 MiB until `timeouts.read`).
+#[test]
+fn incomplete_frames_of_many_clients_are_held_within_the_partial_total() {
+    const CONNS: usize = 256;
+    let d = holding_daemon();
+    let mut clients = clients(&d, "inc", CONNS);
+    let before = rss(&d);
+    send_all_but_the_last_byte(&mut clients);
     let total = 64i64 << 20;
     let pinned = (CONNS << 20) as i64;
     // Either the node refuses what passes the total, or it reads and holds it all.
@@ -269,18 +285,8 @@ fn the_daemon_allocates_from_one_arena_unless_the_operator_says_otherwise() {
 #[test]
 fn memory_pinned_by_an_attack_goes_back_to_the_os_once_it_ends() {
     const CONNS: usize = 256;
-    let d = Daemon::builder()
-        .cfg("overlay.handshake_rate", "100000")
-        .cfg("timeouts.read", "120s")
-        .cfg("timeouts.idle", "120s")
-        .cfg("overlay.peer.read_credit_chunks", "1")
-        .start();
-    d.wait_readyz(200, WAIT);
-    let connect = |tag: &str| -> Vec<OapClient> {
-        (0..CONNS)
-            .map(|i| OapClient::connect(d.overlay, &format!("{tag}{i}"), &["none"], None).unwrap())
-            .collect()
-    };
+    let d = holding_daemon();
+    let connect = |tag: &str| clients(&d, tag, CONNS);
     // Sessions come and go once first, so the baseline holds what a session leaves behind.
     drop(connect("warm"));
     poll_until("warm-up sessions closed", WAIT, || {
@@ -288,12 +294,7 @@ fn memory_pinned_by_an_attack_goes_back_to_the_os_once_it_ends() {
     });
     let baseline = rss(&d);
     let mut clients = connect("atk");
-    let mut frame = big_ping(1);
-    frame.pop();
-    for c in clients.iter_mut() {
-        // A refused client is closed: the rest of its write may fail.
-        let _ = std::io::Write::write_all(&mut c.stream, &frame);
-    }
+    send_all_but_the_last_byte(&mut clients);
     let pinned = 32i64 << 20;
     poll_until("tens of MiB held", WAIT, || {
         (rss(&d) - baseline > pinned).then_some(())
