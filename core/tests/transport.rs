@@ -231,3 +231,56 @@ fn incoming_tls_connections_are_charged_once_before_any_crypto() {
     );
     net.assert_balance();
 }
+
+#[test]
+fn a_refusal_lease_lasts_until_the_next_token_and_its_refusals_count_as_asked_ones() {
+    let mut net = Net::new(4, 1, |_| {
+        let mut c = test_config();
+        c.overlay.handshake_rate = 2;
+        c.overlay.handshake_burst = 2;
+        c
+    });
+    let t0 = net.now;
+    let node = &mut net.nodes[0];
+    // A token in the bucket: no lease, the runtime must ask.
+    assert_eq!(node.refusal_lease(t0), None);
+    assert!(matches!(node.handle_incoming(t0), Admission::Admit(_)));
+    assert!(matches!(node.handle_incoming(t0), Admission::Admit(_)));
+    // Empty at 2 a second: refused for the next half second, asked or not.
+    let until = node.refusal_lease(t0).expect("the bucket is empty");
+    let half = std::time::Duration::from_millis(500);
+    assert!(
+        until > t0 + (half - std::time::Duration::from_micros(1)),
+        "{until:?}"
+    );
+    assert!(
+        until <= t0 + half + std::time::Duration::from_micros(1),
+        "{until:?}"
+    );
+    assert_eq!(node.handle_incoming(t0), Admission::Refuse);
+    let later = t0 + std::time::Duration::from_millis(400);
+    assert_eq!(node.refusal_lease(later), Some(until));
+    // What the runtime refused itself under the lease, reported in one batch.
+    node.handle_refused_under_lease(later, 7);
+    node.handle_refused_under_lease(later, 0);
+    assert_eq!(
+        net.counter(0, HANDSHAKE_FAILURES_TOTAL, &[("reason", "ratelimit")]),
+        8
+    );
+    assert_eq!(
+        net.counter(0, REJECTED_TOTAL, &[("reason", "ratelimit")]),
+        8
+    );
+    assert_eq!(net.counter(0, HANDSHAKE_ATTEMPTS_TOTAL, &[]), 8);
+    // At its end the next connection is admitted, and a new lease begins after it.
+    let node = &mut net.nodes[0];
+    assert_eq!(node.refusal_lease(until), None);
+    assert!(matches!(node.handle_incoming(until), Admission::Admit(_)));
+    let next = node.refusal_lease(until).expect("empty again");
+    assert!(
+        next > until + (half - std::time::Duration::from_micros(1)),
+        "{next:?}"
+    );
+    assert_eq!(node.session_count(), 0);
+    net.assert_balance();
+}
