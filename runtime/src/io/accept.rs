@@ -67,6 +67,24 @@ pub(crate) async fn accept_loop<L: Listener>(
             }
             fds.wait_headroom().await;
         }
+        if tls.is_some() && lease.refuses(Instant::now()) {
+            // No slot, no question, nothing handed to the reactor: each costs the kernel's
+            // accept and close, counted when the lease ends.
+            tokio::select! {
+                n = listener.refuse(bounds::ADMIT_BATCH) => match n {
+                    Ok(n) => {
+                        lease.unreported += n as u64;
+                        refused += n as u64;
+                        log_refused(&mut refusals, &mut refused);
+                    }
+                    Err(e) => accept_failed(metrics, &mut errors, e).await,
+                },
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+                // Asking again from here on.
+                () = &mut lease.end => {}
+            }
+            continue;
+        }
         let slot = match tls {
             Some(t) => Some(take_slot(t, metrics, &mut handshakes).await),
             None => None,
@@ -123,11 +141,7 @@ pub(crate) async fn accept_loop<L: Listener>(
                                 None => handshakes.spawn(hs),
                             };
                         }
-                        if refused > 0 && refusals.admit().is_some() {
-                            tracing::warn!(event = "incoming_refused", reason = "ratelimit",
-                                refused, "TLS connections over overlay.handshake_rate closed before the handshake");
-                            refused = 0;
-                        }
+                        log_refused(&mut refusals, &mut refused);
                     }
                     _ => {
                         let msg = Control::Accepted {
@@ -144,15 +158,32 @@ pub(crate) async fn accept_loop<L: Listener>(
                     }
                 }
             }
-            Err(e) => {
-                metrics.accept_paused(AcceptPause::AcceptError);
-                if let Some(suppressed) = errors.admit() {
-                    tracing::warn!(event = "accept_error", reason = "io", error = %e,
-                        suppressed, "accept failed");
-                }
-                tokio::time::sleep(bounds::ACCEPT_ERROR_PAUSE).await;
-            }
+            Err(e) => accept_failed(metrics, &mut errors, e).await,
         }
+    }
+}
+
+/// A failed accept (EMFILE and friends): counted, logged at most so often, and a pause so
+/// that the loop cannot spin.
+async fn accept_failed(metrics: &Metrics, errors: &mut LogThrottle, e: std::io::Error) {
+    metrics.accept_paused(AcceptPause::AcceptError);
+    if let Some(suppressed) = errors.admit() {
+        tracing::warn!(event = "accept_error", reason = "io", error = %e,
+            suppressed, "accept failed");
+    }
+    tokio::time::sleep(bounds::ACCEPT_ERROR_PAUSE).await;
+}
+
+/// One `incoming_refused` line at most so often, with the refusals since the last.
+fn log_refused(refusals: &mut LogThrottle, refused: &mut u64) {
+    if *refused > 0 && refusals.admit().is_some() {
+        tracing::warn!(
+            event = "incoming_refused",
+            reason = "ratelimit",
+            refused = *refused,
+            "TLS connections over overlay.handshake_rate closed before the handshake"
+        );
+        *refused = 0;
     }
 }
 
