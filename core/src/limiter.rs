@@ -1,7 +1,5 @@
 //! Token buckets on injected time: the handshake rate limit and per-session `max_rps`.
 
-use std::time::Duration;
-
 use crate::time::Time;
 
 #[derive(Clone, Debug)]
@@ -42,20 +40,6 @@ impl TokenBucket {
         }
     }
 
-    /// When the next whole token will be there, if there is none at `now`: until then every
-    /// `try_take` fails, which is what lets a caller refuse without asking (a lease).
-    pub fn next_token(&self, now: Time) -> Option<Time> {
-        let elapsed = now.saturating_since(self.last).as_secs_f64();
-        let tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if tokens >= 1.0 {
-            return None;
-        }
-        // Rounded up and a nanosecond over, so that a `try_take` then finds the token
-        // whatever the float rounding.
-        let wait = ((1.0 - tokens) / self.rate * 1e9).ceil() as u64 + 1;
-        Some(self.last.max(now) + Duration::from_nanos(wait))
-    }
-
     /// Whole seconds until a token is there (the `retry_after` to advertise).
     pub fn retry_after_secs(&self) -> u64 {
         (((1.0 - self.tokens).max(0.0) / self.rate).ceil() as u64).max(1)
@@ -65,6 +49,7 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn refills_at_rate_and_caps_at_burst() {
@@ -76,27 +61,5 @@ mod tests {
         assert!(!b.try_take(t0 + Duration::from_millis(150)));
         let later = t0 + Duration::from_secs(100);
         assert_eq!((0..10).filter(|_| b.try_take(later)).count(), 3);
-    }
-
-    #[test]
-    fn next_token_is_when_try_take_succeeds_again() {
-        let t0 = Time::ZERO;
-        let mut b = TokenBucket::new(500, 2, t0);
-        assert_eq!(b.next_token(t0), None);
-        assert!(b.try_take(t0) && b.try_take(t0));
-        let next = b.next_token(t0).expect("empty");
-        assert!(next > t0 + Duration::from_micros(1999), "{next:?}");
-        assert!(next <= t0 + Duration::from_micros(2001), "{next:?}");
-        // Asking again later in the wait moves it by the rounding at most.
-        let again = b
-            .next_token(t0 + Duration::from_millis(1))
-            .expect("still empty");
-        assert!(
-            again.saturating_since(next) + next.saturating_since(again) < Duration::from_nanos(3)
-        );
-        let just_before = Time::from_duration(next.since_epoch() - Duration::from_micros(1));
-        assert!(!b.try_take(just_before));
-        assert_eq!(b.next_token(next), None);
-        assert!(b.try_take(next));
     }
 }

@@ -50,37 +50,11 @@ impl Overlay {
         if self.handshakes.try_take(now) {
             return Admission::Admit(Prepaid::new());
         }
-        self.count_refused_incoming(1);
-        Admission::Refuse
-    }
-
-    /// Until when `handle_incoming` would refuse every connection, if it would refuse one
-    /// at `now`: the handshake bucket's next token. The runtime may close the TLS
-    /// connections that arrive before then itself, without asking (under a flood that
-    /// saves a round trip to the driver for each batch of refusals), and reports how many
-    /// with `handle_refused_under_lease`. The plain listener's HELLOs, charged to the same
-    /// bucket, take no token meanwhile: there is none. A reload that raises
-    /// `overlay.handshake_rate` takes effect at the lease's end (at most 1 s, one token at
-    /// the lowest rate).
-    pub fn refusal_lease(&self, now: Time) -> Option<Time> {
-        self.handshakes.next_token(now)
-    }
-
-    /// `n` TLS connections the runtime closed unread under a `refusal_lease`: counted as
-    /// `handle_incoming` counts a refusal, so the counts do not depend on who refused.
-    pub fn handle_refused_under_lease(&mut self, _now: Time, n: u64) {
-        self.count_refused_incoming(n);
-    }
-
-    /// A refused connection is a handshake attempted and failed (`ratelimit`).
-    fn count_refused_incoming(&mut self, n: u64) {
-        if n == 0 {
-            return;
-        }
-        self.metrics.handshake_attempts.increment(n);
-        self.metrics.handshake_failures[HandshakeFailure::Ratelimit.index()].increment(n);
+        self.metrics.handshake_attempts.increment(1);
+        self.metrics.handshake_failure(HandshakeFailure::Ratelimit);
         // A connection with no frame to blame: `Stats::refused`, outside the frame balance.
-        self.count(Count::Refused(RejectReason::Ratelimit), n);
+        self.count(Count::Refused(RejectReason::Ratelimit), 1);
+        Admission::Refuse
     }
 
     /// A TLS handshake (accepted or dialed) that failed: there is no session, and the

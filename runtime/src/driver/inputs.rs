@@ -9,7 +9,7 @@ use tracing::field;
 use super::{Command, Driver, NodeStats};
 use crate::bounds::Bounds;
 use crate::io::frames::log_frames_rx;
-use crate::io::messages::{Admissions, AfterPanic, Control, Ingress, WriterReport};
+use crate::io::messages::{AfterPanic, Control, Ingress, WriterReport};
 use crate::io::net::Net;
 use crate::telemetry::bus::BusKind;
 
@@ -79,13 +79,10 @@ impl<N: Net> Driver<N> {
                 self.publish(Some(conn), BusKind::Connected);
             }
             // The acceptor gone meanwhile (a panic, the node stopping) drops the answer.
-            Control::Incoming { n, refused, reply } => {
-                self.overlay.handle_refused_under_lease(now, refused);
-                let each = (0..n).map(|_| self.overlay.handle_incoming(now)).collect();
-                let refuse_until = self.overlay.refusal_lease(now).map(|t| self.instant(t));
-                let _ = reply.send(Admissions { each, refuse_until });
+            Control::Incoming { n, reply } => {
+                let answers = (0..n).map(|_| self.overlay.handle_incoming(now)).collect();
+                let _ = reply.send(answers);
             }
-            Control::Refused { n } => self.overlay.handle_refused_under_lease(now, n),
             Control::TlsFailed {
                 refusal,
                 peer_addr,

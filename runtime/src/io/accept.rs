@@ -5,13 +5,9 @@
 //! at most `overlay.handshake_timeout` and cannot hold up the others. Before a TLS
 //! connection is read from, the core decides whether it gets a handshake at all
 //! (`Control::Incoming`): one over the handshake rate is closed unread, so a flood costs an
-//! accept and a close per connection, not a TLS handshake. When the core answers that it
-//! would refuse every connection until its next token (a lease), the acceptor closes those
-//! itself without asking, and reports their number with its next question or at the
-//! lease's end, so that a flood's refusals do not wake the driver.
+//! accept and a close per connection, not a TLS handshake.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +16,12 @@ use overlay_core::observe::{AcceptPause, Metrics};
 use overlay_core::{Admission, Prepaid, Probe};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::bounds;
 use crate::io::fd::FdBudget;
 use crate::io::handshakes::HandshakePool;
-use crate::io::messages::{Admissions, Control};
+use crate::io::messages::Control;
 use crate::io::net::{Listener, Stream};
 use crate::io::tls::{TlsContext, Wire};
 use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY, INCOMING_REFUSED_LOG_EVERY};
@@ -50,7 +46,6 @@ pub(crate) async fn accept_loop<L: Listener>(
     let mut refusals = LogThrottle::new(INCOMING_REFUSED_LOG_EVERY);
     // Refused since the last `incoming_refused` line.
     let mut refused = 0u64;
-    let mut lease = Lease::new();
     // Dropped with this loop (a panic, the node stopping): their handshakes end with it.
     let mut handshakes = JoinSet::new();
     loop {
@@ -67,24 +62,6 @@ pub(crate) async fn accept_loop<L: Listener>(
             }
             fds.wait_headroom().await;
         }
-        if tls.is_some() && lease.refuses(Instant::now()) {
-            // No slot, no question, nothing handed to the reactor: each costs the kernel's
-            // accept and close, counted when the lease ends.
-            tokio::select! {
-                n = listener.refuse(bounds::ADMIT_BATCH) => match n {
-                    Ok(n) => {
-                        lease.unreported += n as u64;
-                        refused += n as u64;
-                        log_refused(&mut refusals, &mut refused);
-                    }
-                    Err(e) => accept_failed(metrics, &mut errors, e).await,
-                },
-                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-                // Asking again from here on.
-                () = &mut lease.end => {}
-            }
-            continue;
-        }
         let slot = match tls {
             Some(t) => Some(take_slot(t, metrics, &mut handshakes).await),
             None => None,
@@ -93,15 +70,6 @@ pub(crate) async fn accept_loop<L: Listener>(
             a = listener.accept() => a,
             // Reap finished handshakes while waiting, so the set holds only live ones.
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
-            // The flood stopped under a lease: its refusals are counted now, not at the
-            // next connection, which may never come.
-            () = &mut lease.end, if lease.unreported > 0 => {
-                let n = std::mem::take(&mut lease.unreported);
-                if ctl.send(Control::Refused { n }).await.is_err() {
-                    return;
-                }
-                continue;
-            }
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -118,15 +86,8 @@ pub(crate) async fn accept_loop<L: Listener>(
                             slot,
                         }];
                         more_arrivals(listener, t, fds, &mut batch);
-                        let admissions = if lease.refuses(Instant::now()) {
-                            // Dropped unread, as the core would have had them.
-                            lease.unreported += batch.len() as u64;
-                            vec![Admission::Refuse; batch.len()]
-                        } else {
-                            let Some(a) = ask(ctl, batch.len(), &mut lease).await else {
-                                return;
-                            };
-                            a
+                        let Some(admissions) = ask(ctl, batch.len()).await else {
+                            return;
                         };
                         for (a, admission) in batch.into_iter().zip(admissions) {
                             let Admission::Admit(prepaid) = admission else {
@@ -141,7 +102,11 @@ pub(crate) async fn accept_loop<L: Listener>(
                                 None => handshakes.spawn(hs),
                             };
                         }
-                        log_refused(&mut refusals, &mut refused);
+                        if refused > 0 && refusals.admit().is_some() {
+                            tracing::warn!(event = "incoming_refused", reason = "ratelimit",
+                                refused, "TLS connections over overlay.handshake_rate closed before the handshake");
+                            refused = 0;
+                        }
                     }
                     _ => {
                         let msg = Control::Accepted {
@@ -158,32 +123,15 @@ pub(crate) async fn accept_loop<L: Listener>(
                     }
                 }
             }
-            Err(e) => accept_failed(metrics, &mut errors, e).await,
+            Err(e) => {
+                metrics.accept_paused(AcceptPause::AcceptError);
+                if let Some(suppressed) = errors.admit() {
+                    tracing::warn!(event = "accept_error", reason = "io", error = %e,
+                        suppressed, "accept failed");
+                }
+                tokio::time::sleep(bounds::ACCEPT_ERROR_PAUSE).await;
+            }
         }
-    }
-}
-
-/// A failed accept (EMFILE and friends): counted, logged at most so often, and a pause so
-/// that the loop cannot spin.
-async fn accept_failed(metrics: &Metrics, errors: &mut LogThrottle, e: std::io::Error) {
-    metrics.accept_paused(AcceptPause::AcceptError);
-    if let Some(suppressed) = errors.admit() {
-        tracing::warn!(event = "accept_error", reason = "io", error = %e,
-            suppressed, "accept failed");
-    }
-    tokio::time::sleep(bounds::ACCEPT_ERROR_PAUSE).await;
-}
-
-/// One `incoming_refused` line at most so often, with the refusals since the last.
-fn log_refused(refusals: &mut LogThrottle, refused: &mut u64) {
-    if *refused > 0 && refusals.admit().is_some() {
-        tracing::warn!(
-            event = "incoming_refused",
-            reason = "ratelimit",
-            refused = *refused,
-            "TLS connections over overlay.handshake_rate closed before the handshake"
-        );
-        *refused = 0;
     }
 }
 
@@ -219,51 +167,11 @@ fn more_arrivals<L: Listener>(
     }
 }
 
-/// The core's admission of each of `n` TLS connections, reporting the lease's refusals
-/// and taking the next lease; `None` once the driver is gone.
-async fn ask<S>(
-    ctl: &mpsc::Sender<Control<S>>,
-    n: usize,
-    lease: &mut Lease,
-) -> Option<Vec<Admission>> {
+/// The core's admission of each of `n` TLS connections; `None` once the driver is gone.
+async fn ask<S>(ctl: &mpsc::Sender<Control<S>>, n: usize) -> Option<Vec<Admission>> {
     let (reply, answer) = oneshot::channel();
-    let refused = std::mem::take(&mut lease.unreported);
-    ctl.send(Control::Incoming { n, refused, reply })
-        .await
-        .ok()?;
-    let Admissions { each, refuse_until } = answer.await.ok()?;
-    lease.renew(refuse_until);
-    Some(each)
-}
-
-/// The core's word that it would refuse every TLS connection until `until`
-/// (`Overlay::refusal_lease`), and the connections closed under it not yet reported.
-struct Lease {
-    until: Option<Instant>,
-    unreported: u64,
-    /// Fires at `until`: one timer, reset per lease, not one per batch refused.
-    end: Pin<Box<Sleep>>,
-}
-
-impl Lease {
-    fn new() -> Lease {
-        Lease {
-            until: None,
-            unreported: 0,
-            end: Box::pin(tokio::time::sleep(Duration::ZERO)),
-        }
-    }
-
-    fn refuses(&self, now: Instant) -> bool {
-        self.until.is_some_and(|t| now < t)
-    }
-
-    fn renew(&mut self, until: Option<Instant>) {
-        self.until = until;
-        if let Some(t) = until {
-            self.end.as_mut().reset(t);
-        }
-    }
+    ctl.send(Control::Incoming { n, reply }).await.ok()?;
+    answer.await.ok()
 }
 
 /// A handshake slot; with none free the acceptor pauses (counted) and leaves new

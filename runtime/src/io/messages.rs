@@ -27,15 +27,9 @@ pub(crate) enum Control<S> {
     /// `n` connections just accepted on the TLS listener, nothing read from them: whether
     /// each gets a TLS handshake is the core's decision (`Overlay::handle_incoming`). The
     /// acceptor keeps the sockets; only the answers travel, one per connection, in order.
-    /// `refused`: those it closed under its last lease since it last said.
     Incoming {
         n: usize,
-        refused: u64,
-        reply: oneshot::Sender<Admissions>,
-    },
-    /// TLS connections the acceptor closed unread under its lease, not yet counted.
-    Refused {
-        n: u64,
+        reply: oneshot::Sender<Vec<Admission>>,
     },
     /// A dial the core asked for connected (over TLS for a `tls://` peer, its name
     /// verified).
@@ -103,15 +97,6 @@ pub(crate) enum Ingress {
     /// The peer closed or the read failed. On the data channel, behind the last bytes, so
     /// nothing read before the close is lost.
     Eof { conn: ConnId, error: Option<String> },
-}
-
-/// The core's answer to `Control::Incoming`.
-pub(crate) struct Admissions {
-    /// One per connection asked about, in order.
-    pub each: Vec<Admission>,
-    /// Until when the core would refuse every TLS connection (`Overlay::refusal_lease`):
-    /// the acceptor closes those itself until then, and says how many afterwards.
-    pub refuse_until: Option<Instant>,
 }
 
 /// What writers tell the driver.

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
-use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use crate::bounds::SocketBuffers;
@@ -19,21 +18,6 @@ pub trait Listener: Send + 'static {
     type Stream: Stream;
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
     fn local_addr(&self) -> io::Result<SocketAddr>;
-
-    /// Waits for a connection, then closes it and up to `max - 1` more already waiting,
-    /// reading nothing: how many. What the TLS acceptor does under a refusal lease, where
-    /// a connection needs nothing but closing.
-    fn refuse(&mut self, max: usize) -> impl Future<Output = io::Result<usize>> + Send {
-        async move {
-            drop(self.accept().await?);
-            let mut n = 1;
-            // A failed accept is left to the next call, which waits on it.
-            while n < max && matches!(self.accept().now_or_never(), Some(Ok(_))) {
-                n += 1;
-            }
-            Ok(n)
-        }
-    }
 }
 
 /// Bind, accept, connect and look up names: everything the runtime asks of the network.
@@ -79,30 +63,6 @@ impl Listener for TokioListener {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
     }
-
-    async fn refuse(&mut self, max: usize) -> io::Result<usize> {
-        // Accepted on the listener's descriptor itself: a connection closed at once needs
-        // no registration with the reactor nor TCP_NODELAY, three syscalls of its five.
-        // The listener is non-blocking, so an empty backlog answers WouldBlock; tokio's
-        // accept, only used to wait, retries the syscall before it trusts its readiness.
-        let sock = socket2::SockRef::from(&self.0);
-        let mut n = close_waiting(&sock, max);
-        if n == 0 {
-            drop(self.0.accept().await?);
-            n = 1 + close_waiting(&sock, max.saturating_sub(1));
-        }
-        Ok(n)
-    }
-}
-
-/// Accepts and closes up to `max` connections the kernel already holds; a failed accept
-/// (WouldBlock: none left) ends it, and any other error is met again by the next wait.
-fn close_waiting(sock: &socket2::SockRef<'_>, max: usize) -> usize {
-    let mut n = 0;
-    while n < max && sock.accept().is_ok() {
-        n += 1;
-    }
-    n
 }
 
 /// Connections the kernel holds for a listener before `accept`: tokio's default (128, as
@@ -170,32 +130,6 @@ impl Net for TokioNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `refuse` closes what waits, at most `max` at a time, and then waits for the next.
-    #[tokio::test]
-    async fn refuse_closes_waiting_connections_up_to_max_and_waits_for_one() {
-        use tokio::io::AsyncReadExt;
-        let mut l = TokioNet.bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let mut clients = Vec::new();
-        for _ in 0..3 {
-            clients.push(TokioNet.connect(&addr).await.unwrap());
-        }
-        // Three in the backlog (connect returns once the kernel holds one).
-        assert_eq!(l.refuse(2).await.unwrap(), 2);
-        assert_eq!(l.refuse(2).await.unwrap(), 1);
-        let waiting = tokio::spawn(async move { (l.refuse(8).await.unwrap(), l) });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "an empty backlog is waited on");
-        clients.push(TokioNet.connect(&addr).await.unwrap());
-        let (n, _l) = waiting.await.unwrap();
-        assert_eq!(n, 1);
-        for mut c in clients {
-            // Closed unread: end of stream, or a reset.
-            let mut b = [0u8; 1];
-            assert_eq!(c.read(&mut b).await.unwrap_or(0), 0);
-        }
-    }
 
     #[tokio::test]
     async fn set_buffers_sizes_the_socket_and_zero_leaves_it() {
