@@ -10,6 +10,7 @@
 //! cargo bench -p e2e --bench flood        # 3 rounds of 5 s quiet then 5 s at 10,000/s
 //! cargo bench -p e2e --bench flood -- --rate 5000 --quiet 5 --flood 8 --rounds 2 --msgs 200
 //! cargo bench -p e2e --bench flood -- --nice 10   # the flooder at a lower CPU priority
+//! cargo bench -p e2e --bench flood -- --flooder-cpu 0   # the flooder's thread on CPU 0 only
 //! cargo bench -p e2e --bench flood -- --cfg overlay.handshake_rate=50   # config overrides
 //! ```
 //!
@@ -49,6 +50,9 @@ struct Opts {
     concurrency: usize,
     rounds: usize,
     nice: i32,
+    /// The one CPU the flooder's thread may run on (`--flooder-cpu`), so that its connects
+    /// and the kernel's loopback work for them stay off the other core.
+    flooder_cpu: Option<usize>,
     /// `key=value` config overrides on top of the defaults.
     cfg: Vec<(String, String)>,
 }
@@ -62,6 +66,7 @@ fn opts() -> Opts {
         concurrency: 256,
         rounds: 3,
         nice: 0,
+        flooder_cpu: None,
         cfg: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -76,6 +81,7 @@ fn opts() -> Opts {
             "--concurrency" => o.concurrency = val().parse().expect("--concurrency"),
             "--rounds" => o.rounds = val().parse().expect("--rounds"),
             "--nice" => o.nice = val().parse().expect("--nice"),
+            "--flooder-cpu" => o.flooder_cpu = Some(val().parse().expect("--flooder-cpu")),
             "--cfg" => {
                 let kv = val();
                 let (k, v) = kv.split_once('=').expect("--cfg key=value");
@@ -199,7 +205,22 @@ struct FloodCount {
 /// lower priority, as an attacker on other hardware would), `concurrency` in flight at most.
 fn flood(addr: SocketAddr, hello: Vec<u8>, o: &Opts, count: Arc<FloodCount>) {
     let (rate, dur, concurrency, nice) = (o.rate, o.flood, o.concurrency, o.nice);
+    let cpu = o.flooder_cpu;
     std::thread::spawn(move || {
+        if let Some(cpu) = cpu {
+            // SAFETY: a zeroed cpu_set_t is the empty set; pid 0 is this thread.
+            let r = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+            };
+            assert_eq!(
+                r,
+                0,
+                "sched_setaffinity: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         if nice != 0 {
             // SAFETY: plain syscalls on this thread's own id.
             let r = unsafe {
