@@ -319,3 +319,44 @@ fn a_first_burst_leaves_every_node_a_parent() {
     assert!(copies <= 1.2, "{copies:.3} payload copies per delivery");
     net.assert_balance();
 }
+
+/// A node whose only parent stops delivering (in the mesh benchmark: two nodes left each
+/// other's only parent by a first burst, a cycle with no way in from the source) while a
+/// lazy peer announces what it lacks. It pulls after a quarter graft timeout of silence,
+/// not the graft timeout and a tick: before, node 2 had none of the burst 300 ms on.
+#[test]
+fn a_node_cut_off_from_its_parents_pulls_without_waiting_the_graft_timeout() {
+    let mut net = Net::new(68, 3, |_| cfg());
+    let (c02, _) = net.connect(0, 2);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    let publisher = net.client(0, Role::Client, &[]);
+    let sub = net.client(2, Role::Client, &["t"]);
+    net.settle();
+    // The tree forms: 2's parent is 0, and 1 announces to 2.
+    publish_n(&mut net, publisher, 0, 1);
+    net.advance(Duration::from_secs(1));
+    net.stall(End::Node(0, c02), true);
+    // A full announcement batch: node 1 sends it to node 2 at once.
+    let burst = overlay_core::oap::MAX_IDS as u64;
+    for k in 1..=burst {
+        net.clients[publisher]
+            .client
+            .publish(msg_id(k), "t", 6, &Bytes::from_static(b"m"), false)
+            .unwrap();
+    }
+    let start = net.now;
+    let got = |net: &Net| net.messages(sub).len() as u64;
+    while got(&net) < 1 + burst && net.now.saturating_since(start) < Duration::from_secs(2) {
+        net.advance(Duration::from_millis(1));
+    }
+    let took = net.now.saturating_since(start);
+    eprintln!("the burst reached node 2 in {took:?}");
+    assert_eq!(got(&net), 1 + burst, "node 2 got the burst");
+    assert!(took <= Duration::from_millis(150), "{took:?}");
+    assert_eq!(net.counter(2, TREE_RESCUES_TOTAL, &[]), 1);
+    net.resume(End::Node(0, c02));
+    net.advance(Duration::from_secs(2));
+    assert_eq!(coverage(&net, 0..1 + burst), vec![]);
+    net.assert_balance();
+}

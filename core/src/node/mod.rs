@@ -23,6 +23,7 @@ mod owed;
 mod pressure;
 pub use pressure::PEER_PRESSURE_MAX;
 mod readiness;
+mod rescue;
 mod sessions;
 mod timers;
 mod transmit;
@@ -260,6 +261,10 @@ pub struct Overlay {
     missing_order: VecDeque<(Time, MsgId)>,
     /// How late announced messages have lately arrived (see `tree::Missing`).
     arrival_lag: Duration,
+    /// When a peer last delivered a new message, and when a rescue was last looked for
+    /// (see `rescue`).
+    last_first: Time,
+    rescue_looked: Time,
     /// Recent pulls and who they were asked of, oldest first (see `tree::tree_duplicate`).
     pulled: HashMap<MsgId, ConnId, KeyedHasher>,
     pulled_order: VecDeque<MsgId>,
@@ -345,6 +350,8 @@ impl Overlay {
             missing: HashMap::with_hasher(hasher.clone()),
             missing_order: VecDeque::new(),
             arrival_lag: Duration::ZERO,
+            last_first: now,
+            rescue_looked: now,
             pulled: HashMap::with_hasher(hasher.clone()),
             pulled_order: VecDeque::new(),
             tree_links: 0,
@@ -737,6 +744,7 @@ impl Overlay {
         self.fire_timers(now);
         self.fire_dials(now);
         self.check_drain_deadline(now);
+        self.rescue(now);
         if now < self.next_tick {
             self.debug_check_balance();
             return;

@@ -101,7 +101,7 @@ impl Overlay {
     pub(super) fn next_timer(&self) -> Option<Time> {
         let session = self.timers.peek().map(|Reverse((at, _))| *at);
         let dial = (!self.draining).then(|| self.dialer.next_due()).flatten();
-        [session, dial, self.drain_deadline()]
+        [session, dial, self.drain_deadline(), self.rescue_due()]
             .into_iter()
             .flatten()
             .min()

@@ -19,10 +19,12 @@ const MAX_ANNOUNCERS: usize = 4;
 #[derive(Debug)]
 pub(super) struct Missing {
     announcers: VecDeque<ConnId>,
-    deadline: Time,
+    pub(super) deadline: Time,
     /// When it was first announced: how late it arrives, by whichever path, is what the
     /// pull delay learns from.
-    announced: Time,
+    pub(super) announced: Time,
+    /// Pulled once already ahead of its deadline (see `rescue`).
+    pub(super) rescued: bool,
 }
 
 /// Weight of one arrival in the running estimate of how late announced messages arrive.
@@ -161,6 +163,7 @@ impl Overlay {
                             announcers: VecDeque::from([conn]),
                             deadline,
                             announced: now,
+                            rescued: false,
                         },
                     );
                     self.missing_order.push_back((deadline, id));
@@ -388,7 +391,7 @@ impl Overlay {
 
     /// GRAFTs for announced messages past their deadline, grouped per announcer; each goes
     /// to the next announcer in line, and the announcer is asked to push to this node.
-    fn pull_missing(&mut self, now: Time) {
+    pub(super) fn pull_missing(&mut self, now: Time) {
         let mut grafts: BTreeMap<ConnId, Vec<MsgId>> = BTreeMap::new();
         let mut pulled = Vec::new();
         let timeout = self.pull_delay();

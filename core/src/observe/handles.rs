@@ -42,6 +42,7 @@ pub struct Metrics {
     pub owed: Gauge,
     pub pull_delay: Gauge,
     pub peer_demotions: Counter,
+    pub tree_rescues: Counter,
     pub store_evictions: [Counter; 2],
     pub reconcile_rounds: Counter,
     pub reconcile_bytes: [Counter; 2],
@@ -182,6 +183,7 @@ impl Metrics {
             owed: metrics::gauge!(OWED_MESSAGES),
             pull_delay: metrics::gauge!(TREE_PULL_DELAY),
             peer_demotions: metrics::counter!(PEER_DEMOTIONS_TOTAL),
+            tree_rescues: metrics::counter!(TREE_RESCUES_TOTAL),
             store_evictions: std::array::from_fn(|i| {
                 metrics::counter!(STORE_EVICTIONS_TOTAL, "reason" => StoreEviction::ALL[i].as_str())
             }),

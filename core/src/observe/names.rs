@@ -304,6 +304,7 @@ pub const ANNOUNCE_DROPPED_TOTAL: &str = "overlay_announce_dropped_total";
 pub const STORE_BYTES: &str = "overlay_store_bytes";
 pub const OWED_MESSAGES: &str = "overlay_owed_messages";
 pub const TREE_PULL_DELAY: &str = "overlay_tree_pull_delay_seconds";
+pub const TREE_RESCUES_TOTAL: &str = "overlay_tree_rescues_total";
 pub const PEER_DEMOTIONS_TOTAL: &str = "overlay_peer_demotions_total";
 pub const STORE_EVICTIONS_TOTAL: &str = "overlay_store_evictions_total";
 pub const RECONCILE_ROUNDS_TOTAL: &str = "overlay_reconcile_rounds_total";
@@ -554,6 +555,12 @@ pub const INVENTORY: &[MetricSpec] = &[
         TREE_PULL_DELAY,
         Kind::Gauge,
         "How long an announced message may now take before it is pulled: the graft timeout, up to 1.5 times it while announced messages arrive late.",
+        &[],
+    ),
+    spec(
+        TREE_RESCUES_TOTAL,
+        Kind::Counter,
+        "Times no peer had delivered anything new for a quarter graft timeout while announced messages waited as long, and they were pulled ahead of their deadline (a tree cut off from its source, or a parent gone).",
         &[],
     ),
     spec(

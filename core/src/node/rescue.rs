@@ -1,0 +1,82 @@
+//! A node whose parents have stopped: no peer has delivered anything new for a while, yet
+//! its other peers keep announcing messages it lacks. In a first burst the tree can close
+//! into a cycle with no way in from the source (two nodes, each the other's only parent,
+//! both having pruned every other link on the strength of a copy the other relayed first);
+//! a parent can also just be gone. Waiting out the graft timeout then costs every message
+//! of that time a pull delay and a tick (in the mesh benchmark, runs whose p99 was 600 ms
+//! instead of 80). A parent that is merely slow still delivers, late: its backlog keeps
+//! first copies arriving. So silence from every peer while announcements wait is the
+//! sign: what has waited that long is pulled at once, each message once this way (a pull
+//! asks its announcer to push, which gives the node a parent again); later pulls keep
+//! the graft timeout.
+
+use super::*;
+use crate::oap::MAX_IDS;
+
+impl Overlay {
+    /// How long peer silence, with announcements waiting as long, takes to be a rescue.
+    pub(super) fn rescue_after(&self) -> Duration {
+        self.cfg.overlay.gossip.graft_timeout / 4
+    }
+
+    /// When a rescue may next be due: never while nothing announced is missing.
+    pub(super) fn rescue_due(&self) -> Option<Time> {
+        if self.missing.is_empty() {
+            return None;
+        }
+        Some(self.last_first.max(self.rescue_looked) + self.rescue_after())
+    }
+
+    /// A new message from a peer: the node is being fed.
+    pub(super) fn fed(&mut self, now: Time, conn: ConnId) {
+        if self
+            .sessions
+            .get(&conn)
+            .is_some_and(|s| s.role == Some(Role::Peer))
+        {
+            self.last_first = now;
+        }
+    }
+
+    /// Pulls, ahead of their deadlines, the announced messages that have waited through a
+    /// silence of every peer. Looks at most once per `rescue_after`.
+    pub(super) fn rescue(&mut self, now: Time) {
+        if self.rescue_due().map_or(true, |due| now < due) {
+            return;
+        }
+        self.rescue_looked = now;
+        if self.reads_paused() {
+            // This node is behind, not starved: what was announced is in its unread socket
+            // buffers (as in `pull_missing`).
+            return;
+        }
+        let after = self.rescue_after();
+        let due: Vec<MsgId> = self
+            .missing_order
+            .iter()
+            .filter(|(deadline, id)| {
+                self.missing.get(id).is_some_and(|m| {
+                    m.deadline == *deadline
+                        && !m.rescued
+                        && now.saturating_since(m.announced) >= after
+                })
+            })
+            .map(|(_, id)| *id)
+            .take(4 * MAX_IDS)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        self.metrics.tree_rescues.increment(1);
+        // Due now, at the front, in the order they were announced; the entries they had are
+        // left behind and skipped (their deadline no longer matches).
+        for id in due.iter().rev() {
+            if let Some(m) = self.missing.get_mut(id) {
+                m.rescued = true;
+                m.deadline = now;
+            }
+            self.missing_order.push_front((now, *id));
+        }
+        self.pull_missing(now);
+    }
+}
