@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use overlay_core::oap::Role;
 use overlay_core::observe::names::*;
+use overlay_core::ConnId;
 use support::*;
 
 fn cfg() -> overlay_core::Config {
@@ -250,16 +251,23 @@ fn slow_eager_copies_do_not_keep_the_tree_pulling() {
     net.assert_balance();
 }
 
+/// Nodes 0, 1 and 2, each linked to the other two, and a publishing client on node 0;
+/// returns node 0's connection to node 2 and the publisher.
+fn triangle(seed: u64) -> (Net, ConnId, usize) {
+    let mut net = Net::new(seed, 3, |_| cfg());
+    let (c02, _) = net.connect(0, 2);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    let publisher = net.client(0, Role::Client, &[]);
+    (net, c02, publisher)
+}
+
 /// A pulled copy that arrives after the eager copy it was pulled in place of is a slow
 /// answer to this node's own GRAFT, not a sign that the announcer's pushes are redundant: it
 /// must not PRUNE the announcer (which, asked to push by that very GRAFT, would stop again).
 #[test]
 fn a_late_answer_to_a_pull_prunes_nothing() {
-    let mut net = Net::new(66, 3, |_| cfg());
-    let (c02, _) = net.connect(0, 2);
-    net.connect(0, 1);
-    net.connect(1, 2);
-    let publisher = net.client(0, Role::Client, &[]);
+    let (mut net, c02, publisher) = triangle(66);
     net.settle();
     // The first message forms the tree: 0 pushes to 1 and 2, whose pushes to each other
     // cross and are pruned both ways, so 1 announces to 2 from then on.
@@ -326,11 +334,7 @@ fn a_first_burst_leaves_every_node_a_parent() {
 /// not the graft timeout and a tick: before, node 2 had none of the burst 300 ms on.
 #[test]
 fn a_node_cut_off_from_its_parents_pulls_without_waiting_the_graft_timeout() {
-    let mut net = Net::new(68, 3, |_| cfg());
-    let (c02, _) = net.connect(0, 2);
-    net.connect(0, 1);
-    net.connect(1, 2);
-    let publisher = net.client(0, Role::Client, &[]);
+    let (mut net, c02, publisher) = triangle(68);
     let sub = net.client(2, Role::Client, &["t"]);
     net.settle();
     // The tree forms: 2's parent is 0, and 1 announces to 2.

@@ -162,7 +162,6 @@ impl Overlay {
         }
         self.tree_accept(now, &m);
         self.tree_first(now, conn);
-        self.fed(now, conn);
         let (relayed, delivered, refusal) = self.deliver_plan(&m, now);
         match (relayed, delivered, refusal) {
             (true, _, _) => self.outcome(Outcome::Relayed, frames),

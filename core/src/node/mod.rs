@@ -261,8 +261,8 @@ pub struct Overlay {
     missing_order: VecDeque<(Time, MsgId)>,
     /// How late announced messages have lately arrived (see `tree::Missing`).
     arrival_lag: Duration,
-    /// When a peer last delivered a new message, and when a rescue was last looked for
-    /// (see `rescue`).
+    /// When a peer last delivered a new message (`tree_first`), and when a rescue was last
+    /// looked for (see `rescue`).
     last_first: Time,
     rescue_looked: Time,
     /// Recent pulls and who they were asked of, oldest first (see `tree::tree_duplicate`).

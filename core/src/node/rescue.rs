@@ -27,17 +27,6 @@ impl Overlay {
         Some(self.last_first.max(self.rescue_looked) + self.rescue_after())
     }
 
-    /// A new message from a peer: the node is being fed.
-    pub(super) fn fed(&mut self, now: Time, conn: ConnId) {
-        if self
-            .sessions
-            .get(&conn)
-            .is_some_and(|s| s.role == Some(Role::Peer))
-        {
-            self.last_first = now;
-        }
-    }
-
     /// Pulls, ahead of their deadlines, the announced messages that have waited through a
     /// silence of every peer. Looks at most once per `rescue_after`.
     pub(super) fn rescue(&mut self, now: Time) {

@@ -263,10 +263,17 @@ impl Overlay {
         self.send_tree(conn, &TreeFrame::Prune);
     }
 
-    /// A new message arrived from `conn`: if a tree link, it is a parent while that is
-    /// recent (see `tree_duplicate`).
+    /// A new message arrived from `conn`: from a peer, the node is being fed (see
+    /// `rescue`); over a tree link, that link is a parent while this is recent (see
+    /// `tree_duplicate`).
     pub(super) fn tree_first(&mut self, now: Time, conn: ConnId) {
-        if let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if s.role == Some(Role::Peer) {
+            self.last_first = now;
+        }
+        if let Some(t) = s.tree.as_mut() {
             t.first_at = Some(now);
         }
     }
