@@ -220,6 +220,16 @@ fn run(case: &Case, o: &Opts) -> Value {
     for (i, h) in subs.into_iter().enumerate() {
         let r = h.join().expect("subscriber thread");
         by_node.push(r.latencies_us.len());
+        if let Ok(dir) = std::env::var("MESH_DUMP") {
+            // "seq latency_us" per delivery: which messages were late places a tail in time.
+            let lines: String = r
+                .seqs
+                .iter()
+                .zip(&r.latencies_us)
+                .map(|(s, l)| format!("{s} {l}\n"))
+                .collect();
+            let _ = std::fs::write(format!("{dir}/{}-lat{}.txt", case.name, i + 1), lines);
+        }
         latencies.extend_from_slice(&r.latencies_us);
         client_msgs += r.messages;
         client_frames += r.frames;

@@ -560,7 +560,7 @@ pub const INVENTORY: &[MetricSpec] = &[
     spec(
         TREE_RESCUES_TOTAL,
         Kind::Counter,
-        "Times no peer had delivered anything new for a quarter graft timeout while announced messages waited as long, and they were pulled ahead of their deadline (a tree cut off from its source, or a parent gone).",
+        "Times no peer had delivered anything new for a quarter graft timeout while an announced message waited as long, and everything announced and missing was pulled ahead of its deadline (a tree cut off from its source, or a parent gone).",
         &[],
     ),
     spec(

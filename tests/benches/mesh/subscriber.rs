@@ -38,6 +38,8 @@ impl Shared {
 #[derive(Debug, Default)]
 pub struct Report {
     pub latencies_us: Vec<u32>,
+    /// The seq of each latency, in arrival order.
+    pub seqs: Vec<u32>,
     /// Messages received (duplicates included) and the frames that carried them.
     pub messages: u64,
     pub frames: u64,
@@ -93,6 +95,7 @@ pub fn spawn(mut c: OapClient, messages: u64, shared: Arc<Shared>) -> JoinHandle
                         match seen.get_mut(seq as usize) {
                             Some(s) if !*s => {
                                 *s = true;
+                                r.seqs.push(seq as u32);
                                 r.latencies_us
                                     .push((at.saturating_sub(sent) / 1000).min(u32::MAX as u64)
                                         as u32);
