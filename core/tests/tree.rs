@@ -351,13 +351,26 @@ fn burst(net: &mut Net, publisher: usize, ids: std::ops::Range<u64>) {
     }
 }
 
-/// Advances until node 2's subscriber has `n` messages or `limit` passed; how long it took.
-fn until_delivered(net: &mut Net, sub: usize, n: u64, limit: Duration) -> Duration {
+/// Advances until node 2's subscriber has messages 0..n (the tree's first and the bursts'),
+/// at most 2 s; how long it took.
+fn until_delivered(net: &mut Net, sub: usize, n: u64) -> Duration {
     let start = net.now;
+    let limit = Duration::from_secs(2);
     while (net.messages(sub).len() as u64) < n && net.now.saturating_since(start) < limit {
         net.advance(Duration::from_millis(1));
     }
-    net.now.saturating_since(start)
+    let took = net.now.saturating_since(start);
+    eprintln!("node 2 had the burst {took:?} after its last publish");
+    assert_eq!(net.messages(sub).len() as u64, n, "node 2 got the burst");
+    took
+}
+
+/// Node 0's pushes to 2 resume: every node ends with messages 0..n, and the balance holds.
+fn heal(net: &mut Net, c02: ConnId, n: u64) {
+    net.resume(End::Node(0, c02));
+    net.advance(Duration::from_secs(2));
+    assert_eq!(coverage(net, 0..n), vec![]);
+    net.assert_balance();
 }
 
 /// A node whose only parent stops delivering (in the mesh benchmark: two nodes left each
@@ -370,19 +383,10 @@ fn a_node_cut_off_from_its_parents_pulls_without_waiting_the_graft_timeout() {
     // A full announcement batch: node 1 sends it to node 2 at once.
     let n = overlay_core::oap::MAX_IDS as u64;
     burst(&mut net, publisher, 1..1 + n);
-    let took = until_delivered(&mut net, sub, 1 + n, Duration::from_secs(2));
-    eprintln!("the burst reached node 2 in {took:?}");
-    assert_eq!(
-        net.messages(sub).len() as u64,
-        1 + n,
-        "node 2 got the burst"
-    );
+    let took = until_delivered(&mut net, sub, 1 + n);
     assert!(took <= Duration::from_millis(150), "{took:?}");
     assert_eq!(net.counter(2, TREE_RESCUES_TOTAL, &[]), 1);
-    net.resume(End::Node(0, c02));
-    net.advance(Duration::from_secs(2));
-    assert_eq!(coverage(&net, 0..1 + n), vec![]);
-    net.assert_balance();
+    heal(&mut net, c02, 1 + n);
 }
 
 /// The rescue's GRAFT asks node 1 to push; what node 1 had not yet announced to node 2
@@ -394,18 +398,9 @@ fn a_graft_pushes_what_was_still_to_be_announced() {
     let (mut net, c02, publisher, sub) = cut_off(69);
     let n = overlay_core::oap::MAX_IDS as u64 + 100;
     burst(&mut net, publisher, 1..1 + n);
-    let took = until_delivered(&mut net, sub, 1 + n, Duration::from_secs(2));
-    eprintln!("the burst reached node 2 in {took:?}");
-    assert_eq!(
-        net.messages(sub).len() as u64,
-        1 + n,
-        "node 2 got the burst"
-    );
+    let took = until_delivered(&mut net, sub, 1 + n);
     assert!(took <= Duration::from_millis(150), "{took:?}");
-    net.resume(End::Node(0, c02));
-    net.advance(Duration::from_secs(2));
-    assert_eq!(coverage(&net, 0..1 + n), vec![]);
-    net.assert_balance();
+    heal(&mut net, c02, 1 + n);
 }
 
 /// A second batch announced just after the first, both while node 2 is cut off: the rescue
@@ -419,14 +414,9 @@ fn a_rescue_pulls_what_was_announced_a_moment_ago_too() {
     burst(&mut net, publisher, 1..1 + n);
     net.advance(Duration::from_millis(50));
     burst(&mut net, publisher, 1 + n..1 + 2 * n);
-    let took = until_delivered(&mut net, sub, 1 + 2 * n, Duration::from_secs(2));
-    eprintln!("both batches reached node 2 {took:?} after the second");
-    assert_eq!(net.messages(sub).len() as u64, 1 + 2 * n, "node 2 got both");
+    let took = until_delivered(&mut net, sub, 1 + 2 * n);
     // Pulled with the first at a quarter graft timeout (75 ms) after the first batch;
     // before, at the next look, a quarter graft timeout later still.
     assert!(took <= Duration::from_millis(60), "{took:?}");
-    net.resume(End::Node(0, c02));
-    net.advance(Duration::from_secs(2));
-    assert_eq!(coverage(&net, 0..1 + 2 * n), vec![]);
-    net.assert_balance();
+    heal(&mut net, c02, 1 + 2 * n);
 }

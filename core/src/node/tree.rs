@@ -208,31 +208,16 @@ impl Overlay {
             return;
         };
         let queued = std::mem::take(&mut t.announce);
-        let wm = self.cfg.readiness.queue_high_watermark;
-        let (lim_f, lim_b) = (
-            self.cfg.overlay.peer.egress_queue_frames,
-            self.cfg.overlay.peer.egress_queue_bytes,
-        );
         let mut left = VecDeque::new();
         for id in queued {
-            let Some(s) = self.store.get(&id) else {
-                left.push_back(id);
-                continue;
-            };
-            let (header, tenant, data) = (s.header.clone(), s.tenant_id, s.data.clone());
-            let room = self
-                .sessions
-                .get(&conn)
-                .is_some_and(|s| s.egress.fill(lim_f, lim_b) < wm);
-            let pushed = if room && !self.owing(conn) && self.fits(conn, &header, &data) {
-                self.enqueue_message(conn, &header, tenant, &data, true)
-                    .is_ok()
-            } else {
-                self.owe(conn, &header, tenant, &data, now)
-            };
-            if pushed {
-                self.metrics.tree_pushes[PushMode::Eager.index()].increment(1);
-            } else {
+            let stored = self
+                .store
+                .get(&id)
+                .map(|s| (s.header.clone(), s.tenant_id, s.data.clone()));
+            let pushed = stored.is_some_and(|(header, tenant, data)| {
+                self.push_tree(now, conn, &header, tenant, &data)
+            });
+            if !pushed {
                 left.push_back(id);
             }
         }
