@@ -14,6 +14,8 @@
 //!
 //! Other flags: `--window W` (outstanding acks, default 64), `--timeout S` (seconds after
 //! the first publish, default 60). One JSON line per run on stdout, then a markdown table.
+//! `MESH_DUMP=dir` writes, after each run, every node's exposition (`<case>-node<i>.prom`)
+//! and every subscriber's deliveries as `seq latency_us` lines (`<case>-lat<i>.txt`).
 //! `docs/PERFORMANCE.md` ("Mesh") says how every figure is derived.
 
 #[path = "mesh/payload.rs"]
