@@ -401,6 +401,13 @@ fn a_graft_pushes_what_was_still_to_be_announced() {
     let took = until_delivered(&mut net, sub, 1 + n);
     assert!(took <= Duration::from_millis(150), "{took:?}");
     heal(&mut net, c02, 1 + n);
+    // Node 1 sent each message on to node 2 once, whole or by id, and counted it once: an
+    // id queued for announcement and pushed instead is not also an announcement.
+    let sent: u64 = ["eager", "lazy"]
+        .iter()
+        .map(|m| net.counter(1, TREE_PUSHES_TOTAL, &[("mode", m)]))
+        .sum();
+    assert_eq!(sent, 1 + n);
 }
 
 /// A second batch announced just after the first, both while node 2 is cut off: the rescue

@@ -357,7 +357,6 @@ impl Overlay {
             self.metrics.announce_dropped.increment(1);
         }
         t.announce.push_back(id);
-        self.metrics.tree_pushes[PushMode::Lazy.index()].increment(1);
         if t.announce.len() >= MAX_IDS {
             self.flush_announcements(conn);
         }
@@ -373,6 +372,9 @@ impl Overlay {
             }
             let n = t.announce.len().min(MAX_IDS);
             let ids: Vec<MsgId> = t.announce.drain(..n).collect();
+            // Counted as sent, not as queued: a queued id may yet be pushed instead (a
+            // GRAFT) or dropped (a full queue, `overlay_announce_dropped_total`).
+            self.metrics.tree_pushes[PushMode::Lazy.index()].increment(n as u64);
             self.send_tree(conn, &TreeFrame::IHave(ids));
         }
     }
