@@ -528,6 +528,37 @@ async fn reload_swaps_certificates_for_new_handshakes_and_keeps_sessions() {
     node.shutdown().await.unwrap();
 }
 
+/// Two clients that connect and never send a ClientHello, on a node whose TLS listener
+/// allows two handshakes at once within 500 ms: a good client waits in the backlog until a
+/// stalled handshake times out, then is served.
+async fn two_stalled_handshakes_hold_the_listener(node: &Node, ca: &Ca) {
+    let t0 = std::time::Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(TcpStream::connect(tls_addr(node)).await.unwrap());
+    }
+    let paused = r#"overlay_accept_paused_total{reason="tls_handshakes"}"#;
+    until_metric(node, paused, 1.0).await;
+    let mut s = connect(tls_addr(node), ClientSpec::new(ca), "n1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        hello(&mut s, "c1").await,
+        ClientEvent::Established(_)
+    ));
+    // Not before a slot was free: a stalled handshake had to time out first.
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(450), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    until_metric(
+        node,
+        r#"overlay_handshake_failures_total{reason="timeout"}"#,
+        2.0,
+    )
+    .await;
+    drop(stalled);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_tls_handshakes_hold_at_most_max_conns_slots_until_their_timeout() {
     let dir = Dir::new("stall");
@@ -536,35 +567,24 @@ async fn stalled_tls_handshakes_hold_at_most_max_conns_slots_until_their_timeout
     c.overlay.max_conns = 2;
     c.overlay.handshake_timeout = Duration::from_millis(500);
     let node = Node::start(TokioNet, c, opts(10)).await.unwrap();
-    // Two clients that connect and never send a ClientHello take both handshake slots.
-    let t0 = std::time::Instant::now();
-    let mut stalled = Vec::new();
-    for _ in 0..2 {
-        stalled.push(TcpStream::connect(tls_addr(&node)).await.unwrap());
-    }
-    let paused = r#"overlay_accept_paused_total{reason="tls_handshakes"}"#;
-    until_metric(&node, paused, 1.0).await;
-    // A good client waits in the backlog, then is served once the stalled ones time out.
-    let mut s = connect(tls_addr(&node), ClientSpec::new(&ca), "n1")
-        .await
-        .unwrap();
-    assert!(matches!(
-        hello(&mut s, "c1").await,
-        ClientEvent::Established(_)
-    ));
-    // Not before a slot was free: a stalled handshake had to time out first.
-    assert!(
-        t0.elapsed() >= Duration::from_millis(450),
-        "{:?}",
-        t0.elapsed()
-    );
-    until_metric(
-        &node,
-        r#"overlay_handshake_failures_total{reason="timeout"}"#,
-        2.0,
-    )
-    .await;
-    drop(stalled);
+    two_stalled_handshakes_hold_the_listener(&node, &ca).await;
+    node.shutdown().await.unwrap();
+}
+
+/// The same bound reached by a reload from a looser one: before, the listener kept the
+/// slots and deadline it started with (8 slots: the good client was served at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_resizes_the_tls_handshake_bound_and_deadline() {
+    let dir = Dir::new("restall");
+    let ca = Ca::new();
+    let mut c = tls_cfg(&dir, &ca, "n1");
+    c.overlay.max_conns = 8;
+    c.overlay.handshake_timeout = Duration::from_secs(30);
+    let node = Node::start(TokioNet, c.clone(), opts(13)).await.unwrap();
+    c.overlay.max_conns = 2;
+    c.overlay.handshake_timeout = Duration::from_millis(500);
+    node.reconfigure(c).await.unwrap();
+    two_stalled_handshakes_hold_the_listener(&node, &ca).await;
     node.shutdown().await.unwrap();
 }
 

@@ -238,6 +238,9 @@ impl<N: Net> Driver<N> {
                 let old_interval = self.cfg.overlay.peer_resolve_interval;
                 self.cfg = self.overlay.config().clone();
                 self.bounds = Bounds::from_config(&self.cfg);
+                let o = &self.cfg.overlay;
+                self.handshake_bound
+                    .resize(o.max_conns, o.handshake_timeout);
                 if self.cfg.overlay.peer_resolve_interval != old_interval {
                     self.restart_resolvers();
                 }

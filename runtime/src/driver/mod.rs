@@ -26,6 +26,7 @@ use crate::bounds::{self, Bounds};
 use crate::io::messages::{AfterPanic, Control, Ingress, WriterReport};
 use crate::io::net::Net;
 use crate::io::resolve::PeerTargets;
+use crate::io::slots::HandshakeBound;
 use crate::io::tls::TlsContext;
 use crate::telemetry::bus::BusEvent;
 use conns::Conn;
@@ -98,6 +99,8 @@ pub(crate) struct Driver<N: Net> {
     held_credits: Vec<(ConnId, crate::io::credit::Credit)>,
     startup: Vec<Event>,
     tls: Arc<TlsContext>,
+    /// The TLS listener's handshake slots and deadline, resized on a reload.
+    handshake_bound: Arc<HandshakeBound>,
 }
 
 impl<N: Net> Driver<N> {
@@ -108,6 +111,8 @@ impl<N: Net> Driver<N> {
         let (ingress_tx, ingress_rx) = mpsc::channel(bounds.ingress_channel);
         let (ctl_tx, ctl_rx) = mpsc::channel(bounds::CONTROL_CHANNEL);
         let (report_tx, report_rx) = mpsc::channel(bounds::CONTROL_CHANNEL);
+        let o = &p.cfg.overlay;
+        let handshake_bound = Arc::new(HandshakeBound::new(o.max_conns, o.handshake_timeout));
         Driver {
             node: Arc::from(p.overlay.node_id()),
             net: p.net,
@@ -138,6 +143,7 @@ impl<N: Net> Driver<N> {
             held_credits: Vec::new(),
             startup: p.startup,
             tls: p.tls,
+            handshake_bound,
         }
     }
 

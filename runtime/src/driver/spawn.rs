@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use overlay_core::{Dial, Probe};
-use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use super::supervise::{panic_message, Supervisor};
@@ -67,8 +66,7 @@ impl<N: Net> Driver<N> {
         let apart = self.net.handshakes_apart();
         let tls = tls.map(|ctx| TlsAccept {
             ctx,
-            timeout: self.cfg.overlay.handshake_timeout,
-            slots: Arc::new(Semaphore::new(self.cfg.overlay.max_conns)),
+            bound: self.handshake_bound.clone(),
             pool: apart.then(handshake_pool).flatten(),
         });
         let task = if tls.is_some() {

@@ -2,7 +2,8 @@
 //! driver; a failed accept pauses instead of spinning, and its log line is rate-limited.
 //! On the TLS listener each connection's handshake runs in its own task, at most
 //! `overlay.max_conns` at once, so a client that stalls its handshake holds one slot for
-//! at most `overlay.handshake_timeout` and cannot hold up the others. Before a TLS
+//! at most `overlay.handshake_timeout` and cannot hold up the others (both follow a
+//! reload: `slots`). Before a TLS
 //! connection is read from, the core decides whether it gets a handshake at all
 //! (`Control::Incoming`): one over the handshake rate is closed unread, so a flood costs an
 //! accept and a close per connection, not a TLS handshake.
@@ -14,7 +15,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use overlay_core::observe::{AcceptPause, Metrics};
 use overlay_core::{Admission, Prepaid, Probe};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -23,6 +24,7 @@ use crate::io::fd::FdBudget;
 use crate::io::handshakes::HandshakePool;
 use crate::io::messages::Control;
 use crate::io::net::{Listener, Stream};
+use crate::io::slots::HandshakeBound;
 use crate::io::tls::{TlsContext, Wire};
 use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY, INCOMING_REFUSED_LOG_EVERY};
 
@@ -30,8 +32,7 @@ use crate::telemetry::throttle::{LogThrottle, ACCEPT_ERROR_LOG_EVERY, INCOMING_R
 /// runtime they run on (`None`: this one).
 pub(crate) struct TlsAccept {
     pub ctx: Arc<TlsContext>,
-    pub timeout: Duration,
-    pub slots: Arc<Semaphore>,
+    pub bound: Arc<HandshakeBound>,
     pub pool: Option<HandshakePool>,
 }
 
@@ -96,7 +97,13 @@ pub(crate) async fn accept_loop<L: Listener>(
                                 refused += 1;
                                 continue;
                             };
-                            let hs = handshake(t.ctx.clone(), t.timeout, ctl.clone(), a, prepaid);
+                            let hs = handshake(
+                                t.ctx.clone(),
+                                t.bound.timeout(),
+                                ctl.clone(),
+                                a,
+                                prepaid,
+                            );
                             match &t.pool {
                                 Some(pool) => handshakes.spawn_on(hs, pool.handle()),
                                 None => handshakes.spawn(hs),
@@ -148,7 +155,7 @@ fn more_arrivals<L: Listener>(
         if fds.is_some_and(|f| !f.headroom()) {
             return;
         }
-        let Ok(slot) = t.slots.clone().try_acquire_owned() else {
+        let Some(slot) = t.bound.try_take() else {
             return;
         };
         // Never waits. A failed accept is left to the loop's own accept, which pauses.
@@ -181,15 +188,13 @@ async fn take_slot(
     metrics: &Metrics,
     handshakes: &mut JoinSet<()>,
 ) -> OwnedSemaphorePermit {
-    if let Ok(p) = t.slots.clone().try_acquire_owned() {
+    if let Some(p) = t.bound.try_take() {
         return p;
     }
     metrics.accept_paused(AcceptPause::TlsHandshakes);
     loop {
         tokio::select! {
-            p = t.slots.clone().acquire_owned() => {
-                return p.expect("the acceptor never closes its semaphore");
-            }
+            p = t.bound.take() => return p,
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
         }
     }

@@ -12,4 +12,5 @@ pub(crate) mod handshakes;
 pub(crate) mod messages;
 pub mod net;
 pub(crate) mod resolve;
+pub(crate) mod slots;
 pub mod tls;
