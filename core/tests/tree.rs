@@ -389,20 +389,20 @@ fn a_node_cut_off_from_its_parents_pulls_without_waiting_the_graft_timeout() {
     heal(&mut net, c02, 1 + n);
 }
 
-/// The rescue's GRAFT asks node 1 to push; what node 1 had not yet announced to node 2
-/// (the ids past the full batch it flushed) is pushed with it. Before, those waited for
-/// node 1's next tick, then a pull delay at node 2: in the mesh benchmark, a run of ~500
-/// seqs just after the rescued ones, 600 ms late at every rescued node.
+/// The rescue's GRAFT reaches node 1 with ids it had not yet announced to node 2 (those past
+/// the full batch it flushed): it announces them at once, and node 2, just rescued, pulls
+/// them at once. Before, they waited for node 1's next tick, then a pull delay at node 2: in
+/// the mesh benchmark, a run of ~500 seqs just after the rescued ones, 600 ms late at every
+/// rescued node.
 #[test]
-fn a_graft_pushes_what_was_still_to_be_announced() {
+fn a_graft_brings_what_was_still_to_be_announced_at_once() {
     let (mut net, c02, publisher, sub) = cut_off(69);
     let n = overlay_core::oap::MAX_IDS as u64 + 100;
     burst(&mut net, publisher, 1..1 + n);
     let took = until_delivered(&mut net, sub, 1 + n);
     assert!(took <= Duration::from_millis(150), "{took:?}");
     heal(&mut net, c02, 1 + n);
-    // Node 1 sent each message on to node 2 once, whole or by id, and counted it once: an
-    // id queued for announcement and pushed instead is not also an announcement.
+    // Node 1 sent each message on to node 2 once, whole or by id, and counted it once.
     let sent: u64 = ["eager", "lazy"]
         .iter()
         .map(|m| net.counter(1, TREE_PUSHES_TOTAL, &[("mode", m)]))

@@ -265,6 +265,8 @@ pub struct Overlay {
     /// looked for (see `rescue`).
     last_first: Time,
     rescue_looked: Time,
+    /// When the last rescue pulled (see `rescue`).
+    rescued_at: Option<Time>,
     /// Recent pulls and who they were asked of, oldest first (see `tree::tree_duplicate`).
     pulled: HashMap<MsgId, ConnId, KeyedHasher>,
     pulled_order: VecDeque<MsgId>,
@@ -352,6 +354,7 @@ impl Overlay {
             arrival_lag: Duration::ZERO,
             last_first: now,
             rescue_looked: now,
+            rescued_at: None,
             pulled: HashMap::with_hasher(hasher.clone()),
             pulled_order: VecDeque::new(),
             tree_links: 0,

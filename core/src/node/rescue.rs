@@ -19,6 +19,13 @@ impl Overlay {
         self.cfg.overlay.gossip.graft_timeout / 4
     }
 
+    /// Whether a rescue pulled lately: announcements that come now (the rescued node's
+    /// GRAFT makes its announcers flush theirs) are pulled at once too.
+    pub(super) fn rescuing(&self, now: Time) -> bool {
+        self.rescued_at
+            .is_some_and(|at| now.saturating_since(at) < self.rescue_after())
+    }
+
     /// When a rescue may next be due: never while nothing announced is missing.
     pub(super) fn rescue_due(&self) -> Option<Time> {
         if self.missing.is_empty() {
@@ -63,6 +70,7 @@ impl Overlay {
             return;
         }
         self.metrics.tree_rescues.increment(1);
+        self.rescued_at = Some(now);
         // Due now, at the front, in the order they were announced; the entries they had are
         // left behind and skipped (their deadline no longer matches).
         for id in due.iter().rev() {

@@ -143,8 +143,16 @@ impl Overlay {
     fn on_ihave(&mut self, now: Time, conn: ConnId, ids: Vec<MsgId>) {
         // Deadlines are kept in arrival order, not sorted: as the delay moves, one may wait
         // behind an earlier, later one for at most the difference (half a graft timeout).
-        let deadline = now + self.pull_delay();
+        // Right after a rescue, what is announced is pulled at once (see `rescue`), ahead of
+        // the line.
+        let rescuing = self.rescuing(now);
+        let deadline = if rescuing {
+            now
+        } else {
+            now + self.pull_delay()
+        };
         let cap = self.cfg.overlay.gossip.announce_queue.saturating_mul(4);
+        let mut now_due = Vec::new();
         for id in ids {
             if self.seen.contains(&id, now) {
                 continue;
@@ -163,13 +171,23 @@ impl Overlay {
                             announcers: VecDeque::from([conn]),
                             deadline,
                             announced: now,
-                            rescued: false,
+                            rescued: rescuing,
                         },
                     );
-                    self.missing_order.push_back((deadline, id));
+                    if rescuing {
+                        now_due.push(id);
+                    } else {
+                        self.missing_order.push_back((deadline, id));
+                    }
                 }
                 None => {}
             }
+        }
+        if !now_due.is_empty() {
+            for id in now_due.into_iter().rev() {
+                self.missing_order.push_front((now, id));
+            }
+            self.pull_missing(now);
         }
     }
 
@@ -194,36 +212,9 @@ impl Overlay {
                 self.metrics.tree_pulls[PullOutcome::Served.index()].increment(1);
             }
         }
-        self.push_announced(now, conn);
-    }
-
-    /// A GRAFT asks for pushes from now on, and what was still waiting to be announced to
-    /// the peer is pushed too. Announced, it would be pulled a tick and a pull delay later:
-    /// after a rescue, the messages published between the node's pull and its announcer's
-    /// next flush were the mesh benchmark's 600 ms p99 (seen per seq: a run of ~500 seqs
-    /// just after the rescued ones, at every rescued node). What does not fit, even owed,
-    /// stays an announcement.
-    fn push_announced(&mut self, now: Time, conn: ConnId) {
-        let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) else {
-            return;
-        };
-        let queued = std::mem::take(&mut t.announce);
-        let mut left = VecDeque::new();
-        for id in queued {
-            let stored = self
-                .store
-                .get(&id)
-                .map(|s| (s.header.clone(), s.tenant_id, s.data.clone()));
-            let pushed = stored.is_some_and(|(header, tenant, data)| {
-                self.push_tree(now, conn, &header, tenant, &data)
-            });
-            if !pushed {
-                left.push_back(id);
-            }
-        }
-        if let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) {
-            t.announce = left;
-        }
+        // What was still to be announced to `conn` goes now, not at the next tick: a node
+        // that pulls because it was cut off pulls these at once too (`rescuing`).
+        self.flush_announcements(conn);
     }
 
     /// A message arrived again from `conn`: its pushes to this node are redundant, if
@@ -372,8 +363,8 @@ impl Overlay {
             }
             let n = t.announce.len().min(MAX_IDS);
             let ids: Vec<MsgId> = t.announce.drain(..n).collect();
-            // Counted as sent, not as queued: a queued id may yet be pushed instead (a
-            // GRAFT) or dropped (a full queue, `overlay_announce_dropped_total`).
+            // Counted as sent, not as queued: a queued id may yet be dropped (a full queue,
+            // `overlay_announce_dropped_total`).
             self.metrics.tree_pushes[PushMode::Lazy.index()].increment(n as u64);
             self.send_tree(conn, &TreeFrame::IHave(ids));
         }
