@@ -427,3 +427,46 @@ fn a_rescue_pulls_what_was_announced_a_moment_ago_too() {
     assert!(took <= Duration::from_millis(60), "{took:?}");
     heal(&mut net, c02, 1 + 2 * n);
 }
+
+/// A lazy peer that stops reading: once node 1's control queue toward it is full, node 1's
+/// announcements wait in its announce queue, bounded by `overlay.gossip.announce_queue`,
+/// and what that bound drops is counted by id. Before, each IHAVE past the full control
+/// queue was dropped and counted only as a frame, and `overlay_announce_dropped_total`
+/// could never move (the queue is sent whenever it holds a batch).
+#[test]
+fn announcements_to_a_peer_that_does_not_read_are_bounded_and_counted() {
+    let batch = overlay_core::oap::MAX_IDS;
+    let mut net = Net::new(71, 3, |i| {
+        let mut c = cfg();
+        if i == 1 {
+            c.overlay.peer.egress_queue_frames = 2;
+            c.overlay.gossip.announce_queue = batch;
+        }
+        c
+    });
+    net.connect(0, 2);
+    net.connect(0, 1);
+    let (c12, _) = net.connect(1, 2);
+    let publisher = net.client(0, Role::Client, &[]);
+    net.settle();
+    // The tree forms: 2's parent is 0, and 1 announces to 2.
+    publish_n(&mut net, publisher, 0, 1);
+    net.advance(Duration::from_secs(1));
+    net.stall(End::Node(1, c12), true);
+    let n = 5 * batch as u64;
+    burst(&mut net, publisher, 1..1 + n);
+    net.advance(Duration::from_secs(1));
+    let dropped = net.counter(1, ANNOUNCE_DROPPED_TOTAL, &[]);
+    let sent: u64 = ["eager", "lazy"]
+        .iter()
+        .map(|m| net.counter(1, TREE_PUSHES_TOTAL, &[("mode", m)]))
+        .sum();
+    eprintln!("node 1 dropped {dropped} announcements, sent {sent} messages on");
+    assert!(dropped > 0);
+    // Each message sent on, dropped by id, or still waiting in the bounded queue.
+    assert!(sent + dropped <= 1 + n && 1 + n - sent - dropped <= batch as u64);
+    net.resume(End::Node(1, c12));
+    net.advance(Duration::from_secs(2));
+    assert_eq!(coverage(&net, 0..1 + n), vec![]);
+    net.assert_balance();
+}

@@ -353,14 +353,20 @@ impl Overlay {
         }
     }
 
+    /// Sends the queued announcements while the peer's control queue has room. A peer that
+    /// does not read keeps its ids here, bounded by `overlay.gossip.announce_queue` and
+    /// counted when dropped, rather than as IHAVEs the full control queue would drop
+    /// uncounted by id.
     fn flush_announcements(&mut self, conn: ConnId) {
+        let max_ctrl = self.cfg.overlay.peer.egress_queue_frames;
         loop {
-            let Some(t) = self.sessions.get_mut(&conn).and_then(|s| s.tree.as_mut()) else {
+            let Some(s) = self.sessions.get_mut(&conn) else {
                 return;
             };
-            if t.announce.is_empty() {
+            let room = s.egress.ctrl_frames() < max_ctrl;
+            let Some(t) = s.tree.as_mut().filter(|t| room && !t.announce.is_empty()) else {
                 return;
-            }
+            };
             let n = t.announce.len().min(MAX_IDS);
             let ids: Vec<MsgId> = t.announce.drain(..n).collect();
             // Counted as sent, not as queued: a queued id may yet be dropped (a full queue,
