@@ -337,9 +337,26 @@ impl Overlay {
             // is full (it pulls when it has room); the id to lazy ones. The ttl is not
             // spent on tree links: reachability does not depend on which copy arrived first.
             let id = m.header.msg_id;
+            let wm = self.cfg.readiness.queue_high_watermark;
+            let (lim_f, lim_b) = (
+                self.cfg.overlay.peer.egress_queue_frames,
+                self.cfg.overlay.peer.egress_queue_bytes,
+            );
             let eager = std::mem::take(&mut self.plan_eager);
             for &p in &eager {
-                if !self.push_tree(now, p, &m.header, m.tenant_id, &m.data) {
+                let room = self
+                    .sessions
+                    .get(&p)
+                    .is_some_and(|s| s.egress.fill(lim_f, lim_b) < wm);
+                let pushed = if room && !self.owing(p) && self.fits(p, &m.header, &m.data) {
+                    self.enqueue_message(p, &m.header, m.tenant_id, &m.data, true)
+                        .is_ok()
+                } else {
+                    self.owe(p, &m.header, m.tenant_id, &m.data, now)
+                };
+                if pushed {
+                    self.metrics.tree_pushes[crate::observe::PushMode::Eager.index()].increment(1);
+                } else {
                     self.announce(p, id);
                 }
                 relayed = true;
@@ -353,37 +370,6 @@ impl Overlay {
             self.plan_lazy = lazy;
         }
         (relayed, delivered, refusal)
-    }
-
-    /// An eager push to tree peer `p`: queued while `p` is under its watermark and owed
-    /// nothing, owed otherwise; false if even that has no room (the caller announces it).
-    pub(super) fn push_tree(
-        &mut self,
-        now: Time,
-        p: ConnId,
-        header: &GossipHeader,
-        tenant_id: u128,
-        data: &Bytes,
-    ) -> bool {
-        let wm = self.cfg.readiness.queue_high_watermark;
-        let (lim_f, lim_b) = (
-            self.cfg.overlay.peer.egress_queue_frames,
-            self.cfg.overlay.peer.egress_queue_bytes,
-        );
-        let room = self
-            .sessions
-            .get(&p)
-            .is_some_and(|s| s.egress.fill(lim_f, lim_b) < wm);
-        let pushed = if room && !self.owing(p) && self.fits(p, header, data) {
-            self.enqueue_message(p, header, tenant_id, data, true)
-                .is_ok()
-        } else {
-            self.owe(p, header, tenant_id, data, now)
-        };
-        if pushed {
-            self.metrics.tree_pushes[crate::observe::PushMode::Eager.index()].increment(1);
-        }
-        pushed
     }
 
     /// Whether `dest`'s queue has room for the whole message under its hard bounds. For

@@ -71,9 +71,13 @@ impl Overlay {
         }
         self.metrics.tree_rescues.increment(1);
         self.rescued_at = Some(now);
-        // Due now, at the front, in the order they were announced; the entries they had are
-        // left behind and skipped (their deadline no longer matches).
-        for id in due.iter().rev() {
+        self.pull_now(now, &due);
+    }
+
+    /// Pulls `ids` now, each once this way: due now, at the front, in the order given; the
+    /// entries they had are left behind and skipped (their deadline no longer matches).
+    pub(super) fn pull_now(&mut self, now: Time, ids: &[MsgId]) {
+        for id in ids.iter().rev() {
             if let Some(m) = self.missing.get_mut(id) {
                 m.rescued = true;
                 m.deadline = now;

@@ -143,15 +143,10 @@ impl Overlay {
     fn on_ihave(&mut self, now: Time, conn: ConnId, ids: Vec<MsgId>) {
         // Deadlines are kept in arrival order, not sorted: as the delay moves, one may wait
         // behind an earlier, later one for at most the difference (half a graft timeout).
-        // Right after a rescue, what is announced is pulled at once (see `rescue`), ahead of
-        // the line.
-        let rescuing = self.rescuing(now);
-        let deadline = if rescuing {
-            now
-        } else {
-            now + self.pull_delay()
-        };
+        let deadline = now + self.pull_delay();
         let cap = self.cfg.overlay.gossip.announce_queue.saturating_mul(4);
+        // Right after a rescue, what is newly announced is pulled at once (see `rescue`).
+        let rescuing = self.rescuing(now);
         let mut now_due = Vec::new();
         for id in ids {
             if self.seen.contains(&id, now) {
@@ -171,23 +166,19 @@ impl Overlay {
                             announcers: VecDeque::from([conn]),
                             deadline,
                             announced: now,
-                            rescued: rescuing,
+                            rescued: false,
                         },
                     );
+                    self.missing_order.push_back((deadline, id));
                     if rescuing {
                         now_due.push(id);
-                    } else {
-                        self.missing_order.push_back((deadline, id));
                     }
                 }
                 None => {}
             }
         }
         if !now_due.is_empty() {
-            for id in now_due.into_iter().rev() {
-                self.missing_order.push_front((now, id));
-            }
-            self.pull_missing(now);
+            self.pull_now(now, &now_due);
         }
     }
 
